@@ -1,0 +1,145 @@
+"""Command line: parse flags into a SearchConfig and call the package. Holds no logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from quickdraw.config import SEED_CLASSES, DataConfig, SearchConfig, SplitSizes
+from quickdraw.errors import UserError
+
+COMMANDS = ("run", "convert", "report")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line on stderr (no usage dump) and exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS + ("-h", "--help"):
+        argv.insert(0, "run")  # the grid search is the default command
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except UserError as e:
+        print(f"tune_search.py: error: {e}", file=sys.stderr)
+        return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        prog="tune_search.py",
+        description="Ray Tune learning-rate x batch-size search for a CNN on Quick, Draw! drawings. "
+        "Without a command it runs the search ('run').",
+    )
+    commands = parser.add_subparsers(dest="command", parser_class=OneLineParser)
+
+    run = commands.add_parser("run", help="convert the data once, run the grid, write the summary (default)")
+    add_data_flags(run)
+    run.add_argument("--lrs", type=float_list, default=SearchConfig.lrs, help="learning rates (default %(default)s)")
+    run.add_argument("--batch-sizes", type=int_list, default=SearchConfig.batch_sizes,
+                     help="batch sizes (default %(default)s)")
+    run.add_argument("--dropout", type=float, default=SearchConfig.dropout, help="dropout rate (default %(default)s)")
+    run.add_argument("--epochs", type=int, default=SearchConfig.epochs, help="epochs per trial (default %(default)s)")
+    run.add_argument("--name", help="experiment folder under --storage (default: a timestamp)")
+    run.add_argument("--gpus-per-trial", type=float, default=None,
+                     help="GPUs per trial, fractions allowed (default: share Ray's GPUs so all trials run at once)")
+    run.add_argument("--cpus-per-trial", type=float, default=None,
+                     help="CPUs per trial; torch uses that many threads (default 1 without GPUs)")
+    run.set_defaults(handler=run_command)
+
+    convert = commands.add_parser("convert", help="only convert the data into <storage>/datasets/<fingerprint>/")
+    add_data_flags(convert)
+    convert.add_argument("--png", action="store_true",
+                         help="also write the seed's PNG layout: png/<train|validation|test>/<Class>/<n>.png")
+    convert.set_defaults(handler=convert_command)
+
+    report = commands.add_parser("report", help="rebuild summary.md/.csv/.json of an experiment folder")
+    report.add_argument("experiment", type=Path, help="the experiment folder, <storage>/<name>")
+    report.set_defaults(handler=report_command)
+    return parser
+
+
+def add_data_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", type=Path, default=DataConfig.data_dir,
+                        help="folder of <class>.npy or full_numpy_bitmap_<class>.npy files (default %(default)s)")
+    parser.add_argument("--classes", type=name_list, default=SEED_CLASSES,
+                        help="comma-separated class names (default: the seed's ten)")
+    parser.add_argument("--split", type=split_sizes, default=SplitSizes(),
+                        help="train,validation,test totals, divided evenly among classes (default 20000,4000,1000)")
+    parser.add_argument("--seed", type=int, default=DataConfig.seed, help="seed of the split and of training")
+    parser.add_argument("--storage", default=SearchConfig.storage,
+                        help="where datasets and experiments are written (default %(default)s)")
+
+
+def name_list(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def float_list(text: str) -> tuple[float, ...]:
+    return _number_list(text, float)
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    return _number_list(text, int)
+
+
+def _number_list(text: str, kind) -> tuple:
+    try:
+        return tuple(kind(part) for part in name_list(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__}s, got {text!r}") from None
+
+
+def split_sizes(text: str) -> SplitSizes:
+    sizes = int_list(text)
+    if len(sizes) != 3:
+        raise argparse.ArgumentTypeError(f"expected three numbers train,validation,test, got {text!r}")
+    return SplitSizes(*sizes)
+
+
+def data_config(args) -> DataConfig:
+    return DataConfig(data_dir=args.data_dir, classes=args.classes, split=args.split, seed=args.seed)
+
+
+def run_command(args) -> int:
+    config = SearchConfig(
+        data=data_config(args), lrs=args.lrs, batch_sizes=args.batch_sizes, dropout=args.dropout,
+        epochs=args.epochs, storage=args.storage, name=args.name,
+        gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
+    )
+    config.validate()
+    from quickdraw.report import to_markdown, write_report  # Ray and torch load only for real work
+    from quickdraw.search import run_search
+
+    experiment = run_search(config)
+    table = write_report(experiment)
+    print(to_markdown(table))
+    print(f"Summary: {experiment / 'summary.md'}  TensorBoard: tensorboard --logdir {experiment}")
+    return 0 if (table["status"] == "finished").all() else 1
+
+
+def convert_command(args) -> int:
+    data = data_config(args)
+    data.validate()
+    from quickdraw.dataset import prepare_split, write_pngs
+
+    prepared = prepare_split(data, Path(args.storage))
+    print(f"{'reused' if prepared.reused else 'converted'} {prepared.split.counts()} -> {prepared.directory}")
+    if args.png:
+        print(f"PNG files in {write_pngs(prepared)}")
+    return 0
+
+
+def report_command(args) -> int:
+    if not args.experiment.is_dir():
+        raise UserError(f"{args.experiment} is not a folder: give the experiment folder <storage>/<name>")
+    from quickdraw.report import to_markdown, write_report
+
+    print(to_markdown(write_report(args.experiment)))
+    return 0

@@ -1,0 +1,94 @@
+"""Every setting of a search in one typed place; the defaults are the seed experiment's."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from quickdraw.errors import UserError
+
+SEED_CLASSES = ("bear", "bee", "camel", "cat", "cow", "crab", "crocodile", "dog", "dolphin", "duck")
+
+
+@dataclass(frozen=True)
+class SplitSizes:
+    """Train, validation and test totals, divided evenly among the classes."""
+
+    train: int = 20_000
+    validation: int = 4_000
+    test: int = 1_000
+
+    def per_class(self, num_classes: int) -> list[tuple[int, int, int]]:
+        """(train, validation, test) counts for each class; remainders go to the first classes."""
+        def share(total: int, index: int) -> int:
+            return total // num_classes + (1 if index < total % num_classes else 0)
+
+        return [
+            (share(self.train, i), share(self.validation, i), share(self.test, i))
+            for i in range(num_classes)
+        ]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """What the conversion needs: which files, which classes, how to split them."""
+
+    data_dir: Path = Path("data")
+    classes: tuple[str, ...] = SEED_CLASSES
+    split: SplitSizes = SplitSizes()
+    seed: int = 0
+
+    def validate(self) -> None:
+        if not self.classes:
+            raise UserError("--classes is empty: name at least two classes, e.g. --classes cat,dog")
+        if len(set(self.classes)) != len(self.classes):
+            raise UserError(f"--classes names a class twice: {','.join(self.classes)}")
+        if len(self.classes) < 2:
+            raise UserError("--classes needs at least two classes to classify")
+        for name, value in dataclasses.asdict(self.split).items():
+            if value < len(self.classes):
+                raise UserError(
+                    f"--split: the {name} total {value} is smaller than the number of classes "
+                    f"({len(self.classes)}); give at least one drawing per class"
+                )
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """A whole grid search: the data, the grid, the training recipe and where results go."""
+
+    data: DataConfig = DataConfig()
+    lrs: tuple[float, ...] = (0.01, 0.001, 0.0001)
+    batch_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
+    dropout: float = 0.5
+    epochs: int = 50
+    storage: str = "ray_results"
+    name: str | None = None
+    gpus_per_trial: float | None = None  # None: share the GPUs Ray sees among all trials
+    cpus_per_trial: float | None = None  # None: 1 without GPUs, else a share that lets all trials run
+
+    @property
+    def num_trials(self) -> int:
+        return len(self.lrs) * len(self.batch_sizes)
+
+    def validate(self) -> None:
+        self.data.validate()
+        if not self.lrs:
+            raise UserError("--lrs is empty: give at least one learning rate, e.g. --lrs 0.001")
+        if not self.batch_sizes:
+            raise UserError("--batch-sizes is empty: give at least one, e.g. --batch-sizes 64")
+        if any(lr <= 0 for lr in self.lrs):
+            raise UserError(f"--lrs: every learning rate must be above 0, got {list(self.lrs)}")
+        if any(size < 1 for size in self.batch_sizes):
+            raise UserError(f"--batch-sizes: every batch size must be at least 1, got {list(self.batch_sizes)}")
+        if not 0 <= self.dropout < 1:
+            raise UserError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.epochs < 1:
+            raise UserError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.gpus_per_trial is not None and self.gpus_per_trial < 0:
+            raise UserError(f"--gpus-per-trial must be 0 or more, got {self.gpus_per_trial}")
+        if self.cpus_per_trial is not None and self.cpus_per_trial <= 0:
+            raise UserError(f"--cpus-per-trial must be above 0, got {self.cpus_per_trial}")
+        if self.name is not None and (not self.name or "/" in self.name or self.name in (".", "..")):
+            raise UserError(f"--name must be a plain folder name, got {self.name!r}")

@@ -1,0 +1,165 @@
+"""The seeded split, its fingerprint, the conversion into storage (once, atomically) and PNG export."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import uuid
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from quickdraw.bitmaps import BitmapFile, find_class_files, load_drawings
+from quickdraw.config import DataConfig
+
+FORMAT_VERSION = 1
+PARTS = ("train", "validation", "test")
+ARRAYS_FILE = "split.npz"
+MANIFEST_FILE = "manifest.json"
+
+
+@dataclass
+class Split:
+    """Drawings as (N, 28, 28) uint8, strokes white (255) on black (0), with int64 class labels."""
+
+    classes: tuple[str, ...]
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_validation: np.ndarray
+    y_validation: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+    def part(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        return getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
+
+    def counts(self) -> dict[str, int]:
+        return {name: len(self.part(name)[1]) for name in PARTS}
+
+
+@dataclass(frozen=True)
+class PreparedSplit:
+    split: Split
+    directory: Path
+    reused: bool
+
+
+def fingerprint(config: DataConfig, sources: list[BitmapFile]) -> str:
+    """A short hash of everything the conversion depends on; files are known by name, size and mtime."""
+    inputs = {
+        "format_version": FORMAT_VERSION,
+        "classes": list(config.classes),
+        "split": dataclasses.asdict(config.split),
+        "seed": config.seed,
+        "files": [[s.path.name, s.size, s.mtime_ns] for s in sources],
+    }
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def dataset_dir(storage: Path, config: DataConfig) -> Path:
+    return storage / "datasets" / fingerprint(config, find_class_files(config.data_dir, config.classes))
+
+
+def prepare_split(config: DataConfig, storage: Path) -> PreparedSplit:
+    """The split for `config`: read back from storage when converted before, otherwise converted now."""
+    sources = find_class_files(config.data_dir, config.classes)
+    target = storage / "datasets" / fingerprint(config, sources)
+    if (target / MANIFEST_FILE).is_file():
+        return PreparedSplit(load_split(target), target, reused=True)
+    split = split_drawings(config, sources)
+    _write_atomically(target, lambda tmp: _write_split(tmp, split, config, sources))
+    return PreparedSplit(split, target, reused=False)
+
+
+def split_drawings(config: DataConfig, sources: list[BitmapFile]) -> Split:
+    """Each class's first train+validation+test drawings, shuffled by a seeded permutation and cut."""
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in PARTS}
+    labels: dict[str, list[np.ndarray]] = {name: [] for name in PARTS}
+    for label, (source, counts) in enumerate(zip(sources, config.split.per_class(len(sources)))):
+        drawings = load_drawings(source, sum(counts))
+        # Seeded by class name too, so adding or reordering classes leaves each class's own split alone.
+        rng = np.random.default_rng([config.seed, zlib.crc32(source.class_name.encode())])
+        order = rng.permutation(len(drawings))
+        bounds = np.cumsum(counts)[:-1]
+        for name, indices in zip(PARTS, np.split(order, bounds)):
+            parts[name].append(drawings[indices])
+            labels[name].append(np.full(len(indices), label, dtype=np.int64))
+    arrays = {}
+    for name in PARTS:
+        arrays[f"x_{name}"] = np.concatenate(parts[name])
+        arrays[f"y_{name}"] = np.concatenate(labels[name])
+    return Split(classes=tuple(config.classes), **arrays)
+
+
+def load_split(directory: Path) -> Split:
+    manifest = json.loads((directory / MANIFEST_FILE).read_text())
+    with np.load(directory / ARRAYS_FILE, allow_pickle=False) as arrays:
+        return Split(classes=tuple(manifest["classes"]), **{k: arrays[k] for k in arrays.files})
+
+
+def _write_split(directory: Path, split: Split, config: DataConfig, sources: list[BitmapFile]) -> None:
+    arrays = {f.name: getattr(split, f.name) for f in dataclasses.fields(split) if f.name != "classes"}
+    np.savez(directory / ARRAYS_FILE, **arrays)
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "classes": list(split.classes),
+        "counts": split.counts(),
+        "seed": config.seed,
+        "split": dataclasses.asdict(config.split),
+        "sources": [
+            {"class": s.class_name, "file": s.path.name, "bytes": s.size, "sha256": _sha256(s.path)}
+            for s in sources
+        ],
+    }
+    (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def write_pngs(prepared: PreparedSplit) -> Path:
+    """The seed's layout, `png/<train|validation|test>/<Class>/<n>.png`, black strokes on white."""
+    target = prepared.directory / "png"
+    if target.is_dir():
+        return target
+
+    def write(tmp: Path) -> None:
+        for part in PARTS:
+            drawings, labels = prepared.split.part(part)
+            for label, name in enumerate(prepared.split.classes):
+                folder = tmp / part / name.capitalize()
+                folder.mkdir(parents=True)
+                for n, drawing in enumerate(drawings[labels == label]):
+                    Image.fromarray(255 - drawing).save(folder / f"{n}.png")
+
+    _write_atomically(target, write)
+    return target
+
+
+def _write_atomically(target: Path, write) -> None:
+    """Write into a temporary sibling folder, then rename: readers never see half a conversion.
+
+    When another run renamed its copy into place first, that copy wins and ours is dropped.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex}"
+    tmp.mkdir()
+    try:
+        write(tmp)
+        os.rename(tmp, target)
+    except OSError:
+        if not target.is_dir():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,95 @@
+"""Experiment results -> a table per trial -> summary.md, summary.csv and summary.json."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+from ray.tune import ExperimentAnalysis
+
+from quickdraw.errors import UserError
+
+COLUMNS = [
+    "lr", "batch_size", "epochs", "best_val_loss", "best_val_accuracy", "test_accuracy", "train_seconds", "status",
+]
+
+
+def write_report(experiment: Path) -> pd.DataFrame:
+    """Rebuild the summary files in `experiment` from what Tune stored there, finished or not."""
+    table = summarize(experiment)
+    (experiment / "summary.csv").write_text(table.to_csv(index=False))
+    (experiment / "summary.json").write_text(json.dumps(_json_rows(table), indent=2) + "\n")
+    (experiment / "summary.md").write_text(to_markdown(table))
+    return table
+
+
+def summarize(experiment: Path) -> pd.DataFrame:
+    """A row per trial, accuracies in percent, sorted by learning rate (high to low) then batch size."""
+    try:
+        analysis = ExperimentAnalysis(str(experiment))
+    except ValueError:
+        raise UserError(
+            f"{experiment} holds no Ray Tune experiment: give the folder <storage>/<name> that a search wrote"
+        ) from None
+    rows = [_trial_row(trial, analysis.trial_dataframes.get(trial.trial_id)) for trial in analysis.trials]
+    table = pd.DataFrame(rows, columns=COLUMNS).round(
+        {"best_val_loss": 4, "best_val_accuracy": 2, "test_accuracy": 2, "train_seconds": 1}
+    )
+    return table.sort_values(["lr", "batch_size"], ascending=[False, True], ignore_index=True)
+
+
+def _trial_row(trial, history: pd.DataFrame | None) -> dict:
+    # The trial's own result log is newer than the experiment snapshot when a driver stopped early.
+    last = history.iloc[-1].to_dict() if history is not None and len(history) else (trial.last_result or {})
+    test_accuracy = last.get("test_accuracy", math.nan)
+    finished = not _missing(test_accuracy)
+    return {
+        "lr": trial.config["lr"],
+        "batch_size": trial.config["batch_size"],
+        "epochs": int(last.get("epoch", 0)),
+        "best_val_loss": last.get("best_val_loss", math.nan),
+        "best_val_accuracy": 100 * last.get("best_val_accuracy", math.nan),
+        "test_accuracy": 100 * test_accuracy,
+        "train_seconds": last.get("train_seconds", math.nan),
+        "status": "finished" if finished else ("error" if trial.status == "ERROR" else "unfinished"),
+    }
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """One `Batch size | Test accuracy` table per learning rate, as in the seed's README; best in bold."""
+    best = table["test_accuracy"].idxmax() if table["test_accuracy"].notna().any() else None
+    lines = ["# Test accuracy", ""]
+    if best is not None:
+        row = table.loc[best]
+        lines += [f"Best: **{row.test_accuracy:.2f}%** with lr {row.lr:g}, batch size {row.batch_size}.", ""]
+    unfinished = (table["status"] != "finished").sum()
+    if unfinished:
+        lines += [f"{unfinished} of {len(table)} trials did not finish.", ""]
+    for lr, group in table.groupby("lr", sort=False):
+        cells = pd.DataFrame({
+            "Batch size": [_bold(str(b), i == best) for i, b in group["batch_size"].items()],
+            "Test accuracy": [_bold(_accuracy_cell(r), i == best) for i, r in group.iterrows()],
+        })
+        lines += [f"## Learning rate {lr:g}", "", cells.to_markdown(index=False, colalign=("right", "right")), ""]
+    return "\n".join(lines)
+
+
+def _accuracy_cell(row: pd.Series) -> str:
+    if row.status == "finished":
+        return f"{row.test_accuracy:.2f}%"
+    return f"{row.status} ({row.epochs} epochs)"
+
+
+def _bold(text: str, bold: bool) -> str:
+    return f"**{text}**" if bold else text
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _json_rows(table: pd.DataFrame) -> list[dict]:
+    # NaN is not JSON: unfinished trials get null.
+    return json.loads(table.to_json(orient="records"))

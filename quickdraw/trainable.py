@@ -1,0 +1,160 @@
+"""One trial: train for some epochs, report to Tune each epoch with a checkpoint, test the best weights."""
+
+from __future__ import annotations
+
+import copy
+import math
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ray
+import torch
+import torch.nn.functional as F
+from ray import tune
+from torch.utils.tensorboard import SummaryWriter
+
+from quickdraw.dataset import Split
+from quickdraw.model import SeedCNN
+
+EVAL_BATCH_SIZE = 2048
+CHECKPOINT_FILE = "trial_state.pt"
+
+
+@dataclass
+class Progress:
+    """What a trial carries from epoch to epoch, and through a checkpoint into a restart."""
+
+    epoch: int = 0
+    train_seconds: float = 0.0
+    best_val_loss: float = math.inf
+    best_val_accuracy: float = 0.0
+    best_weights: dict = field(default_factory=dict)
+
+    def record(self, val_loss: float, val_accuracy: float, model: torch.nn.Module) -> None:
+        # The seed kept the weights with the lowest validation loss; a diverged (NaN) epoch never wins.
+        if math.isfinite(val_loss) and val_loss < self.best_val_loss:
+            self.best_val_loss, self.best_val_accuracy = val_loss, val_accuracy
+            self.best_weights = copy.deepcopy(model.state_dict())
+
+
+def train_trial(config: dict, split: Split) -> None:
+    """Tune's trainable. `config` holds lr, batch_size, dropout, epochs and seed."""
+    device = trial_device()
+    torch.set_num_threads(trial_threads())
+    torch.manual_seed(config["seed"])
+    data = {part: to_device(split.part(part), device) for part in ("train", "validation", "test")}
+    model = SeedCNN(len(split.classes), config["dropout"]).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"])
+    progress = restore(model, optimizer, device)
+    if not progress.best_weights:
+        progress.best_weights = copy.deepcopy(model.state_dict())
+
+    with SummaryWriter(tune.get_context().get_trial_dir()) as writer:
+        for epoch in range(progress.epoch + 1, config["epochs"] + 1):
+            started = time.perf_counter()
+            train_loss, train_accuracy = train_epoch(model, optimizer, *data["train"], config["batch_size"])
+            progress.train_seconds += time.perf_counter() - started
+            val_loss, val_accuracy = evaluate(model, *data["validation"])
+            progress.epoch = epoch
+            progress.record(val_loss, val_accuracy, model)
+            metrics = {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "train_accuracy": train_accuracy,
+                "val_loss": val_loss,
+                "val_accuracy": val_accuracy,
+                "best_val_loss": progress.best_val_loss,
+                "best_val_accuracy": progress.best_val_accuracy,
+                "train_seconds": progress.train_seconds,
+            }
+            log_epoch(writer, metrics)
+            with tempfile.TemporaryDirectory() as checkpoint_dir:
+                save(Path(checkpoint_dir), model, optimizer, progress)
+                if epoch == config["epochs"]:
+                    model.load_state_dict(progress.best_weights)
+                    metrics["test_accuracy"] = evaluate(model, *data["test"])[1]
+                    writer.add_scalar("accuracy/test", metrics["test_accuracy"], epoch)
+                    writer.flush()
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
+
+
+def trial_device() -> torch.device:
+    """The trial's GPU when Ray gave it one (Ray sets CUDA_VISIBLE_DEVICES), the CPU otherwise."""
+    if ray.get_gpu_ids():
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        print("Ray assigned this trial a GPU but torch sees no CUDA device; training on the CPU")
+    return torch.device("cpu")
+
+
+def trial_threads() -> int:
+    cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
+    return max(1, int(cpus))
+
+
+def to_device(part: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drawings stay uint8 (N, 1, 28, 28) on the device; batches become float only when used."""
+    drawings, labels = part
+    return torch.from_numpy(drawings).unsqueeze(1).to(device), torch.from_numpy(labels).to(device)
+
+
+def as_input(drawings: torch.Tensor) -> torch.Tensor:
+    return drawings.float().div_(255.0)
+
+
+def train_epoch(model, optimizer, drawings, labels, batch_size: int) -> tuple[float, float]:
+    model.train()
+    total_loss = torch.zeros((), device=drawings.device)
+    correct = torch.zeros((), dtype=torch.long, device=drawings.device)
+    for batch in torch.randperm(len(labels), device=drawings.device).split(batch_size):
+        logits = model(as_input(drawings[batch]))
+        loss = F.cross_entropy(logits, labels[batch])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total_loss += loss.detach() * len(batch)
+        correct += (logits.argmax(1) == labels[batch]).sum()
+    return total_loss.item() / len(labels), correct.item() / len(labels)
+
+
+@torch.no_grad()
+def evaluate(model, drawings, labels) -> tuple[float, float]:
+    model.eval()
+    total_loss, correct = 0.0, 0
+    for start in range(0, len(labels), EVAL_BATCH_SIZE):
+        logits = model(as_input(drawings[start : start + EVAL_BATCH_SIZE]))
+        batch_labels = labels[start : start + EVAL_BATCH_SIZE]
+        total_loss += F.cross_entropy(logits, batch_labels, reduction="sum").item()
+        correct += (logits.argmax(1) == batch_labels).sum().item()
+    return total_loss / len(labels), correct / len(labels)
+
+
+def log_epoch(writer: SummaryWriter, metrics: dict) -> None:
+    epoch = metrics["epoch"]
+    for tag, key in (
+        ("loss/train", "train_loss"),
+        ("loss/validation", "val_loss"),
+        ("accuracy/train", "train_accuracy"),
+        ("accuracy/validation", "val_accuracy"),
+    ):
+        writer.add_scalar(tag, metrics[key], epoch)
+    writer.flush()
+
+
+def save(directory: Path, model, optimizer, progress: Progress) -> None:
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "progress": progress.__dict__}
+    torch.save(state, directory / CHECKPOINT_FILE)
+
+
+def restore(model, optimizer, device: torch.device) -> Progress:
+    """Continue from the trial's last checkpoint after a restart; start fresh otherwise."""
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return Progress()
+    with checkpoint.as_directory() as directory:
+        state = torch.load(Path(directory) / CHECKPOINT_FILE, map_location=device, weights_only=True)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return Progress(**state["progress"])

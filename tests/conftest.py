@@ -1,0 +1,55 @@
+"""Shared test helpers: synthetic class files, the real drawings, and running the command as a user would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DRAWINGS = Path(os.environ.get("QUICKDRAW_DATA", REPO.parent / "shared" / "quickdraw"))
+SHARED_CLASSES = ("apple", "bicycle", "cat", "diamond", "eye", "fish")
+SYNTHETIC_CLASSES = ("circle", "line", "hot dog")
+
+
+def synthetic_drawings(label: int, count: int, seed: int = 0) -> np.ndarray:
+    """(count, 784) uint8 drawings a small CNN can tell apart: class `label` lights its own band of
+    rows, on noise. Every drawing is unique (its index is written into the first four pixels),
+    so tests can check that splits never share a drawing."""
+    rng = np.random.default_rng([seed, label])
+    images = rng.integers(0, 60, size=(count, 28, 28), dtype=np.uint8)
+    band = slice(4 + 7 * label, 8 + 7 * label)
+    images[:, band, 4:24] = 255
+    index = np.arange(count, dtype=np.uint32).view(np.uint8).reshape(count, 4)
+    images.reshape(count, 784)[:, :4] = index
+    return images.reshape(count, 784)
+
+
+def write_class_files(folder: Path, classes=SYNTHETIC_CLASSES, count: int = 200) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for label, name in enumerate(classes):
+        np.save(folder / f"{name}.npy", synthetic_drawings(label, count))
+    return folder
+
+
+@pytest.fixture
+def synthetic_data(tmp_path) -> Path:
+    return write_class_files(tmp_path / "data")
+
+
+def run_cli(*args, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`python tune_search.py ARGS` from the repository root, as the README runs it."""
+    return subprocess.run(
+        [sys.executable, "tune_search.py", *map(str, args)],
+        cwd=REPO, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+needs_shared_drawings = pytest.mark.skipif(
+    not all((SHARED_DRAWINGS / f"{c}.npy").is_file() for c in SHARED_CLASSES),
+    reason=f"real drawings not found in {SHARED_DRAWINGS} (set QUICKDRAW_DATA)",
+)

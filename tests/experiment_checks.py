@@ -1,0 +1,80 @@
+"""Assertions about a finished experiment folder, shared by the synthetic and real-drawing runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+SCALAR_TAGS = {
+    "loss/train": "train_loss",
+    "loss/validation": "val_loss",
+    "accuracy/train": "train_accuracy",
+    "accuracy/validation": "val_accuracy",
+}
+
+
+def trial_dirs(experiment: Path) -> list[Path]:
+    return sorted(p for p in experiment.iterdir() if p.is_dir() and p.name.startswith("lr="))
+
+
+def results(trial: Path) -> list[dict]:
+    return [json.loads(line) for line in (trial / "result.json").read_text().splitlines()]
+
+
+def check_experiment(experiment: Path, lrs, batch_sizes, epochs: int) -> pd.DataFrame:
+    """Every trial ran all epochs, logged, checkpointed and tested; the summaries agree with it."""
+    trials = trial_dirs(experiment)
+    assert len(trials) == len(lrs) * len(batch_sizes)
+    expected_rows = []
+    for trial in trials:
+        history = results(trial)
+        last = history[-1]
+        config = json.loads((trial / "params.json").read_text())
+        assert trial.name.startswith(f"lr={config['lr']:g}_batch={config['batch_size']}_")
+        assert [r["epoch"] for r in history] == list(range(1, epochs + 1))
+        assert 0 <= last["test_accuracy"] <= 1
+        check_checkpoint(trial, epochs)
+        check_tensorboard(trial, history)
+        expected_rows.append((config["lr"], config["batch_size"], round(100 * last["test_accuracy"], 2)))
+
+    table = pd.read_csv(experiment / "summary.csv")
+    assert sorted(zip(table.lr, table.batch_size)) == sorted((lr, b) for lr in lrs for b in batch_sizes)
+    assert (table.status == "finished").all()
+    assert (table.epochs == epochs).all()
+    assert sorted(zip(table.lr, table.batch_size, table.test_accuracy)) == sorted(expected_rows)
+    assert table.equals(pd.DataFrame(json.loads((experiment / "summary.json").read_text())))
+    check_markdown((experiment / "summary.md").read_text(), table)
+    return table
+
+
+def check_checkpoint(trial: Path, epochs: int) -> None:
+    checkpoints = sorted(trial.glob("checkpoint_*/trial_state.pt"))
+    assert checkpoints, f"no checkpoint in {trial}"
+    state = torch.load(checkpoints[-1], weights_only=True)
+    assert state["progress"]["epoch"] == epochs
+    assert state["model"] and state["optimizer"]["state"]
+
+
+def check_tensorboard(trial: Path, history: list[dict]) -> None:
+    """The trial's event file, read back with TensorBoard's own reader, holds every epoch's metrics."""
+    events = EventAccumulator(str(trial))
+    events.Reload()
+    for tag, key in SCALAR_TAGS.items():
+        logged = events.Scalars(tag)
+        assert [e.step for e in logged] == [r["epoch"] for r in history]
+        assert [e.value for e in logged] == [float(torch.tensor(r[key], dtype=torch.float32)) for r in history]
+    assert events.Scalars("accuracy/test")[-1].value == float(torch.tensor(history[-1]["test_accuracy"]))
+
+
+def check_markdown(markdown: str, table: pd.DataFrame) -> None:
+    """One `Batch size | Test accuracy` table per learning rate, the best trial in bold."""
+    for lr in table.lr.unique():
+        assert f"## Learning rate {lr:g}" in markdown
+    assert markdown.count("Batch size") == table.lr.nunique()
+    best = table.loc[table.test_accuracy.idxmax()]
+    assert f"**{best.batch_size}**" in markdown
+    assert f"**{best.test_accuracy:.2f}%**" in markdown

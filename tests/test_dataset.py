@@ -1,0 +1,89 @@
+"""The split and its conversion, on synthetic class files: no Ray, no training."""
+
+import multiprocessing
+
+import numpy as np
+import pytest
+
+from conftest import SYNTHETIC_CLASSES, synthetic_drawings, write_class_files
+from quickdraw.config import DataConfig, SplitSizes
+from quickdraw.dataset import PARTS, load_split, prepare_split
+
+
+def config(data, **changes) -> DataConfig:
+    return DataConfig(data_dir=data, classes=SYNTHETIC_CLASSES, split=SplitSizes(150, 30, 15), **changes)
+
+
+def drawing_ids(drawings: np.ndarray) -> set[int]:
+    """The index synthetic_drawings wrote into each drawing's first four pixels."""
+    return set(drawings.reshape(len(drawings), -1)[:, :4].copy().view(np.uint32).ravel().tolist())
+
+
+def test_split_sizes_divide_evenly_and_remainders_go_first():
+    assert SplitSizes(20_000, 4_000, 1_000).per_class(10) == [(2000, 400, 100)] * 10
+    assert SplitSizes(10, 5, 4).per_class(3) == [(4, 2, 2), (3, 2, 1), (3, 1, 1)]
+
+
+def test_split_has_the_asked_sizes_and_no_drawing_in_two_parts(synthetic_data, tmp_path):
+    split = prepare_split(config(synthetic_data), tmp_path / "storage").split
+    assert split.counts() == {"train": 150, "validation": 30, "test": 15}
+    for label in range(len(SYNTHETIC_CLASSES)):
+        ids = [drawing_ids(split.part(p)[0][split.part(p)[1] == label]) for p in PARTS]
+        assert [len(i) for i in ids] == [50, 10, 5]
+        assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+        assert set.union(*ids) == set(range(65))  # the first train+validation+test drawings of the file
+        assert split.x_train.dtype == np.uint8 and split.x_train.shape[1:] == (28, 28)
+
+
+def test_split_is_the_same_for_the_same_seed_and_differs_for_another(synthetic_data, tmp_path):
+    first = prepare_split(config(synthetic_data), tmp_path / "a").split
+    again = prepare_split(config(synthetic_data), tmp_path / "b").split
+    other = prepare_split(config(synthetic_data, seed=1), tmp_path / "c").split
+    assert np.array_equal(first.x_train, again.x_train) and np.array_equal(first.y_test, again.y_test)
+    assert not np.array_equal(first.x_train, other.x_train)
+
+
+def test_reuse_reads_the_stored_split_and_other_inputs_make_a_new_one(synthetic_data, tmp_path):
+    storage = tmp_path / "storage"
+    first = prepare_split(config(synthetic_data), storage)
+    second = prepare_split(config(synthetic_data), storage)
+    assert not first.reused and second.reused and second.directory == first.directory
+    assert np.array_equal(second.split.x_validation, first.split.x_validation)
+    third = prepare_split(config(synthetic_data, seed=3), storage)
+    assert not third.reused and third.directory != first.directory
+
+
+def test_google_file_names_other_shapes_and_spaces_in_class_names(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    np.save(data / "full_numpy_bitmap_hot dog.npy", synthetic_drawings(0, 80).reshape(80, 1, 784))
+    np.save(data / "ice cream.npy", synthetic_drawings(1, 80).reshape(80, 28, 28))
+    cfg = DataConfig(data_dir=data, classes=("hot dog", "ice cream"), split=SplitSizes(100, 20, 10))
+    split = prepare_split(cfg, tmp_path / "storage").split
+    assert split.classes == ("hot dog", "ice cream")
+    assert np.array_equal(np.bincount(split.y_train), [50, 50])
+
+
+def _convert(args):
+    data, storage = args
+    return str(prepare_split(config(data), storage).directory)
+
+
+def test_two_conversions_at_once_leave_one_complete_dataset(synthetic_data, tmp_path):
+    storage = tmp_path / "storage"
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        directories = pool.map(_convert, [(synthetic_data, storage)] * 2)
+    assert directories[0] == directories[1]
+    assert [p.name for p in (storage / "datasets").iterdir()] == [directories[0].rsplit("/", 1)[1]]
+    assert load_split(storage / "datasets" / directories[0].rsplit("/", 1)[1]).counts()["train"] == 150
+
+
+def test_a_conversion_that_lost_the_race_keeps_the_winner_and_cleans_up(synthetic_data, tmp_path):
+    from quickdraw.dataset import _write_atomically
+
+    storage = tmp_path / "storage"
+    winner = prepare_split(config(synthetic_data), storage).directory
+    before = sorted(p.name for p in winner.iterdir())
+    _write_atomically(winner, lambda tmp: (tmp / "late.txt").write_text("the slower run's copy"))
+    assert sorted(p.name for p in winner.iterdir()) == before
+    assert [p.name for p in winner.parent.iterdir()] == [winner.name]  # no temporary folder left

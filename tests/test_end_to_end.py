@@ -1,0 +1,99 @@
+"""The whole command on small synthetic class files, run as a user runs it."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import SYNTHETIC_CLASSES, run_cli, write_class_files
+from experiment_checks import check_experiment
+
+LRS, BATCH_SIZES, EPOCHS = (0.01, 0.001), (16, 32), 2
+
+
+def grid_args(data, storage, name, seed=0):
+    return [
+        "--data-dir", data, "--classes", ",".join(SYNTHETIC_CLASSES), "--split", "300,60,30",
+        "--lrs", ",".join(map(str, LRS)), "--batch-sizes", ",".join(map(str, BATCH_SIZES)),
+        "--epochs", EPOCHS, "--storage", storage, "--name", name, "--seed", seed,
+    ]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    return write_class_files(root / "data"), root / "results"
+
+
+@pytest.fixture(scope="module")
+def first_run(workspace):
+    data, storage = workspace
+    result = run_cli(*grid_args(data, storage, "first"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_grid_writes_trials_summaries_checkpoints_and_tensorboard(first_run, workspace):
+    _, storage = workspace
+    table = check_experiment(storage / "first", LRS, BATCH_SIZES, EPOCHS)
+    assert "## Learning rate 0.01" in first_run.stdout  # the table is printed at the end too
+    assert table.test_accuracy.max() > 100 / len(SYNTHETIC_CLASSES) + 20  # learnable synthetic classes
+
+
+def test_conversion_is_written_once_with_a_manifest(first_run, workspace):
+    _, storage = workspace
+    (dataset,) = (storage / "datasets").iterdir()
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    assert manifest["classes"] == list(SYNTHETIC_CLASSES)
+    assert manifest["counts"] == {"train": 300, "validation": 60, "test": 30}
+    assert [s["file"] for s in manifest["sources"]] == [f"{c}.npy" for c in SYNTHETIC_CLASSES]
+    assert all(len(s["sha256"]) == 64 for s in manifest["sources"])
+    assert "converted into" in first_run.stdout
+
+
+def test_second_run_reuses_the_conversion_without_reading_raw_files(first_run, workspace):
+    data, storage = workspace
+    # Garble the raw files but keep their size and mtime: a run that read them would fail.
+    for path in data.iterdir():
+        stat = path.stat()
+        path.write_bytes(b"\0" * stat.st_size)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    try:
+        result = run_cli(*grid_args(data, storage, "second"))
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "reused from" in result.stdout
+        assert len(list((storage / "datasets").iterdir())) == 1
+        check_experiment(storage / "second", LRS, BATCH_SIZES, EPOCHS)
+    finally:
+        write_class_files(data)
+
+
+def test_report_rebuilds_the_summary_files(first_run, workspace):
+    _, storage = workspace
+    experiment = storage / "first"
+    before = {name: (experiment / name).read_text() for name in ("summary.md", "summary.csv", "summary.json")}
+    for name in before:
+        (experiment / name).unlink()
+    result = run_cli("report", experiment)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert {name: (experiment / name).read_text() for name in before} == before
+
+
+def test_convert_png_writes_the_seed_layout(first_run, workspace, tmp_path):
+    data, _ = workspace
+    storage = tmp_path / "storage"
+    result = run_cli("convert", "--png", "--data-dir", data, "--classes", ",".join(SYNTHETIC_CLASSES),
+                     "--split", "300,60,30", "--storage", storage)
+    assert result.returncode == 0, result.stderr
+    (png,) = storage.glob("datasets/*/png")
+    for part, total in (("train", 300), ("validation", 60), ("test", 30)):
+        folders = sorted(p.name for p in (png / part).iterdir())
+        assert folders == sorted(c.capitalize() for c in SYNTHETIC_CLASSES)
+        assert sum(len(list((png / part / f).glob("*.png"))) for f in folders) == total
+    image = Image.open(next((png / "test" / "Line").glob("*.png")))
+    assert image.mode == "L" and image.size == (28, 28)
+    pixels = np.asarray(image)
+    assert pixels.min() == 0 and pixels.mean() > 128  # black strokes on a white page

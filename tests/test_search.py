@@ -1,0 +1,72 @@
+"""Resources per trial, a (pretend) GPU cluster, and an experiment stopped early."""
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import ray
+
+from conftest import REPO, SYNTHETIC_CLASSES, write_class_files
+from quickdraw.config import DataConfig, SearchConfig, SplitSizes
+from quickdraw.search import run_search, trial_resources
+
+
+def test_trials_share_gpus_so_all_run_at_once():
+    grid = SearchConfig()  # 15 trials
+    assert trial_resources(grid, {"CPU": 2}) == {"cpu": 1.0, "gpu": 0}
+    assert trial_resources(grid, {"CPU": 16, "GPU": 1}) == {"cpu": 1.0, "gpu": 0.0666}
+    assert trial_resources(grid, {"CPU": 8, "GPU": 2}) == {"cpu": 0.5333, "gpu": 0.1333}
+    assert trial_resources(grid, {"CPU": 64, "GPU": 32}) == {"cpu": 1.0, "gpu": 1.0}
+    explicit = SearchConfig(gpus_per_trial=0.5, cpus_per_trial=2)
+    assert trial_resources(explicit, {"CPU": 16, "GPU": 1}) == {"cpu": 2, "gpu": 0.5}
+
+
+@pytest.fixture
+def ray_with_a_gpu():
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+def test_grid_on_a_gpu_cluster_gives_each_trial_a_share_and_falls_back_to_cpu(ray_with_a_gpu, tmp_path):
+    data = write_class_files(tmp_path / "data")
+    config = SearchConfig(
+        data=DataConfig(data_dir=data, classes=SYNTHETIC_CLASSES, split=SplitSizes(60, 15, 15)),
+        lrs=(0.01, 0.001), batch_sizes=(16, 32), epochs=1, storage=str(tmp_path / "results"), name="gpu",
+    )
+    experiment = run_search(config)
+    trials = ray.tune.ExperimentAnalysis(str(experiment)).trials
+    assert len(trials) == 4
+    assert {t.status for t in trials} == {"TERMINATED"}
+    # 4 trials on 1 GPU and 2 CPUs: a quarter GPU and half a CPU each, so all four fit at once.
+    assert [t.placement_group_factory.required_resources for t in trials] == [{"CPU": 0.5, "GPU": 0.25}] * 4
+    assert all("test_accuracy" in t.last_result for t in trials)
+
+
+def test_an_experiment_stopped_early_reports_its_unfinished_trials(tmp_path):
+    data = write_class_files(tmp_path / "data")
+    experiment = tmp_path / "results" / "stopped"
+    driver = subprocess.Popen(
+        [sys.executable, "tune_search.py", "--data-dir", data, "--classes", ",".join(SYNTHETIC_CLASSES),
+         "--split", "300,60,30", "--lrs", "0.001", "--batch-sizes", "16,32", "--epochs", "500",
+         "--storage", experiment.parent, "--name", experiment.name],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not any(p.stat().st_size for p in experiment.glob("lr=*/result.json")):
+        assert time.monotonic() < deadline and driver.poll() is None, "no trial reported an epoch"
+        time.sleep(0.5)
+    driver.send_signal(signal.SIGINT)  # a user's Ctrl-C
+    output, _ = driver.communicate(timeout=120)
+    assert driver.returncode == 1, output[-3000:]
+    result = subprocess.run([sys.executable, "tune_search.py", "report", experiment],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "did not finish" in result.stdout
+    import pandas as pd
+
+    table = pd.read_csv(experiment / "summary.csv")
+    assert len(table) == 2 and (table.status == "unfinished").all()
+    assert table.test_accuracy.isna().all() and (table.epochs < 500).all()

@@ -51,14 +51,19 @@ def load_drawings(source: BitmapFile, count: int) -> np.ndarray:
     The header is checked before any drawing is read, so a file that is not a bitmap array
     fails with a message that says what it is instead.
     """
+    check_drawings(source, count)
+    array = np.load(source.path, mmap_mode="r", allow_pickle=False)
+    return np.ascontiguousarray(array[:count]).reshape(count, SIDE, SIDE)
+
+
+def check_drawings(source: BitmapFile, count: int) -> None:
+    """Fail unless the file is a uint8 bitmap array with at least `count` drawings (reads the header only)."""
     rows = _validated_row_count(source.path)
     if rows < count:
         raise UserError(
             f"{source.path} has {rows} drawings but the split needs {count} of class "
             f"{source.class_name!r}: use a larger file or a smaller --split"
         )
-    array = np.load(source.path, mmap_mode="r", allow_pickle=False)
-    return np.ascontiguousarray(array[:count]).reshape(count, SIDE, SIDE)
 
 
 def _validated_row_count(path: Path) -> int:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from quickdraw.bitmaps import BitmapFile, find_class_files, load_drawings
+from quickdraw.bitmaps import BitmapFile, check_drawings, find_class_files, load_drawings
 from quickdraw.config import DataConfig
 
 FORMAT_VERSION = 1
@@ -62,8 +62,13 @@ def fingerprint(config: DataConfig, sources: list[BitmapFile]) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def dataset_dir(storage: Path, config: DataConfig) -> Path:
-    return storage / "datasets" / fingerprint(config, find_class_files(config.data_dir, config.classes))
+def check_inputs(config: DataConfig, storage: Path) -> None:
+    """Fail fast, before any Ray start-up: the class files exist and, unless a stored conversion
+    will be reused, their headers promise uint8 bitmaps enough for the split."""
+    sources = find_class_files(config.data_dir, config.classes)
+    if not (storage / "datasets" / fingerprint(config, sources) / MANIFEST_FILE).is_file():
+        for source, counts in zip(sources, config.split.per_class(len(sources))):
+            check_drawings(source, sum(counts))
 
 
 def prepare_split(config: DataConfig, storage: Path) -> PreparedSplit:

@@ -13,7 +13,7 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from quickdraw.config import DataConfig, SearchConfig
-from quickdraw.dataset import PreparedSplit, prepare_split
+from quickdraw.dataset import PreparedSplit, check_inputs, prepare_split
 from quickdraw.errors import UserError
 from quickdraw.trainable import train_trial
 
@@ -24,6 +24,7 @@ def run_search(config: SearchConfig) -> Path:
     name = config.name or datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     if (storage / name).exists():
         raise UserError(f"{storage / name} already exists: pick another --name, or omit it for a timestamp")
+    check_inputs(config.data, storage)
     if not ray.is_initialized():
         ray.init(logging_level="WARNING")
     prepared = convert_once(config.data, storage)

@@ -1,0 +1,172 @@
+"""Bad input to the main command stops it before any trial starts: one line on stderr that names the
+file or flag and says what to do, exit code 2, no traceback, and nothing in --storage is touched."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import run_cli, synthetic_drawings, write_class_files
+
+CLASSES = "circle,hot dog,cat"  # "hot dog" checks that a class name with a space travels as one argv element
+NAME = "exp"
+TIMEOUT = 180  # if validation wrongly passed, one tiny trial still ends well within this
+
+
+@pytest.fixture
+def data(tmp_path) -> Path:
+    """circle.npy and hot dog.npy are fine; each test writes (or leaves out) cat.npy."""
+    return write_class_files(tmp_path / "data", classes=("circle", "hot dog"), count=200)
+
+
+@pytest.fixture
+def storage(tmp_path) -> Path:
+    """A storage folder with an earlier run in it, which a failed run must leave exactly as it is."""
+    folder = tmp_path / "results"
+    (folder / "earlier_run").mkdir(parents=True)
+    (folder / "earlier_run" / "result.json").write_text('{"val_loss": 0.5}\n')
+    return folder
+
+
+def snapshot(folder: Path) -> dict[str, bytes | None]:
+    """Every path under `folder` with its bytes (None for folders); empty when it does not exist."""
+    if not folder.exists():
+        return {}
+    return {
+        str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None)
+        for p in sorted(folder.rglob("*"))
+    }
+
+
+def run_main(data_dir: Path, storage: Path, *flags: str, classes: str = CLASSES, split: str = "30,6,3"):
+    """The main command (no subcommand) with a tiny valid setup, then `flags`; later flags override."""
+    return run_cli(
+        "--data-dir", data_dir, "--classes", classes, "--split", split, "--storage", storage,
+        "--name", NAME, "--lrs", "0.01", "--batch-sizes", "32", "--epochs", "1", *flags,
+        timeout=TIMEOUT,
+    )
+
+
+def assert_rejected(result, storage: Path, before: dict, *mentions: str) -> str:
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output, output
+    assert result.returncode == 2, output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}:\n{result.stderr}"
+    line = lines[0]
+    for mention in mentions:
+        assert mention in line, f"{mention!r} not in {line!r}"
+    assert snapshot(storage) == before, "a failed run changed the storage folder"
+    assert not (storage / "datasets").exists()
+    return line
+
+
+# --- data files (checked on the driver before Ray starts) ---------------------------------------
+
+
+def test_missing_data_folder(tmp_path, storage):
+    before = snapshot(storage)
+    missing = tmp_path / "nowhere"
+    result = run_main(missing, storage)
+    assert_rejected(result, storage, before, "nowhere", "--data-dir")
+    assert not (storage / NAME).exists()
+
+
+def test_missing_class_file(data, storage):
+    before = snapshot(storage)
+    result = run_main(data, storage)  # cat.npy was never written
+    assert_rejected(result, storage, before, "cat.npy", "--classes")
+
+
+def write_html(path: Path) -> None:
+    path.write_bytes(b"<!DOCTYPE html><html><head><title>Sign in</title></head><body>Sign in</body></html>\n")
+
+
+def write_pickled_objects(path: Path) -> None:
+    np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+
+
+def write_wrong_shape(path: Path) -> None:
+    np.save(path, np.zeros((200, 100), dtype=np.uint8))
+
+
+def write_wrong_dtype(path: Path) -> None:
+    np.save(path, synthetic_drawings(2, 200).astype(np.float32))
+
+
+def write_truncated(path: Path) -> None:
+    np.save(path, synthetic_drawings(2, 200))
+    content = path.read_bytes()
+    path.write_bytes(content[: len(content) // 2])
+
+
+def write_too_few(path: Path) -> None:
+    np.save(path, synthetic_drawings(2, 5))  # the split 30,6,3 over three classes needs 13 per class
+
+
+@pytest.mark.parametrize(
+    "write_cat, extra_mentions",
+    [
+        pytest.param(write_html, (), id="html-page"),
+        pytest.param(write_pickled_objects, (), id="pickled-objects"),
+        pytest.param(write_wrong_shape, ("(200, 100)",), id="wrong-shape"),
+        pytest.param(write_wrong_dtype, ("float32",), id="wrong-dtype"),
+        pytest.param(write_truncated, ("truncated",), id="truncated"),
+        pytest.param(write_too_few, ("--split",), id="too-few-drawings"),
+    ],
+)
+def test_bad_class_file(data, storage, write_cat, extra_mentions):
+    write_cat(data / "cat.npy")
+    before = snapshot(storage)
+    result = run_main(data, storage)
+    assert_rejected(result, storage, before, "cat.npy", *extra_mentions)
+
+
+# --- flags (rejected before Ray starts) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "flags, flag",
+    [
+        pytest.param(("--bogus", "1"), "--bogus", id="unknown-flag"),
+        pytest.param(("--lrs", "0.01,0"), "--lrs", id="lr-not-above-0"),
+        pytest.param(("--batch-sizes", "0"), "--batch-sizes", id="batch-size-0"),
+        pytest.param(("--epochs", "-1"), "--epochs", id="negative-epochs"),
+        pytest.param(("--split", "100,20"), "--split", id="split-of-two-numbers"),
+        pytest.param(("--lrs", ""), "--lrs", id="empty-lrs"),
+        pytest.param(("--batch-sizes", ""), "--batch-sizes", id="empty-batch-sizes"),
+    ],
+)
+def test_bad_flag(data, storage, flags, flag):
+    write_class_files(data, classes=("cat",), count=200)  # every file is fine: only the flag is wrong
+    before = snapshot(storage)
+    result = run_main(data, storage, *flags)
+    assert_rejected(result, storage, before, flag)
+
+
+def test_existing_experiment_folder_is_not_overwritten(data, storage):
+    write_class_files(data, classes=("cat",), count=200)
+    (storage / NAME).mkdir()
+    (storage / NAME / "notes.txt").write_text("results of a run that must survive\n")
+    before = snapshot(storage)
+    result = run_main(data, storage)  # --name exp, which is already there
+    line = assert_rejected(result, storage, before, NAME, "--name")
+    assert str(storage / NAME) in line
+
+
+# --- report of something that is not an experiment ------------------------------------------------
+
+
+def test_report_of_a_missing_folder(tmp_path):
+    result = run_cli("report", tmp_path / "no_such_experiment")
+    assert_rejected(result, tmp_path, snapshot(tmp_path), "no_such_experiment")
+
+
+def test_report_of_a_folder_that_holds_no_experiment(tmp_path):
+    (tmp_path / "notes.txt").write_text("not an experiment\n")
+    before = snapshot(tmp_path)
+    result = run_cli("report", tmp_path)
+    line = assert_rejected(result, tmp_path, before, str(tmp_path))
+    assert "no Ray Tune experiment" in line

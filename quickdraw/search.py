@@ -66,6 +66,9 @@ def build_tuner(config: SearchConfig, prepared: PreparedSplit, storage: Path, na
     }
     # Trials write their own TensorBoard logs; Ray's TensorBoardX logger would add a second set.
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    # Keeping one checkpoint per trial makes Tune snapshot its experiment state at every checkpoint,
+    # on purpose, so that a restore never points at a deleted checkpoint; without this it warns each time.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     return tune.Tuner(
         trainable,
         param_space=param_space,

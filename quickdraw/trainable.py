@@ -95,9 +95,11 @@ def trial_threads() -> int:
 
 
 def to_device(part: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Drawings stay uint8 (N, 1, 28, 28) on the device; batches become float only when used."""
+    """Drawings stay uint8 (N, 1, 28, 28) on the device; batches become float only when used.
+
+    Copied: the arrays come read-only from Ray's object store, and torch wants its own memory."""
     drawings, labels = part
-    return torch.from_numpy(drawings).unsqueeze(1).to(device), torch.from_numpy(labels).to(device)
+    return torch.tensor(drawings, device=device).unsqueeze(1), torch.tensor(labels, device=device)
 
 
 def as_input(drawings: torch.Tensor) -> torch.Tensor:

@@ -62,11 +62,19 @@ def fingerprint(config: DataConfig, sources: list[BitmapFile]) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _conversion_dir(storage: Path, config: DataConfig, sources: list[BitmapFile]) -> Path:
+    return storage / "datasets" / fingerprint(config, sources)
+
+
+def _is_converted(directory: Path) -> bool:
+    return (directory / MANIFEST_FILE).is_file()  # written last, renamed into place with the arrays
+
+
 def check_inputs(config: DataConfig, storage: Path) -> None:
     """Fail fast, before any Ray start-up: the class files exist and, unless a stored conversion
     will be reused, their headers promise uint8 bitmaps enough for the split."""
     sources = find_class_files(config.data_dir, config.classes)
-    if not (storage / "datasets" / fingerprint(config, sources) / MANIFEST_FILE).is_file():
+    if not _is_converted(_conversion_dir(storage, config, sources)):
         for source, counts in zip(sources, config.split.per_class(len(sources))):
             check_drawings(source, sum(counts))
 
@@ -74,8 +82,8 @@ def check_inputs(config: DataConfig, storage: Path) -> None:
 def prepare_split(config: DataConfig, storage: Path) -> PreparedSplit:
     """The split for `config`: read back from storage when converted before, otherwise converted now."""
     sources = find_class_files(config.data_dir, config.classes)
-    target = storage / "datasets" / fingerprint(config, sources)
-    if (target / MANIFEST_FILE).is_file():
+    target = _conversion_dir(storage, config, sources)
+    if _is_converted(target):
         return PreparedSplit(load_split(target), target, reused=True)
     split = split_drawings(config, sources)
     _write_atomically(target, lambda tmp: _write_split(tmp, split, config, sources))
@@ -88,7 +96,7 @@ def split_drawings(config: DataConfig, sources: list[BitmapFile]) -> Split:
     labels: dict[str, list[np.ndarray]] = {name: [] for name in PARTS}
     for label, (source, counts) in enumerate(zip(sources, config.split.per_class(len(sources)))):
         drawings = load_drawings(source, sum(counts))
-        # Seeded by class name too, so adding or reordering classes leaves each class's own split alone.
+        # Seeded by class name too: reordering classes, or adding some at the same sizes, keeps each class's split.
         rng = np.random.default_rng([config.seed, zlib.crc32(source.class_name.encode())])
         order = rng.permutation(len(drawings))
         bounds = np.cumsum(counts)[:-1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -42,9 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="convert the data once, run the grid, write the summary (default)")
     add_data_flags(run)
     run.add_argument("--lrs", type=float_list, default=SearchConfig.lrs, metavar="LR,...",
-                     help="comma-separated learning rates (default 0.01,0.001,0.0001)")
+                     help=f"comma-separated learning rates (default {joined(SearchConfig.lrs)})")
     run.add_argument("--batch-sizes", type=int_list, default=SearchConfig.batch_sizes, metavar="N,...",
-                     help="comma-separated batch sizes (default 32,64,128,256,512)")
+                     help=f"comma-separated batch sizes (default {joined(SearchConfig.batch_sizes)})")
     run.add_argument("--dropout", type=float, default=SearchConfig.dropout, help="dropout rate (default %(default)s)")
     run.add_argument("--epochs", type=int, default=SearchConfig.epochs, help="epochs per trial (default %(default)s)")
     run.add_argument("--name", help="experiment folder under --storage (default: a timestamp)")
@@ -72,10 +73,15 @@ def add_data_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--classes", type=name_list, default=SEED_CLASSES, metavar="NAME,...",
                         help="comma-separated class names (default: the seed's ten)")
     parser.add_argument("--split", type=split_sizes, default=SplitSizes(), metavar="TRAIN,VAL,TEST",
-                        help="train,validation,test totals, divided evenly among classes (default 20000,4000,1000)")
-    parser.add_argument("--seed", type=int, default=DataConfig.seed, help="seed of the split and of training (default 0)")
+                        help="train,validation,test totals, divided evenly among classes "
+                        f"(default {joined(dataclasses.astuple(SplitSizes()))})")
+    parser.add_argument("--seed", type=int, default=DataConfig.seed, help="seed of the split and of training (default %(default)s)")
     parser.add_argument("--storage", default=SearchConfig.storage,
                         help="where datasets and experiments are written (default %(default)s)")
+
+
+def joined(values) -> str:
+    return ",".join(map(str, values))
 
 
 def name_list(text: str) -> tuple[str, ...]:

@@ -53,7 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="GPUs per trial, fractions allowed (default: share Ray's GPUs so all trials run at once)")
     run.add_argument("--cpus-per-trial", type=float, default=None,
                      help="CPUs per trial; torch uses that many threads (default 1 without GPUs)")
-    run.set_defaults(handler=run_command)
+    run.add_argument("--max-failures", type=int, default=SearchConfig.max_failures,
+                     help="restarts of a failed trial, each from its last checkpoint; -1 for no limit (default %(default)s)")
+    add_address_flag(run)
+    run.add_argument("--resume", metavar="EXPERIMENT",
+                     help="continue the search in <storage>/<name> (a path or URI) whose driver stopped; "
+                     "takes no other flag but --address")
+    run.set_defaults(handler=run_command, parser=run)
 
     convert = commands.add_parser("convert", help="only convert the data into <storage>/datasets/<fingerprint>/")
     add_data_flags(convert)
@@ -62,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.set_defaults(handler=convert_command)
 
     report = commands.add_parser("report", help="rebuild summary.md/.csv/.json of an experiment folder")
-    report.add_argument("experiment", type=Path, help="the experiment folder, <storage>/<name>")
+    report.add_argument("experiment", help="the experiment folder, <storage>/<name> (a path or URI)")
     report.set_defaults(handler=report_command)
     return parser
 
@@ -78,6 +84,12 @@ def add_data_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=DataConfig.seed, help="seed of the split and of training (default %(default)s)")
     parser.add_argument("--storage", default=SearchConfig.storage,
                         help="where datasets and experiments are written (default %(default)s)")
+
+
+def add_address_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--address", default=None,
+                        help="join the running Ray cluster at host:port, or 'auto' for the one on this machine "
+                        "(default: start Ray here)")
 
 
 def joined(values) -> str:
@@ -115,16 +127,37 @@ def data_config(args) -> DataConfig:
 
 
 def run_command(args) -> int:
+    if args.resume:
+        return resume_command(args)
     config = SearchConfig(
         data=data_config(args), lrs=args.lrs, batch_sizes=args.batch_sizes, dropout=args.dropout,
         epochs=args.epochs, storage=args.storage, name=args.name,
         gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
+        address=args.address, max_failures=args.max_failures,
     )
     config.validate()
-    from quickdraw.report import to_markdown, write_report  # Ray and torch load only for real work
-    from quickdraw.search import run_search
+    from quickdraw.search import run_search  # Ray and torch load only for real work
 
-    experiment = run_search(config)
+    return finish(run_search(config))
+
+
+def resume_command(args) -> int:
+    given = [
+        action.option_strings[0] for action in args.parser._actions
+        if action.dest not in ("help", "resume", "address") and getattr(args, action.dest) != action.default
+    ]
+    if given:
+        raise UserError(f"--resume continues with the search's own settings: drop {', '.join(given)}")
+    from quickdraw.search import resume_search
+    from quickdraw.storage import Location
+
+    return finish(resume_search(Location.parse(args.resume, flag="--resume"), args.address))
+
+
+def finish(experiment) -> int:
+    """Write and print the summary; exit code 1 when a trial did not finish."""
+    from quickdraw.report import to_markdown, write_report
+
     table = write_report(experiment)
     print(to_markdown(table))
     print(f"Summary: {experiment / 'summary.md'}  TensorBoard: tensorboard --logdir {experiment}")
@@ -135,18 +168,21 @@ def convert_command(args) -> int:
     data = data_config(args)
     data.validate()
     from quickdraw.dataset import prepare_split, write_pngs
+    from quickdraw.storage import Location
 
-    prepared = prepare_split(data, Path(args.storage))
-    print(f"{'reused' if prepared.reused else 'converted'} {prepared.split.counts()} -> {prepared.directory}")
+    split, conversion = prepare_split(data, Location.parse(args.storage))
+    print(f"{'reused' if conversion.reused else 'converted'} {conversion.counts} -> {conversion.directory}")
     if args.png:
-        print(f"PNG files in {write_pngs(prepared)}")
+        print(f"PNG files in {write_pngs(split, conversion.directory)}")
     return 0
 
 
 def report_command(args) -> int:
-    if not args.experiment.is_dir():
-        raise UserError(f"{args.experiment} is not a folder: give the experiment folder <storage>/<name>")
     from quickdraw.report import to_markdown, write_report
+    from quickdraw.storage import Location
 
-    print(to_markdown(write_report(args.experiment)))
+    experiment = Location.parse(args.experiment, flag="report")
+    if not experiment.is_dir():
+        raise UserError(f"{experiment} is not a folder: give the experiment folder <storage>/<name>")
+    print(to_markdown(write_report(experiment)))
     return 0

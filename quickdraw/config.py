@@ -67,6 +67,8 @@ class SearchConfig:
     name: str | None = None
     gpus_per_trial: float | None = None  # None: share the GPUs Ray sees among all trials
     cpus_per_trial: float | None = None  # None: 1 without GPUs, else a share that lets all trials run
+    address: str | None = None  # None: start Ray on this machine; "auto" or host:port joins a cluster
+    max_failures: int = 3  # restarts of a failed trial, each from its last checkpoint; -1: no limit
 
     @property
     def num_trials(self) -> int:
@@ -90,5 +92,7 @@ class SearchConfig:
             raise UserError(f"--gpus-per-trial must be 0 or more, got {self.gpus_per_trial}")
         if self.cpus_per_trial is not None and self.cpus_per_trial <= 0:
             raise UserError(f"--cpus-per-trial must be above 0, got {self.cpus_per_trial}")
+        if self.max_failures < -1:
+            raise UserError(f"--max-failures must be 0 or more (or -1 for no limit), got {self.max_failures}")
         if self.name is not None and (not self.name or "/" in self.name or self.name in (".", "..")):
             raise UserError(f"--name must be a plain folder name, got {self.name!r}")

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
-import os
-import shutil
-import uuid
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +15,8 @@ from PIL import Image
 
 from quickdraw.bitmaps import BitmapFile, check_drawings, find_class_files, load_drawings
 from quickdraw.config import DataConfig
+from quickdraw.errors import UserError
+from quickdraw.storage import Location
 
 FORMAT_VERSION = 1
 PARTS = ("train", "validation", "test")
@@ -44,10 +44,12 @@ class Split:
 
 
 @dataclass(frozen=True)
-class PreparedSplit:
-    split: Split
-    directory: Path
+class Conversion:
+    """Where a split is stored, and whether this run converted it or found it there."""
+
+    directory: Location
     reused: bool
+    counts: dict[str, int]
 
 
 def fingerprint(config: DataConfig, sources: list[BitmapFile]) -> str:
@@ -62,15 +64,19 @@ def fingerprint(config: DataConfig, sources: list[BitmapFile]) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _conversion_dir(storage: Path, config: DataConfig, sources: list[BitmapFile]) -> Path:
+def conversion_fingerprint(config: DataConfig) -> str:
+    return fingerprint(config, find_class_files(config.data_dir, config.classes))
+
+
+def _conversion_dir(storage: Location, config: DataConfig, sources: list[BitmapFile]) -> Location:
     return storage / "datasets" / fingerprint(config, sources)
 
 
-def _is_converted(directory: Path) -> bool:
-    return (directory / MANIFEST_FILE).is_file()  # written last, renamed into place with the arrays
+def _is_converted(directory: Location) -> bool:
+    return (directory / MANIFEST_FILE).is_file()  # published last, after the arrays
 
 
-def check_inputs(config: DataConfig, storage: Path) -> None:
+def check_inputs(config: DataConfig, storage: Location) -> None:
     """Fail fast, before any Ray start-up: the class files exist and, unless a stored conversion
     will be reused, their headers promise uint8 bitmaps enough for the split."""
     sources = find_class_files(config.data_dir, config.classes)
@@ -79,15 +85,17 @@ def check_inputs(config: DataConfig, storage: Path) -> None:
             check_drawings(source, sum(counts))
 
 
-def prepare_split(config: DataConfig, storage: Path) -> PreparedSplit:
+def prepare_split(config: DataConfig, storage: Location) -> tuple[Split, Conversion]:
     """The split for `config`: read back from storage when converted before, otherwise converted now."""
     sources = find_class_files(config.data_dir, config.classes)
     target = _conversion_dir(storage, config, sources)
-    if _is_converted(target):
-        return PreparedSplit(load_split(target), target, reused=True)
-    split = split_drawings(config, sources)
-    _write_atomically(target, lambda tmp: _write_split(tmp, split, config, sources))
-    return PreparedSplit(split, target, reused=False)
+    reused = _is_converted(target)
+    if reused:
+        split = load_split(target)
+    else:
+        split = split_drawings(config, sources)
+        target.write_folder(lambda tmp: _write_split(tmp, split, config, sources), last=MANIFEST_FILE)
+    return split, Conversion(target, reused, split.counts())
 
 
 def split_drawings(config: DataConfig, sources: list[BitmapFile]) -> Split:
@@ -110,9 +118,9 @@ def split_drawings(config: DataConfig, sources: list[BitmapFile]) -> Split:
     return Split(classes=tuple(config.classes), **arrays)
 
 
-def load_split(directory: Path) -> Split:
+def load_split(directory: Location) -> Split:
     manifest = json.loads((directory / MANIFEST_FILE).read_text())
-    with np.load(directory / ARRAYS_FILE, allow_pickle=False) as arrays:
+    with np.load(io.BytesIO((directory / ARRAYS_FILE).read_bytes()), allow_pickle=False) as arrays:
         return Split(classes=tuple(manifest["classes"]), **{k: arrays[k] for k in arrays.files})
 
 
@@ -133,41 +141,25 @@ def _write_split(directory: Path, split: Split, config: DataConfig, sources: lis
     (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
-def write_pngs(prepared: PreparedSplit) -> Path:
+def write_pngs(split: Split, directory: Location) -> Location:
     """The seed's layout, `png/<train|validation|test>/<Class>/<n>.png`, black strokes on white."""
-    target = prepared.directory / "png"
+    if not directory.is_local:
+        raise UserError(f"--png writes thousands of small files for browsing: give a local --storage, not {directory}")
+    target = directory / "png"
     if target.is_dir():
         return target
 
     def write(tmp: Path) -> None:
         for part in PARTS:
-            drawings, labels = prepared.split.part(part)
-            for label, name in enumerate(prepared.split.classes):
+            drawings, labels = split.part(part)
+            for label, name in enumerate(split.classes):
                 folder = tmp / part / name.capitalize()
                 folder.mkdir(parents=True)
                 for n, drawing in enumerate(drawings[labels == label]):
                     Image.fromarray(255 - drawing).save(folder / f"{n}.png")
 
-    _write_atomically(target, write)
+    target.write_folder(write)
     return target
-
-
-def _write_atomically(target: Path, write) -> None:
-    """Write into a temporary sibling folder, then rename: readers never see half a conversion.
-
-    When another run renamed its copy into place first, that copy wins and ours is dropped.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex}"
-    tmp.mkdir()
-    try:
-        write(tmp)
-        os.rename(tmp, target)
-    except OSError:
-        if not target.is_dir():
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _sha256(path: Path) -> str:

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
-
 import pandas as pd
 from ray.tune import ExperimentAnalysis
 
 from quickdraw.errors import UserError
+from quickdraw.storage import Location
 
 COLUMNS = [
     "lr", "batch_size", "epochs", "best_val_loss", "best_val_accuracy", "test_accuracy", "train_seconds", "status",
 ]
 
 
-def write_report(experiment: Path) -> pd.DataFrame:
+def write_report(experiment: Location) -> pd.DataFrame:
     """Rebuild the summary files in `experiment` from what Tune stored there, finished or not."""
     table = summarize(experiment)
     (experiment / "summary.csv").write_text(table.to_csv(index=False))
@@ -25,10 +24,10 @@ def write_report(experiment: Path) -> pd.DataFrame:
     return table
 
 
-def summarize(experiment: Path) -> pd.DataFrame:
+def summarize(experiment: Location) -> pd.DataFrame:
     """A row per trial, accuracies in percent, sorted by learning rate (high to low) then batch size."""
     try:
-        analysis = ExperimentAnalysis(str(experiment))
+        analysis = ExperimentAnalysis(experiment.uri)
     except ValueError:
         raise UserError(
             f"{experiment} holds no Ray Tune experiment: give the folder <storage>/<name> that a search wrote"

@@ -1,62 +1,161 @@
-"""The Tuner: conversion as a Ray task, the split in the object store, the grid, resources, storage."""
+"""The Tuner: Ray (local or a cluster), the conversion once per cluster, the split in the object store,
+the grid, resources, failures, storage, and resuming a stopped search."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import os
+import socket
 from datetime import datetime
 from pathlib import Path
 
 import ray
 from ray import tune
+from ray.exceptions import AuthenticationError
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+import quickdraw
 from quickdraw.config import DataConfig, SearchConfig
-from quickdraw.dataset import PreparedSplit, check_inputs, prepare_split
+from quickdraw.dataset import Conversion, Split, check_inputs, conversion_fingerprint, load_split, prepare_split
 from quickdraw.errors import UserError
+from quickdraw.storage import Location, first_line
 from quickdraw.trainable import train_trial
 
+SEARCH_FILE = "search.json"  # the settings a search ran with, and where its split is: what --resume needs
+FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
+CONNECT_TIMEOUT_S = 5
 
-def run_search(config: SearchConfig) -> Path:
+
+def run_search(config: SearchConfig) -> Location:
     """Run the whole grid and return the experiment folder, `<storage>/<name>`."""
-    storage = Path(config.storage).resolve()
+    storage = Location.parse(config.storage)
     name = config.name or datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    if (storage / name).exists():
-        raise UserError(f"{storage / name} already exists: pick another --name, or omit it for a timestamp")
-    check_inputs(config.data, storage)
-    if not ray.is_initialized():
-        ray.init(logging_level="WARNING")
-    prepared = convert_once(config.data, storage)
-    print(f"split {prepared.split.counts()} of {len(prepared.split.classes)} classes "
-          f"{'reused from' if prepared.reused else 'converted into'} {prepared.directory}")
-    tuner = build_tuner(config, prepared, storage, name)
+    experiment = storage / name
+    # Ray's workers do not share our working directory: hand them an absolute --data-dir.
+    data = dataclasses.replace(config.data, data_dir=config.data.data_dir.resolve())
+    storage.check_writable()
+    if experiment.exists():
+        raise UserError(f"{experiment} already exists: pick another --name, or omit it for a timestamp")
+    check_inputs(data, storage)
+    connect(config.address)
+    conversion, split = convert_once(data, storage)
+    print(f"split {conversion.counts} of {len(data.classes)} classes "
+          f"{'reused from' if conversion.reused else 'converted into'} {conversion.directory}")
+    resources = trial_resources(config, ray.cluster_resources())
+    record = {"config": dataclasses.asdict(config), "dataset": conversion.directory.uri, "resources": resources}
+    (experiment / SEARCH_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
+    build_tuner(config, trainable(split, resources), storage, name).fit()
+    return experiment
+
+
+def resume_search(experiment: Location, address: str | None) -> Location:
+    """Continue a search whose driver stopped: finished trials stay as they are, the others go on
+    from their last checkpoints (errored ones too, with a fresh allowance of failures)."""
+    record_file = experiment / SEARCH_FILE
+    if not record_file.is_file():
+        raise UserError(f"--resume {experiment}: no {SEARCH_FILE} there; give the folder <storage>/<name> of a search")
+    if not tune.Tuner.can_restore(experiment.uri):
+        raise UserError(f"--resume {experiment}: the search stopped before its first trial started; run it again")
+    record = json.loads(record_file.read_text())
+    connect(address)
+    split = load_split(Location.parse(record["dataset"]))
+    print(f"resuming {experiment} with the split in {record['dataset']}")
+    quiet_tune()
+    tuner = tune.Tuner.restore(
+        experiment.uri, trainable=trainable(split, record["resources"]), resume_unfinished=True, resume_errored=True
+    )
     tuner.fit()
-    return storage / name
+    return experiment
 
 
-def convert_once(data: DataConfig, storage: Path) -> PreparedSplit:
-    """Read, validate and split the raw files in a Ray task on this (the driver's) node, where
-    --data-dir is; a second run with the same inputs reads the stored split instead."""
+def connect(address: str | None) -> None:
+    """Start a local Ray, or join the cluster at `address` and ship it this package."""
+    if ray.is_initialized():
+        return
+    if address is None:
+        ray.init(logging_level="WARNING")
+        return
+    if address != "auto":
+        check_reachable(address)
+    runtime_env = {
+        "py_modules": [str(Path(quickdraw.__file__).parent)],
+        "env_vars": {key: os.environ[key] for key in FORWARDED_ENV if key in os.environ},
+    }
+    try:
+        ray.init(address=address, logging_level="WARNING", runtime_env=runtime_env)
+    except AuthenticationError:
+        raise UserError(
+            f"--address {address}: the cluster wants its token: export RAY_AUTH_MODE=token and put the "
+            "head node's ~/.ray/auth_token in the same place here (or in RAY_AUTH_TOKEN)"
+        ) from None
+    except ConnectionError as e:
+        raise UserError(
+            f"--address {address}: could not join a Ray cluster ({first_line(e)}); start one with "
+            "`ray start --head`, export RAY_AUTH_MODE=token if it uses token authentication, "
+            "or leave out --address to run on this machine"
+        ) from None
+
+
+def check_reachable(address: str) -> None:
+    """Ray retries an unreachable address for minutes; one TCP connection tells in seconds."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--address {address}: give host:port of the head node (port 6379 by default), or 'auto'")
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as e:
+        raise UserError(
+            f"--address {address}: nothing answers there ({e.strerror or e}); start the head node with "
+            f"`ray start --head --port {port}`, or leave out --address to run on this machine"
+        ) from None
+
+
+@ray.remote(num_cpus=0)
+class Converter:
+    """One per fingerprint in the cluster (a named actor): drivers that start together queue on it,
+    so the first converts and the others read its result from storage."""
+
+    @ray.method(num_returns=2)
+    def prepare(self, data: DataConfig, storage: Location):
+        # A UserError is returned, not raised: Ray would wrap it in a traceback-bearing RayTaskError.
+        try:
+            split, conversion = prepare_split(data, storage)
+        except UserError as e:
+            return e, None
+        return conversion, split
+
+
+def convert_once(data: DataConfig, storage: Location) -> tuple[Conversion, ray.ObjectRef]:
+    """Convert (or find) the split on this, the driver's, node, where --data-dir is; the split
+    stays in the object store, where every node's trials read it."""
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    task = ray.remote(_prepare_split_or_error).options(scheduling_strategy=here)
-    outcome = ray.get(task.remote(data, storage))
+    converter = Converter.options(
+        name=f"quickdraw-convert-{conversion_fingerprint(data)}", namespace="quickdraw",
+        get_if_exists=True, scheduling_strategy=here,
+    ).remote()
+    outcome, split = converter.prepare.remote(data, storage)
+    outcome = ray.get(outcome)
     if isinstance(outcome, UserError):
         raise outcome
-    return outcome
+    return outcome, split
 
 
-def _prepare_split_or_error(data: DataConfig, storage: Path) -> PreparedSplit | UserError:
-    # Returned, not raised: Ray would wrap a raised UserError in a traceback-bearing RayTaskError.
-    try:
-        return prepare_split(data, storage)
-    except UserError as e:
-        return e
+def trainable(split: Split | ray.ObjectRef, resources: dict):
+    return tune.with_resources(tune.with_parameters(train_trial, split=split), resources)
 
 
-def build_tuner(config: SearchConfig, prepared: PreparedSplit, storage: Path, name: str) -> tune.Tuner:
-    resources = trial_resources(config, ray.cluster_resources())
-    trainable = tune.with_resources(tune.with_parameters(train_trial, split=prepared.split), resources)
+def quiet_tune() -> None:
+    # Trials write their own TensorBoard logs; Ray's TensorBoardX logger would add a second set.
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    # Keeping one checkpoint per trial makes Tune snapshot its experiment state at every checkpoint,
+    # on purpose, so that a restore never points at a deleted checkpoint; without this it warns each time.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+
+def build_tuner(config: SearchConfig, trainable, storage: Location, name: str) -> tune.Tuner:
     param_space = {
         "lr": tune.grid_search(list(config.lrs)),
         "batch_size": tune.grid_search(list(config.batch_sizes)),
@@ -64,20 +163,17 @@ def build_tuner(config: SearchConfig, prepared: PreparedSplit, storage: Path, na
         "epochs": config.epochs,
         "seed": config.data.seed,
     }
-    # Trials write their own TensorBoard logs; Ray's TensorBoardX logger would add a second set.
-    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
-    # Keeping one checkpoint per trial makes Tune snapshot its experiment state at every checkpoint,
-    # on purpose, so that a restore never points at a deleted checkpoint; without this it warns each time.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    quiet_tune()
     return tune.Tuner(
         trainable,
         param_space=param_space,
         tune_config=tune.TuneConfig(metric="val_loss", mode="min", trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=name,
-            storage_path=str(storage),
+            storage_path=storage.uri,
             callbacks=[CSVLoggerCallback(), JsonLoggerCallback()],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            failure_config=tune.FailureConfig(max_failures=config.max_failures),
             sync_config=tune.SyncConfig(sync_artifacts=True),
             verbose=1,
         ),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import tempfile
 import time
@@ -41,6 +42,7 @@ class Progress:
 
 def train_trial(config: dict, split: Split) -> None:
     """Tune's trainable. `config` holds lr, batch_size, dropout, epochs and seed."""
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # else a "Checkpoint successfully created" line per epoch
     device = trial_device()
     torch.set_num_threads(trial_threads())
     torch.manual_seed(config["seed"])

@@ -1,6 +1,7 @@
 """The split and its conversion, on synthetic class files: no Ray, no training."""
 
 import multiprocessing
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,6 +9,12 @@ import pytest
 from conftest import SYNTHETIC_CLASSES, synthetic_drawings, write_class_files
 from quickdraw.config import DataConfig, SplitSizes
 from quickdraw.dataset import PARTS, load_split, prepare_split
+from quickdraw.storage import Location
+
+
+def convert(config: DataConfig, storage):
+    """The split and where it went, with `storage` a local folder."""
+    return prepare_split(config, Location.parse(str(storage)))
 
 
 def config(data, **changes) -> DataConfig:
@@ -25,7 +32,7 @@ def test_split_sizes_divide_evenly_and_remainders_go_first():
 
 
 def test_split_has_the_asked_sizes_and_no_drawing_in_two_parts(synthetic_data, tmp_path):
-    split = prepare_split(config(synthetic_data), tmp_path / "storage").split
+    split, _ = convert(config(synthetic_data), tmp_path / "storage")
     assert split.counts() == {"train": 150, "validation": 30, "test": 15}
     for label in range(len(SYNTHETIC_CLASSES)):
         ids = [drawing_ids(split.part(p)[0][split.part(p)[1] == label]) for p in PARTS]
@@ -36,21 +43,21 @@ def test_split_has_the_asked_sizes_and_no_drawing_in_two_parts(synthetic_data, t
 
 
 def test_split_is_the_same_for_the_same_seed_and_differs_for_another(synthetic_data, tmp_path):
-    first = prepare_split(config(synthetic_data), tmp_path / "a").split
-    again = prepare_split(config(synthetic_data), tmp_path / "b").split
-    other = prepare_split(config(synthetic_data, seed=1), tmp_path / "c").split
+    first, _ = convert(config(synthetic_data), tmp_path / "a")
+    again, _ = convert(config(synthetic_data), tmp_path / "b")
+    other, _ = convert(config(synthetic_data, seed=1), tmp_path / "c")
     assert np.array_equal(first.x_train, again.x_train) and np.array_equal(first.y_test, again.y_test)
     assert not np.array_equal(first.x_train, other.x_train)
 
 
 def test_reuse_reads_the_stored_split_and_other_inputs_make_a_new_one(synthetic_data, tmp_path):
     storage = tmp_path / "storage"
-    first = prepare_split(config(synthetic_data), storage)
-    second = prepare_split(config(synthetic_data), storage)
-    assert not first.reused and second.reused and second.directory == first.directory
-    assert np.array_equal(second.split.x_validation, first.split.x_validation)
-    third = prepare_split(config(synthetic_data, seed=3), storage)
-    assert not third.reused and third.directory != first.directory
+    first_split, first = convert(config(synthetic_data), storage)
+    second_split, second = convert(config(synthetic_data), storage)
+    assert not first.reused and second.reused and second.directory.uri == first.directory.uri
+    assert np.array_equal(second_split.x_validation, first_split.x_validation)
+    _, third = convert(config(synthetic_data, seed=3), storage)
+    assert not third.reused and third.directory.uri != first.directory.uri
 
 
 def test_google_file_names_other_shapes_and_spaces_in_class_names(tmp_path):
@@ -59,14 +66,14 @@ def test_google_file_names_other_shapes_and_spaces_in_class_names(tmp_path):
     np.save(data / "full_numpy_bitmap_hot dog.npy", synthetic_drawings(0, 80).reshape(80, 1, 784))
     np.save(data / "ice cream.npy", synthetic_drawings(1, 80).reshape(80, 28, 28))
     cfg = DataConfig(data_dir=data, classes=("hot dog", "ice cream"), split=SplitSizes(100, 20, 10))
-    split = prepare_split(cfg, tmp_path / "storage").split
+    split, _ = convert(cfg, tmp_path / "storage")
     assert split.classes == ("hot dog", "ice cream")
     assert np.array_equal(np.bincount(split.y_train), [50, 50])
 
 
 def _convert(args):
     data, storage = args
-    return str(prepare_split(config(data), storage).directory)
+    return convert(config(data), storage)[1].directory.uri
 
 
 def test_two_conversions_at_once_leave_one_complete_dataset(synthetic_data, tmp_path):
@@ -75,15 +82,14 @@ def test_two_conversions_at_once_leave_one_complete_dataset(synthetic_data, tmp_
         directories = pool.map(_convert, [(synthetic_data, storage)] * 2)
     assert directories[0] == directories[1]
     assert [p.name for p in (storage / "datasets").iterdir()] == [directories[0].rsplit("/", 1)[1]]
-    assert load_split(storage / "datasets" / directories[0].rsplit("/", 1)[1]).counts()["train"] == 150
+    assert load_split(Location.parse(directories[0])).counts()["train"] == 150
 
 
 def test_a_conversion_that_lost_the_race_keeps_the_winner_and_cleans_up(synthetic_data, tmp_path):
-    from quickdraw.dataset import _write_atomically
-
     storage = tmp_path / "storage"
-    winner = prepare_split(config(synthetic_data), storage).directory
+    winner_location = convert(config(synthetic_data), storage)[1].directory
+    winner = Path(winner_location.path)
     before = sorted(p.name for p in winner.iterdir())
-    _write_atomically(winner, lambda tmp: (tmp / "late.txt").write_text("the slower run's copy"))
+    winner_location.write_folder(lambda tmp: (tmp / "late.txt").write_text("the slower run's copy"))
     assert sorted(p.name for p in winner.iterdir()) == before
     assert [p.name for p in winner.parent.iterdir()] == [winner.name]  # no temporary folder left

@@ -1,0 +1,141 @@
+"""Where datasets and experiments live: a local folder or a URI Ray Tune accepts (s3://, gs://).
+
+Both go through pyarrow's filesystems, the ones Ray Tune itself uses, so an S3-compatible server
+named by AWS_ENDPOINT_URL works for our files exactly as it does for Tune's.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pyarrow
+import pyarrow.fs as pafs
+
+from quickdraw.errors import UserError
+
+
+@dataclass(frozen=True)
+class Location:
+    """A file or folder in storage: its filesystem, its path there, and the name users and Tune know it by."""
+
+    filesystem: pafs.FileSystem
+    path: str
+    uri: str
+
+    @classmethod
+    def parse(cls, text: str, flag: str = "--storage") -> Location:
+        if "://" not in text:
+            path = os.path.abspath(os.path.expanduser(text))
+            return cls(pafs.LocalFileSystem(), path, path)
+        try:
+            filesystem, path = pafs.FileSystem.from_uri(text)
+        except (pyarrow.ArrowException, OSError, ValueError) as e:
+            raise UserError(
+                f"{flag} {text}: {first_line(e)}; give a local path or a URI such as s3://bucket/prefix"
+            ) from None
+        return cls(filesystem, path.rstrip("/"), text.rstrip("/"))
+
+    def __truediv__(self, name: str) -> Location:
+        return Location(self.filesystem, f"{self.path}/{name}", f"{self.uri}/{name}")
+
+    def __str__(self) -> str:
+        return self.uri
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.filesystem, pafs.LocalFileSystem)
+
+    def exists(self) -> bool:
+        return self._type() != pafs.FileType.NotFound
+
+    def is_file(self) -> bool:
+        return self._type() == pafs.FileType.File
+
+    def is_dir(self) -> bool:
+        return self._type() == pafs.FileType.Directory
+
+    def _type(self) -> pafs.FileType:
+        return self.filesystem.get_file_info(self.path).type
+
+    def read_bytes(self) -> bytes:
+        with self.filesystem.open_input_stream(self.path) as stream:
+            return stream.read()
+
+    def read_text(self) -> str:
+        return self.read_bytes().decode()
+
+    def write_bytes(self, data: bytes) -> None:
+        """Readers see the old file or the whole new one: locally through a rename, on object
+        storage because an upload becomes visible only when it completes."""
+        if not self.is_local:
+            with self.filesystem.open_output_stream(self.path) as stream:
+                stream.write(data)
+            return
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        tmp = f"{self.path}.tmp-{uuid.uuid4().hex}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, self.path)
+
+    def write_text(self, text: str) -> None:
+        self.write_bytes(text.encode())
+
+    def write_folder(self, write: Callable[[Path], None], last: str | None = None) -> None:
+        """Fill a local folder with `write`, then make it appear here whole.
+
+        Locally it is written beside the target and renamed into place; when another process renamed
+        its copy there first, that copy wins and ours is dropped. On object storage the files are
+        uploaded one by one, `last` (the file readers check for) after all the others.
+        """
+        parent = os.path.dirname(self.path) if self.is_local else None
+        if parent:
+            os.makedirs(parent, exist_ok=True)
+        staged = Path(tempfile.mkdtemp(prefix=f".{self.name}.tmp-", dir=parent))
+        try:
+            write(staged)
+            self._publish(staged, last)
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
+
+    def _publish(self, staged: Path, last: str | None) -> None:
+        if self.is_local:
+            try:
+                os.rename(staged, self.path)
+            except OSError:
+                if not os.path.isdir(self.path):
+                    raise
+            return
+        files = sorted((p for p in staged.rglob("*") if p.is_file()), key=lambda p: p.name == last)
+        for file in files:
+            (self / file.relative_to(staged).as_posix()).write_bytes(file.read_bytes())
+
+    def check_writable(self, flag: str = "--storage") -> None:
+        """Fail before any work when the folder cannot be written: no bucket, no credentials, no permission."""
+        probe = self / f".write-check-{uuid.uuid4().hex}"
+        try:
+            bucket = self.path.split("/", 1)[0]
+            if not self.is_local and self.filesystem.get_file_info(bucket).type == pafs.FileType.NotFound:
+                endpoint = os.environ.get("AWS_ENDPOINT_URL")
+                raise UserError(
+                    f"{flag} {self.uri}: there is no bucket {bucket}{f' at {endpoint}' if endpoint else ''}; "
+                    "create it, or check the URI and AWS_ENDPOINT_URL"
+                )
+            probe.write_bytes(b"")
+            self.filesystem.delete_file(probe.path)
+        except OSError as e:
+            raise UserError(f"{flag} {self.uri} cannot be written: {first_line(e)}") from None
+
+
+def first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import ray
 from ray import tune
-from ray.exceptions import AuthenticationError
+from ray.exceptions import AuthenticationError, RayActorError
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -27,6 +27,7 @@ from quickdraw.trainable import train_trial
 SEARCH_FILE = "search.json"  # the settings a search ran with, and where its split is: what --resume needs
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
 CONNECT_TIMEOUT_S = 5
+CONVERT_ATTEMPTS = 3
 
 
 def run_search(config: SearchConfig) -> Location:
@@ -132,15 +133,23 @@ def convert_once(data: DataConfig, storage: Location) -> tuple[Conversion, ray.O
     """Convert (or find) the split on this, the driver's, node, where --data-dir is; the split
     stays in the object store, where every node's trials read it."""
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    converter = Converter.options(
-        name=f"quickdraw-convert-{conversion_fingerprint(data)}", namespace="quickdraw",
-        get_if_exists=True, scheduling_strategy=here,
-    ).remote()
-    outcome, split = converter.prepare.remote(data, storage)
-    outcome = ray.get(outcome)
-    if isinstance(outcome, UserError):
-        raise outcome
-    return outcome, split
+    for attempt in range(1, CONVERT_ATTEMPTS + 1):
+        converter = Converter.options(
+            name=f"quickdraw-convert-{conversion_fingerprint(data)}", namespace="quickdraw",
+            get_if_exists=True, scheduling_strategy=here,
+        ).remote()
+        outcome, split = converter.prepare.remote(data, storage)
+        try:
+            outcome = ray.get(outcome)
+        except RayActorError:
+            # The converter belonged to another driver, which let go of it while our call waited
+            # behind its own; a new converter finds that driver's split in storage.
+            if attempt == CONVERT_ATTEMPTS:
+                raise
+            continue
+        if isinstance(outcome, UserError):
+            raise outcome
+        return outcome, split
 
 
 def trainable(split: Split | ray.ObjectRef, resources: dict):

@@ -41,11 +41,19 @@ def synthetic_data(tmp_path) -> Path:
     return write_class_files(tmp_path / "data")
 
 
-def run_cli(*args, timeout: int = 300) -> subprocess.CompletedProcess:
+def cli_command(*args) -> list[str]:
+    return [sys.executable, "tune_search.py", *map(str, args)]
+
+
+def run_cli(*args, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     """`python tune_search.py ARGS` from the repository root, as the README runs it."""
-    return subprocess.run(
-        [sys.executable, "tune_search.py", *map(str, args)],
-        cwd=REPO, capture_output=True, text=True, timeout=timeout,
+    return subprocess.run(cli_command(*args), cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def start_cli(*args, env: dict | None = None) -> subprocess.Popen:
+    """The command started in the background, its output (stdout and stderr together) kept for asserts."""
+    return subprocess.Popen(
+        cli_command(*args), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
 
 

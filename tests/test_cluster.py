@@ -1,0 +1,131 @@
+"""The grid on a real Ray cluster: a head and two worker nodes started with `ray start` on loopback.
+
+The worker-node failure test kills a node, so it runs last in this module.
+"""
+
+import json
+import multiprocessing
+import os
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import SYNTHETIC_CLASSES, start_cli, write_class_files
+from experiment_checks import results, trial_dirs
+from quickdraw.config import DataConfig, SplitSizes
+from quickdraw.storage import Location
+from ray_cluster import LoopbackCluster
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    cluster = LoopbackCluster(workers=2, cpus_per_node=1)
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+def grid_args(cluster, data, storage, name, split, epochs, batch_size):
+    return [
+        "--address", cluster.address, "--data-dir", data, "--classes", ",".join(SYNTHETIC_CLASSES),
+        "--split", split, "--lrs", "0.01,0.001,0.0001", "--batch-sizes", batch_size, "--epochs", epochs,
+        "--storage", storage, "--name", name,
+    ]
+
+
+def finish(driver, timeout=300) -> str:
+    output, _ = driver.communicate(timeout=timeout)
+    assert driver.returncode == 0, output[-4000:]
+    return output
+
+
+def node_history(experiment: Path) -> dict[str, list[tuple[int, str]]]:
+    """(epoch, node_ip) of every result each trial reported, by trial folder name."""
+    return {t.name: [(r["epoch"], r["node_ip"]) for r in results(t)] for t in trial_dirs(experiment)}
+
+
+def test_the_grid_spreads_over_every_node(cluster, tmp_path):
+    data = write_class_files(tmp_path / "data", count=2_000)
+    storage = tmp_path / "results"
+    output = finish(start_cli(*grid_args(cluster, data, storage, "spread", "3000,600,300", 2, 128), env=cluster.env))
+
+    assert "converted into" in output
+    nodes = {ip for history in node_history(storage / "spread").values() for _, ip in history}
+    assert set(cluster.worker_ips) < nodes and len(nodes) == 3, nodes
+    table = pd.read_csv(storage / "spread" / "summary.csv")
+    assert len(table) == 3 and (table.status == "finished").all()
+
+
+def _driver(env: dict, data: Path, storage: str, barrier, outcomes) -> None:
+    """A second driver process: join the cluster, wait for the other, then ask for the split."""
+    os.environ.update(env)
+    import ray
+
+    from quickdraw.search import convert_once
+
+    ray.init(address=env["QD_ADDRESS"], logging_level="ERROR")
+    barrier.wait()
+    conversion, _ = convert_once(DataConfig(data, SYNTHETIC_CLASSES, SplitSizes(12_000, 3_000, 1_500)),
+                                 Location.parse(storage))
+    outcomes.put(conversion.reused)
+    ray.shutdown()
+
+
+def test_drivers_asking_for_the_same_split_at_the_same_moment_convert_it_once(cluster, tmp_path):
+    data = write_class_files(tmp_path / "data", count=6_000)
+    storage = tmp_path / "results"
+    spawn = multiprocessing.get_context("spawn")
+    barrier, outcomes = spawn.Barrier(2), spawn.Queue()
+    env = {**cluster.env, "QD_ADDRESS": cluster.address}
+    drivers = [spawn.Process(target=_driver, args=(env, data, str(storage), barrier, outcomes)) for _ in range(2)]
+    for driver in drivers:
+        driver.start()
+    reused = sorted(outcomes.get(timeout=120) for _ in drivers)
+    for driver in drivers:
+        driver.join(timeout=60)
+    assert reused == [False, True]
+    assert len(list((storage / "datasets").iterdir())) == 1
+
+
+def test_a_worker_node_dies_and_its_trial_continues_elsewhere_from_its_checkpoint(cluster, tmp_path):
+    data = write_class_files(tmp_path / "data", count=1_200)
+    storage = tmp_path / "results"
+    epochs = 10
+    experiment = storage / "failover"
+    driver = start_cli(*grid_args(cluster, data, storage, "failover", "3000,300,150", epochs, batch_size=32),
+                       env=cluster.env)
+    victim = cluster.worker_ips[0]
+    deadline = time.monotonic() + 180
+    while not any(2 <= epoch < epochs and ip == victim for epoch, ip in _latest_results(experiment)):
+        assert time.monotonic() < deadline and driver.poll() is None, "no trial ran two epochs on the victim node"
+        time.sleep(0.2)
+    assert cluster.kill_node(victim) > 0
+    finish(driver)
+
+    moved = 0
+    for trial, history in node_history(experiment).items():
+        assert history[-1][0] == epochs, (trial, history)
+        switches = [i for i in range(1, len(history)) if history[i][1] != history[i - 1][1]]
+        for i in switches:
+            moved += 1
+            assert history[i - 1][1] == victim
+            assert history[i][0] > 1, f"{trial} started over after its node died: {history}"
+            assert history[i][0] <= history[i - 1][0] + 1, f"{trial} skipped epochs: {history}"
+    assert moved >= 1
+    table = pd.read_csv(experiment / "summary.csv")
+    assert (table.status == "finished").all() and (table.epochs == epochs).all()
+
+
+def _latest_results(experiment: Path):
+    """(epoch, node_ip) of each running trial's latest result; a line being written is skipped."""
+    for result_file in experiment.glob("lr=*/result.json"):
+        for line in reversed(result_file.read_text().splitlines()):
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            yield row["epoch"], row["node_ip"]
+            break

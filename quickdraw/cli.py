@@ -127,7 +127,7 @@ def data_config(args) -> DataConfig:
 
 
 def run_command(args) -> int:
-    if args.resume:
+    if args.resume is not None:
         return resume_command(args)
     config = SearchConfig(
         data=data_config(args), lrs=args.lrs, batch_sizes=args.batch_sizes, dropout=args.dropout,
@@ -148,6 +148,8 @@ def resume_command(args) -> int:
     ]
     if given:
         raise UserError(f"--resume continues with the search's own settings: drop {', '.join(given)}")
+    if not args.resume.strip():
+        raise UserError("--resume needs the experiment folder <storage>/<name> (a path or URI)")
     from quickdraw.search import resume_search
     from quickdraw.storage import Location
 

@@ -28,6 +28,9 @@ SEARCH_FILE = "search.json"  # the settings a search ran with, and where its spl
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
 CONNECT_TIMEOUT_S = 5
 CONVERT_ATTEMPTS = 3
+# Converters this driver used. Ray ends an actor as soon as no handle to it is left, which would fail
+# another driver's call queued on it; holding them until this driver exits keeps that to the rare case.
+_converters: list = []
 
 
 def run_search(config: SearchConfig) -> Location:
@@ -138,6 +141,7 @@ def convert_once(data: DataConfig, storage: Location) -> tuple[Conversion, ray.O
             name=f"quickdraw-convert-{conversion_fingerprint(data)}", namespace="quickdraw",
             get_if_exists=True, scheduling_strategy=here,
         ).remote()
+        _converters.append(converter)
         outcome, split = converter.prepare.remote(data, storage)
         try:
             outcome = ray.get(outcome)

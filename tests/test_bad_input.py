@@ -3,12 +3,13 @@ file or flag and says what to do, exit code 2, no traceback, and nothing in --st
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import run_cli, synthetic_drawings, write_class_files
+from conftest import REPO, run_cli, synthetic_drawings, write_class_files
 
 CLASSES = "circle,hot dog,cat"  # "hot dog" checks that a class name with a space travels as one argv element
 NAME = "exp"
@@ -170,3 +171,130 @@ def test_report_of_a_folder_that_holds_no_experiment(tmp_path):
     result = run_cli("report", tmp_path)
     line = assert_rejected(result, tmp_path, before, str(tmp_path))
     assert "no Ray Tune experiment" in line
+
+
+# --- Ray cluster address (checked before ray.init, which would retry for minutes) ------------------
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on: bound by the OS, then let go."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_address_where_nothing_listens(data, storage):
+    write_class_files(data, classes=("cat",), count=200)
+    address = f"127.0.0.1:{free_port()}"
+    before = snapshot(storage)
+    result = run_main(data, storage, "--address", address)
+    line = assert_rejected(result, storage, before, f"--address {address}", "nothing answers there")
+    assert "Connection refused" in line
+    assert not (storage / NAME).exists()
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        pytest.param("nonsense", id="no-port"),
+        pytest.param("127.0.0.1:", id="empty-port"),
+        pytest.param(":6379", id="no-host"),
+        pytest.param("127.0.0.1:port", id="port-not-a-number"),
+    ],
+)
+def test_malformed_address(data, storage, address):
+    write_class_files(data, classes=("cat",), count=200)
+    before = snapshot(storage)
+    result = run_main(data, storage, "--address", address)
+    assert_rejected(result, storage, before, f"--address {address}", "host:port")
+    assert not (storage / NAME).exists()
+
+
+# --- failures allowed per trial ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value, mention",
+    [
+        pytest.param("-2", "got -2", id="below-minus-1"),
+        pytest.param("-100", "got -100", id="far-below-minus-1"),
+        pytest.param("three", "'three'", id="not-a-number"),
+    ],
+)
+def test_bad_max_failures(data, storage, value, mention):
+    write_class_files(data, classes=("cat",), count=200)
+    before = snapshot(storage)
+    result = run_main(data, storage, "--max-failures", value)
+    assert_rejected(result, storage, before, "--max-failures", mention)
+
+
+# --- storage URIs ---------------------------------------------------------------------------------
+
+
+def test_storage_uri_of_an_unknown_scheme(data, tmp_path):
+    write_class_files(data, classes=("cat",), count=200)
+    before = snapshot(tmp_path)  # holds the data folder; nothing may appear beside it
+    result = run_main(data, "foo://x")
+    line = assert_rejected(result, tmp_path, before, "--storage foo://x")
+    assert "Unrecognized filesystem type" in line
+    assert not (REPO / "foo:").exists()  # not taken for a local folder under the working directory
+
+
+def test_report_of_a_uri_of_an_unknown_scheme(tmp_path):
+    result = run_cli("report", "foo://x")
+    line = assert_rejected(result, tmp_path, snapshot(tmp_path), "report foo://x")
+    assert "Unrecognized filesystem type" in line
+
+
+# --- --resume ---------------------------------------------------------------------------------------
+
+
+def test_resume_with_every_run_flag(data, storage):
+    before = snapshot(storage)
+    result = run_main(data, storage, "--resume", storage / "earlier_run")
+    line = assert_rejected(result, storage, before, "--resume")
+    assert line.endswith(
+        "--resume continues with the search's own settings: "
+        "drop --data-dir, --classes, --split, --storage, --lrs, --batch-sizes, --epochs, --name"
+    ), line
+
+
+@pytest.mark.parametrize(
+    "flags, dropped",
+    [
+        pytest.param(("--lrs", "0.1", "--epochs", "2"), "--lrs, --epochs", id="lrs-and-epochs"),
+        pytest.param(("--storage", "elsewhere"), "--storage", id="storage"),
+        pytest.param(("--max-failures", "5"), "--max-failures", id="max-failures"),
+        pytest.param(("--gpus-per-trial", "0.5"), "--gpus-per-trial", id="gpus-per-trial"),
+    ],
+)
+def test_resume_with_another_run_flag(storage, flags, dropped):
+    before = snapshot(storage)
+    result = run_cli("--resume", storage / "earlier_run", *flags, timeout=TIMEOUT)
+    line = assert_rejected(result, storage, before, "--resume")
+    assert line.endswith(f"drop {dropped}"), line
+    assert "--address" not in line
+
+
+@pytest.mark.parametrize(
+    "folder",
+    [
+        pytest.param("earlier_run", id="folder-without-search-json"),  # holds only result.json
+        pytest.param("no_such_experiment", id="missing-folder"),
+    ],
+)
+@pytest.mark.parametrize("with_address", [False, True], ids=["alone", "with-address"])
+def test_resume_of_something_that_is_not_a_search(storage, folder, with_address):
+    """--address is the one flag --resume takes: the folder is still what gets rejected, before Ray."""
+    flags = ("--address", f"127.0.0.1:{free_port()}") if with_address else ()
+    before = snapshot(storage)
+    result = run_cli("--resume", storage / folder, *flags, timeout=TIMEOUT)
+    line = assert_rejected(result, storage, before, f"--resume {storage / folder}", "no search.json there")
+    assert "drop" not in line
+    assert not (storage / folder).exists() or folder == "earlier_run"
+
+
+def test_resume_of_a_uri_of_an_unknown_scheme(tmp_path):
+    result = run_cli("--resume", "foo://x", timeout=TIMEOUT)
+    line = assert_rejected(result, tmp_path, snapshot(tmp_path), "--resume foo://x")
+    assert "Unrecognized filesystem type" in line

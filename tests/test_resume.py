@@ -1,0 +1,76 @@
+"""A driver killed with SIGKILL mid-grid, then `--resume <storage>/<name>`: finished trials are left as
+they were, unfinished ones continue from their checkpoints, and the summary covers every trial."""
+
+import os
+import signal
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from conftest import SYNTHETIC_CLASSES, run_cli, start_cli, write_class_files
+from experiment_checks import results, trial_dirs
+from ray_cluster import kill_processes
+
+EPOCHS = 8
+
+
+def state(experiment: Path) -> dict[str, list[dict]]:
+    """Each trial's reported results by folder name, skipping a line still being written."""
+    found = {}
+    for trial in experiment.glob("lr=*"):
+        try:
+            found[trial.name] = results(trial) if (trial / "result.json").exists() else []
+        except ValueError:
+            found[trial.name] = []
+    return found
+
+
+def test_a_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
+    data = write_class_files(tmp_path / "data", count=1_500)
+    experiment = tmp_path / "results" / "killed"
+    # Its own Ray temp dir, so that Ray processes the killed driver leaves behind can be found and ended.
+    ray_tmp = tempfile.mkdtemp(prefix="qdres-", dir="/tmp")
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp}
+    # Batch size 512 finishes quickly; batch size 16 takes many more steps per epoch.
+    driver = start_cli(
+        "--data-dir", data, "--classes", ",".join(SYNTHETIC_CLASSES), "--split", "3000,300,150",
+        "--lrs", "0.001", "--batch-sizes", "16,512", "--epochs", EPOCHS,
+        "--storage", experiment.parent, "--name", experiment.name, env=env,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            progress = state(experiment)
+            finished = [t for t, rows in progress.items() if rows and "test_accuracy" in rows[-1]]
+            running = [t for t, rows in progress.items() if 2 <= len(rows) and "test_accuracy" not in rows[-1]]
+            if finished and running:
+                break
+            assert time.monotonic() < deadline and driver.poll() is None, f"no moment to kill at: {progress}"
+            time.sleep(0.2)
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+    finally:
+        driver.kill()
+        kill_processes(ray_tmp)
+    before = state(experiment)
+    finished_before = {t: (experiment / t / "result.json").read_bytes() for t in finished}
+
+    resumed = run_cli("--resume", experiment, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+
+    for trial, result_bytes in finished_before.items():
+        assert (experiment / trial / "result.json").read_bytes() == result_bytes, f"{trial} ran again"
+    for trial in trial_dirs(experiment):
+        history = results(trial)
+        assert history[-1]["epoch"] == EPOCHS and "test_accuracy" in history[-1]
+        earlier = before.get(trial.name, [])
+        later = history[len(earlier):]
+        if earlier and later:
+            # The resumed part starts from the last checkpoint, not from epoch 1.
+            assert later[0]["epoch"] > 1 and later[0]["epoch"] <= earlier[-1]["epoch"] + 1, history
+            assert {r["pid"] for r in later}.isdisjoint({r["pid"] for r in earlier})
+    assert any(before.get(t.name) and len(results(t)) > len(before[t.name]) for t in trial_dirs(experiment))
+    table = pd.read_csv(experiment / "summary.csv")
+    assert len(table) == 2 and (table.status == "finished").all() and (table.epochs == EPOCHS).all()

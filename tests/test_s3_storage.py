@@ -1,0 +1,115 @@
+"""--storage s3://...: an S3-compatible server on loopback (moto in server mode), reached the way users
+reach MinIO or Ceph, through AWS_ENDPOINT_URL."""
+
+import io
+import os
+import subprocess
+import sys
+import time
+
+import boto3
+import pandas as pd
+import pyarrow.fs as pafs
+import pytest
+
+from conftest import SYNTHETIC_CLASSES, run_cli, write_class_files
+from experiment_checks import check_experiment
+from ray_cluster import free_port
+
+BUCKET = "quickdraw-results"
+LRS, BATCH_SIZES, EPOCHS = (0.01, 0.001), (32,), 2
+
+
+@pytest.fixture(scope="module")
+def s3_env(tmp_path_factory):
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "w")
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=log, stderr=subprocess.STDOUT)
+    env = {
+        **os.environ,
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    try:
+        client = s3_client(env)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client.create_bucket(Bucket=BUCKET)
+                break
+            except Exception:
+                assert time.monotonic() < deadline and server.poll() is None, "moto server did not start"
+                time.sleep(0.3)
+        yield env
+    finally:
+        server.kill()
+        server.wait()
+        log.close()
+
+
+def s3_client(env):
+    return boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name=env["AWS_DEFAULT_REGION"],
+                        aws_access_key_id="testing", aws_secret_access_key="testing")
+
+
+def keys(env, prefix: str) -> set[str]:
+    pages = s3_client(env).get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    return {item["Key"] for page in pages for item in page.get("Contents", [])}
+
+
+def test_everything_lands_in_the_bucket_and_report_reads_it_back(s3_env, tmp_path):
+    data = write_class_files(tmp_path / "data")
+    storage = f"s3://{BUCKET}/runs"
+    result = run_cli(
+        "--data-dir", data, "--classes", ",".join(SYNTHETIC_CLASSES), "--split", "300,60,30",
+        "--lrs", ",".join(map(str, LRS)), "--batch-sizes", ",".join(map(str, BATCH_SIZES)), "--epochs", EPOCHS,
+        "--storage", storage, "--name", "exp", env=s3_env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"converted into {storage}/datasets/" in result.stdout
+
+    stored = keys(s3_env, "runs/")
+    datasets = {key.split("/")[2] for key in stored if key.startswith("runs/datasets/")}
+    assert len(datasets) == 1
+    fingerprint = datasets.pop()
+    assert {f"runs/datasets/{fingerprint}/split.npz", f"runs/datasets/{fingerprint}/manifest.json"} <= stored
+    assert {"runs/exp/summary.md", "runs/exp/summary.csv", "runs/exp/summary.json", "runs/exp/search.json"} <= stored
+    trials = {key.split("/")[2] for key in stored if key.startswith("runs/exp/lr=")}
+    assert len(trials) == len(LRS) * len(BATCH_SIZES)
+    for trial in trials:
+        files = {key.split("/", 3)[3] for key in stored if key.startswith(f"runs/exp/{trial}/")}
+        assert any(f.startswith("events.out.tfevents.") for f in files), files
+        assert any(f.startswith("checkpoint_") and f.endswith("/trial_state.pt") for f in files), files
+        assert "result.json" in files
+
+    # report rebuilds the summaries from what is in the bucket alone.
+    client = s3_client(s3_env)
+    for name in ("summary.md", "summary.csv", "summary.json"):
+        client.delete_object(Bucket=BUCKET, Key=f"runs/exp/{name}")
+    report = run_cli("report", f"{storage}/exp", env=s3_env, timeout=120)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert "# Test accuracy" in report.stdout
+    table = pd.read_csv(io.BytesIO(client.get_object(Bucket=BUCKET, Key="runs/exp/summary.csv")["Body"].read()))
+    assert len(table) == 2 and (table.status == "finished").all()
+
+    # A local copy of the bucket's experiment passes every check a local run passes (TensorBoard included).
+    local = tmp_path / "copy"
+    s3 = pafs.S3FileSystem(endpoint_override=s3_env["AWS_ENDPOINT_URL"], access_key="testing",
+                           secret_key="testing", region="us-east-1")
+    pafs.copy_files(f"{BUCKET}/runs/exp", str(local), source_filesystem=s3,
+                    destination_filesystem=pafs.LocalFileSystem())
+    check_experiment(local, LRS, BATCH_SIZES, EPOCHS)
+
+
+def test_a_bucket_that_does_not_exist_is_one_line_before_any_work(s3_env, tmp_path):
+    data = write_class_files(tmp_path / "data")
+    result = run_cli("--data-dir", data, "--classes", ",".join(SYNTHETIC_CLASSES), "--split", "30,6,3",
+                     "--storage", "s3://no-such-bucket/runs", "--epochs", "1", env=s3_env, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"tune_search.py: error: --storage s3://no-such-bucket/runs: there is no bucket no-such-bucket at "
+        f"{s3_env['AWS_ENDPOINT_URL']}; create it, or check the URI and AWS_ENDPOINT_URL"
+    ]

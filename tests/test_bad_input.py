@@ -3,13 +3,13 @@ file or flag and says what to do, exit code 2, no traceback, and nothing in --st
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import REPO, run_cli, synthetic_drawings, write_class_files
+from ray_cluster import free_port
 
 CLASSES = "circle,hot dog,cat"  # "hot dog" checks that a class name with a space travels as one argv element
 NAME = "exp"
@@ -176,13 +176,6 @@ def test_report_of_a_folder_that_holds_no_experiment(tmp_path):
 # --- Ray cluster address (checked before ray.init, which would retry for minutes) ------------------
 
 
-def free_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on: bound by the OS, then let go."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_address_where_nothing_listens(data, storage):
     write_class_files(data, classes=("cat",), count=200)
     address = f"127.0.0.1:{free_port()}"
@@ -292,6 +285,11 @@ def test_resume_of_something_that_is_not_a_search(storage, folder, with_address)
     line = assert_rejected(result, storage, before, f"--resume {storage / folder}", "no search.json there")
     assert "drop" not in line
     assert not (storage / folder).exists() or folder == "earlier_run"
+
+
+def test_resume_without_a_folder(tmp_path):
+    result = run_cli("--resume", "", timeout=TIMEOUT)
+    assert_rejected(result, tmp_path, snapshot(tmp_path), "--resume needs the experiment folder")
 
 
 def test_resume_of_a_uri_of_an_unknown_scheme(tmp_path):

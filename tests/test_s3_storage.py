@@ -2,10 +2,12 @@
 reach MinIO or Ceph, through AWS_ENDPOINT_URL."""
 
 import io
+import json
 import os
 import subprocess
 import sys
 import time
+import urllib.request
 
 import boto3
 import pandas as pd
@@ -60,17 +62,23 @@ def keys(env, prefix: str) -> set[str]:
     return {item["Key"] for page in pages for item in page.get("Contents", [])}
 
 
-def test_everything_lands_in_the_bucket_and_report_reads_it_back(s3_env, tmp_path):
-    data = write_class_files(tmp_path / "data")
-    storage = f"s3://{BUCKET}/runs"
+STORAGE = f"s3://{BUCKET}/runs"
+
+
+@pytest.fixture(scope="module")
+def s3_experiment(s3_env, tmp_path_factory) -> str:
+    data = write_class_files(tmp_path_factory.mktemp("s3") / "data")
     result = run_cli(
         "--data-dir", data, "--classes", ",".join(SYNTHETIC_CLASSES), "--split", "300,60,30",
         "--lrs", ",".join(map(str, LRS)), "--batch-sizes", ",".join(map(str, BATCH_SIZES)), "--epochs", EPOCHS,
-        "--storage", storage, "--name", "exp", env=s3_env,
+        "--storage", STORAGE, "--name", "exp", env=s3_env,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"converted into {storage}/datasets/" in result.stdout
+    assert f"converted into {STORAGE}/datasets/" in result.stdout
+    return f"{STORAGE}/exp"
 
+
+def test_everything_lands_in_the_bucket_and_report_reads_it_back(s3_env, s3_experiment, tmp_path):
     stored = keys(s3_env, "runs/")
     datasets = {key.split("/")[2] for key in stored if key.startswith("runs/datasets/")}
     assert len(datasets) == 1
@@ -89,7 +97,7 @@ def test_everything_lands_in_the_bucket_and_report_reads_it_back(s3_env, tmp_pat
     client = s3_client(s3_env)
     for name in ("summary.md", "summary.csv", "summary.json"):
         client.delete_object(Bucket=BUCKET, Key=f"runs/exp/{name}")
-    report = run_cli("report", f"{storage}/exp", env=s3_env, timeout=120)
+    report = run_cli("report", s3_experiment, env=s3_env, timeout=120)
     assert report.returncode == 0, report.stderr[-3000:]
     assert "# Test accuracy" in report.stdout
     table = pd.read_csv(io.BytesIO(client.get_object(Bucket=BUCKET, Key="runs/exp/summary.csv")["Body"].read()))
@@ -102,6 +110,30 @@ def test_everything_lands_in_the_bucket_and_report_reads_it_back(s3_env, tmp_pat
     pafs.copy_files(f"{BUCKET}/runs/exp", str(local), source_filesystem=s3,
                     destination_filesystem=pafs.LocalFileSystem())
     check_experiment(local, LRS, BATCH_SIZES, EPOCHS)
+
+
+def test_tensorboard_reads_the_trials_straight_from_the_bucket(s3_env, s3_experiment):
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tensorboard.main", "--logdir", s3_experiment, "--host", "127.0.0.1", "--port", str(port)],
+        env=s3_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        runs = []
+        while len(runs) < len(LRS) * len(BATCH_SIZES):
+            assert time.monotonic() < deadline and server.poll() is None, f"TensorBoard listed {runs}"
+            time.sleep(1)
+            try:
+                runs = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/data/runs", timeout=5))
+            except OSError:
+                continue
+        tags = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/data/plugin/scalars/tags", timeout=5))
+        assert sorted(runs) == sorted(tags)
+        assert all(run.startswith("lr=") and "accuracy/test" in tags[run] for run in runs)
+    finally:
+        server.kill()
+        server.wait()
 
 
 def test_a_bucket_that_does_not_exist_is_one_line_before_any_work(s3_env, tmp_path):

@@ -10,17 +10,31 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import ray
 import torch
 import torch.nn.functional as F
 from ray import tune
 from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams
 
 from quickdraw.dataset import Split
 from quickdraw.model import SeedCNN
 
 EVAL_BATCH_SIZE = 2048
 CHECKPOINT_FILE = "trial_state.pt"
+PREDICTIONS_FILE = "test_predictions.npz"  # the tested weights' class probabilities, for the report
+SCALAR_TAGS = {  # TensorBoard tag -> the metric reported to Tune
+    "loss/train": "train_loss",
+    "loss/validation": "val_loss",
+    "accuracy/train": "train_accuracy",
+    "accuracy/validation": "val_accuracy",
+    "accuracy/validation_best": "best_val_accuracy",
+    "optimizer/learning_rate": "learning_rate",
+    "speed/seconds_per_epoch": "epoch_seconds",
+    "speed/images_per_second": "images_per_second",
+}
+HPARAM_METRICS = ("accuracy/validation_best", "accuracy/test")
 
 
 @dataclass
@@ -54,10 +68,12 @@ def train_trial(config: dict, split: Split) -> None:
         progress.best_weights = copy.deepcopy(model.state_dict())
 
     with SummaryWriter(tune.get_context().get_trial_dir()) as writer:
+        start_hparams(writer, config)
         for epoch in range(progress.epoch + 1, config["epochs"] + 1):
             started = time.perf_counter()
             train_loss, train_accuracy = train_epoch(model, optimizer, *data["train"], config["batch_size"])
-            progress.train_seconds += time.perf_counter() - started
+            epoch_seconds = time.perf_counter() - started
+            progress.train_seconds += epoch_seconds
             val_loss, val_accuracy = evaluate(model, *data["validation"])
             progress.epoch = epoch
             progress.record(val_loss, val_accuracy, model)
@@ -70,15 +86,17 @@ def train_trial(config: dict, split: Split) -> None:
                 "best_val_loss": progress.best_val_loss,
                 "best_val_accuracy": progress.best_val_accuracy,
                 "train_seconds": progress.train_seconds,
+                "epoch_seconds": epoch_seconds,
+                "images_per_second": len(data["train"][1]) / epoch_seconds,
+                "learning_rate": optimizer.param_groups[0]["lr"],
             }
             log_epoch(writer, metrics)
             with tempfile.TemporaryDirectory() as checkpoint_dir:
                 save(Path(checkpoint_dir), model, optimizer, progress)
                 if epoch == config["epochs"]:
                     model.load_state_dict(progress.best_weights)
-                    metrics["test_accuracy"] = evaluate(model, *data["test"])[1]
-                    writer.add_scalar("accuracy/test", metrics["test_accuracy"], epoch)
-                    writer.flush()
+                    metrics["test_accuracy"] = test(model, split, data["test"], writer, epoch)
+                    end_hparams(writer, config)
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
 
 
@@ -135,15 +153,50 @@ def evaluate(model, drawings, labels) -> tuple[float, float]:
     return total_loss / len(labels), correct / len(labels)
 
 
+@torch.no_grad()
+def predict(model, drawings) -> torch.Tensor:
+    model.eval()
+    starts = range(0, len(drawings), EVAL_BATCH_SIZE)
+    return torch.cat([model(as_input(drawings[i : i + EVAL_BATCH_SIZE])).softmax(1) for i in starts]).cpu()
+
+
+def test(model, split: Split, test_part: tuple, writer: SummaryWriter, epoch: int) -> float:
+    """Test accuracy of `model`; its probabilities go beside the event file, its mistakes into TensorBoard."""
+    from quickdraw.figures import confusion_matrix_figure, misclassified_figure
+
+    probabilities = predict(model, test_part[0]).numpy()
+    predictions = probabilities.argmax(1)
+    accuracy = float((predictions == split.y_test).mean())
+    np.savez_compressed(Path(tune.get_context().get_trial_dir()) / PREDICTIONS_FILE, probabilities=probabilities)
+    writer.add_scalar("accuracy/test", accuracy, epoch)
+    writer.add_figure("test/confusion_matrix", confusion_matrix_figure(split.y_test, predictions, split.classes), epoch)
+    writer.add_figure("test/misclassified", misclassified_figure(split.x_test, split.y_test, predictions, split.classes), epoch)
+    return accuracy
+
+
+def start_hparams(writer: SummaryWriter, config: dict) -> None:
+    """Declare the trial to TensorBoard's HParams dashboard: its hyperparameters, and the scalar tags
+    that hold its metrics (written per epoch and at the end), so every trial compares in one table."""
+    experiment, session_start, _ = hparams_summaries(config)
+    for summary in (experiment, session_start):
+        writer.file_writer.add_summary(summary)
+
+
+def end_hparams(writer: SummaryWriter, config: dict) -> None:
+    writer.file_writer.add_summary(hparams_summaries(config)[2])  # marks the trial's session done
+    writer.flush()
+
+
+def hparams_summaries(config: dict):
+    return hparams(
+        {key: config[key] for key in ("lr", "batch_size", "dropout")},
+        metric_dict={tag: 0.0 for tag in HPARAM_METRICS},
+    )
+
+
 def log_epoch(writer: SummaryWriter, metrics: dict) -> None:
-    epoch = metrics["epoch"]
-    for tag, key in (
-        ("loss/train", "train_loss"),
-        ("loss/validation", "val_loss"),
-        ("accuracy/train", "train_accuracy"),
-        ("accuracy/validation", "val_accuracy"),
-    ):
-        writer.add_scalar(tag, metrics[key], epoch)
+    for tag, key in SCALAR_TAGS.items():
+        writer.add_scalar(tag, metrics[key], metrics["epoch"])
     writer.flush()
 
 

@@ -5,16 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-SCALAR_TAGS = {
-    "loss/train": "train_loss",
-    "loss/validation": "val_loss",
-    "accuracy/train": "train_accuracy",
-    "accuracy/validation": "val_accuracy",
-}
+from quickdraw.trainable import PREDICTIONS_FILE, SCALAR_TAGS
 
 
 def trial_dirs(experiment: Path) -> list[Path]:
@@ -68,6 +64,12 @@ def check_tensorboard(trial: Path, history: list[dict]) -> None:
         assert [e.step for e in logged] == [r["epoch"] for r in history]
         assert [e.value for e in logged] == [float(torch.tensor(r[key], dtype=torch.float32)) for r in history]
     assert events.Scalars("accuracy/test")[-1].value == float(torch.tensor(history[-1]["test_accuracy"]))
+    assert events.Scalars("speed/images_per_second")[-1].value > 0
+    for tag in ("test/confusion_matrix", "test/misclassified"):
+        (image,) = events.Images(tag)
+        assert image.width > 100 and image.height > 100
+    probabilities = np.load(trial / PREDICTIONS_FILE)["probabilities"]
+    assert np.allclose(probabilities.sum(1), 1, atol=1e-4)
 
 
 def check_markdown(markdown: str, table: pd.DataFrame) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from quickdraw.config import SEED_CLASSES, DataConfig, SearchConfig, SplitSizes
 from quickdraw.errors import UserError
 
 COMMANDS = ("run", "convert", "report")
+EXPORT_FORMATS = ("md", "csv", "json", "html", "latex")  # quickdraw.report.export's formats
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -67,8 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
                          help="also write the seed's PNG layout: png/<train|validation|test>/<Class>/<n>.png")
     convert.set_defaults(handler=convert_command)
 
-    report = commands.add_parser("report", help="rebuild summary.md/.csv/.json of an experiment folder")
+    report = commands.add_parser(
+        "report", help="rebuild summary.md/.csv/.json, report/*.png and report.html of an experiment folder, "
+        "and print or export its table")
     report.add_argument("experiment", help="the experiment folder, <storage>/<name> (a path or URI)")
+    report.add_argument("--format", choices=EXPORT_FORMATS, default="md",
+                        help="format of the table printed or written to --output (default %(default)s)")
+    report.add_argument("--output", metavar="FILE", help="write the table to FILE (a path or URI) instead of printing it")
     report.set_defaults(handler=report_command)
     return parser
 
@@ -162,7 +169,8 @@ def finish(experiment) -> int:
 
     table = write_report(experiment)
     print(to_markdown(table))
-    print(f"Summary: {experiment / 'summary.md'}  TensorBoard: tensorboard --logdir {experiment}")
+    print(f"Summary: {experiment / 'summary.md'}  Report: {experiment / 'report.html'}  "
+          f"TensorBoard: tensorboard --logdir {experiment}")
     return 0 if (table["status"] == "finished").all() else 1
 
 
@@ -180,11 +188,39 @@ def convert_command(args) -> int:
 
 
 def report_command(args) -> int:
-    from quickdraw.report import to_markdown, write_report
-    from quickdraw.storage import Location
+    from quickdraw.storage import Location, first_line
 
     experiment = Location.parse(args.experiment, flag="report")
+    output = output_location(args.output) if args.output is not None else None
     if not experiment.is_dir():
         raise UserError(f"{experiment} is not a folder: give the experiment folder <storage>/<name>")
-    print(to_markdown(write_report(experiment)))
+    from quickdraw.report import export, write_report
+
+    text = export(write_report(experiment), args.format)
+    if output is None:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        return 0
+    try:
+        output.write_text(text)
+    except OSError as e:
+        raise UserError(f"--output {output} cannot be written: {e.strerror or first_line(e)}") from None
+    print(f"{args.format} table written to {output}; report: {experiment / 'report.html'}", file=sys.stderr)
     return 0
+
+
+def output_location(text: str):
+    """Where --output goes; a local one is checked before the report is rebuilt."""
+    from quickdraw.storage import Location
+
+    if not text.strip():
+        raise UserError("--output needs a file name")
+    output = Location.parse(text, flag="--output")
+    if output.is_local:
+        folder = os.path.dirname(output.path)
+        if os.path.isdir(output.path):
+            raise UserError(f"--output {text} is a folder: give a file name")
+        if not os.path.isdir(folder):
+            raise UserError(f"--output {text}: there is no folder {folder}; create it or write somewhere else")
+        if not os.access(folder, os.W_OK):
+            raise UserError(f"--output {text}: the folder {folder} is not writable")
+    return output

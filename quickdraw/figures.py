@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import matplotlib
 
 matplotlib.use("Agg")  # no display on cluster nodes
@@ -48,3 +50,103 @@ def misclassified_figure(drawings: np.ndarray, labels: np.ndarray, predictions: 
                     + (f", first {len(wrong)}" if len(wrong) < np.sum(labels != predictions) else ""))
     figure.tight_layout()
     return figure
+
+
+def accuracy_heatmap_figure(accuracy: np.ndarray, lrs, batch_sizes) -> plt.Figure:
+    """Test accuracy (%) with learning rates down and batch sizes across; grey cells did not finish.
+    The best cell (the first in row order on a tie) is outlined in red."""
+    figure, axes = plt.subplots(figsize=(2.5 + 1.2 * len(batch_sizes), 1.5 + 0.7 * len(lrs)))
+    image = axes.imshow(np.ma.masked_invalid(accuracy), cmap=plt.get_cmap("viridis").with_extremes(bad="lightgrey"))
+    axes.set(xticks=range(len(batch_sizes)), yticks=range(len(lrs)), xlabel="batch size", ylabel="learning rate",
+             title="Test accuracy (%)")
+    axes.set_xticklabels(batch_sizes)
+    axes.set_yticklabels([f"{lr:g}" for lr in lrs])
+    middle = (np.nanmin(accuracy) + np.nanmax(accuracy)) / 2
+    for (row, column), value in np.ndenumerate(accuracy):
+        if np.isnan(value):
+            axes.text(column, row, "not\nfinished", ha="center", va="center", fontsize=9)
+        else:
+            axes.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=9,
+                      color="white" if value < middle else "black")
+    row, column = np.unravel_index(np.nanargmax(accuracy), accuracy.shape)
+    best = plt.Rectangle((column - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=3, clip_on=False)
+    axes.add_patch(best)
+    figure.colorbar(image, ax=axes)
+    figure.tight_layout()
+    return figure
+
+
+def validation_curves_figure(lr: float, histories: dict) -> plt.Figure:
+    """Validation accuracy and loss per epoch, one line per trial (histories: legend label -> Tune's
+    per-epoch results with columns epoch, val_accuracy and val_loss)."""
+    figure, (accuracy_axes, loss_axes) = plt.subplots(1, 2, figsize=(11, 4))
+    for label, history in histories.items():
+        accuracy_axes.plot(history["epoch"], 100 * history["val_accuracy"], marker="o", markersize=3, label=label)
+        loss_axes.plot(history["epoch"], history["val_loss"], marker="o", markersize=3, label=label)
+    accuracy_axes.set(xlabel="epoch", ylabel="validation accuracy (%)", title="Validation accuracy")
+    loss_axes.set(xlabel="epoch", ylabel="validation loss", title="Validation loss")
+    for axes in (accuracy_axes, loss_axes):
+        axes.grid(alpha=0.3)
+        axes.xaxis.get_major_locator().set_params(integer=True)
+    accuracy_axes.legend()
+    figure.suptitle(f"Learning rate {lr:g}")
+    figure.tight_layout()
+    return figure
+
+
+def per_class_accuracy_figure(labels: np.ndarray, predictions: np.ndarray, classes, title: str) -> plt.Figure:
+    """One bar per class: the share of its test drawings classified right; the dashed line is overall."""
+    counts = np.bincount(labels, minlength=len(classes))
+    correct = np.bincount(labels[labels == predictions], minlength=len(classes))
+    accuracy = 100 * correct / np.maximum(counts, 1)
+    figure, axes = plt.subplots(figsize=(8, 1.2 + 0.4 * len(classes)))
+    bars = axes.barh(range(len(classes)), accuracy, color="tab:blue")
+    axes.bar_label(bars, labels=[f"{a:.1f}% of {n}" for a, n in zip(accuracy, counts)], padding=3, fontsize=8)
+    axes.axvline(100 * np.mean(labels == predictions), color="black", linestyle="--",
+                 label=f"all classes: {np.mean(labels == predictions):.2%}")
+    axes.set(yticks=range(len(classes)), xlim=(0, 125), xticks=range(0, 101, 20), xlabel="test accuracy (%)",
+             title=title)
+    axes.set_yticklabels(classes)
+    axes.invert_yaxis()
+    axes.legend(loc="lower right")
+    figure.tight_layout()
+    return figure
+
+
+def probabilities_figure(drawings: np.ndarray, labels: np.ndarray, probabilities: np.ndarray, classes,
+                         columns: int = 3) -> plt.Figure:
+    """Each drawing (black on white, framed and titled green when classified right, red when wrong)
+    beside bars of its class probabilities: the predicted class's bar green or red, the true one blue."""
+    rows = max(1, -(-len(labels) // columns))
+    figure = plt.figure(figsize=(4.8 * columns, rows * (0.9 + 0.2 * len(classes))), layout="constrained")
+    grid = figure.add_gridspec(rows, 2 * columns, width_ratios=[1, 1.6] * columns)
+    for n, (drawing, label, shares) in enumerate(zip(drawings, labels, probabilities)):
+        predicted = int(shares.argmax())
+        colour = "tab:green" if predicted == label else "tab:red"
+        image_axes = figure.add_subplot(grid[n // columns, 2 * (n % columns)])
+        image_axes.imshow(255 - drawing, cmap="gray", vmin=0, vmax=255)
+        image_axes.set(xticks=[], yticks=[])
+        image_axes.spines[:].set(color=colour, linewidth=3)
+        verdict = "right" if predicted == label else f"wrong: {classes[predicted]}"
+        image_axes.set_title(f"{classes[label]}\n{verdict}", color=colour, fontsize=9)
+        bar_colours = ["lightgrey"] * len(classes)
+        bar_colours[label] = "tab:blue"
+        bar_colours[predicted] = colour
+        bar_axes = figure.add_subplot(grid[n // columns, 2 * (n % columns) + 1])
+        bar_axes.barh(range(len(classes)), shares, color=bar_colours)
+        bar_axes.set(xlim=(0, 1), yticks=range(len(classes)))
+        bar_axes.set_yticklabels(classes, fontsize=7)
+        bar_axes.tick_params(axis="x", labelsize=7)
+        bar_axes.invert_yaxis()
+    figure.suptitle(f"{len(labels)} test drawings and their class probabilities, "
+                    f"{np.sum(probabilities.argmax(1) != labels)} classified wrong\n"
+                    "bars: predicted class green when right, red when wrong; true class blue")
+    return figure
+
+
+def png_bytes(figure: plt.Figure) -> bytes:
+    """The figure as a PNG, and the figure closed (pyplot would keep every figure alive otherwise)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    return buffer.getvalue()

@@ -1,4 +1,5 @@
-"""Experiment results -> a table per trial -> summary.md, summary.csv and summary.json."""
+"""Experiment results -> a table per trial -> summary.md, summary.csv, summary.json and the report
+page (quickdraw.report_page); the table exported in other formats for the `report` command."""
 
 from __future__ import annotations
 
@@ -16,27 +17,63 @@ COLUMNS = [
 
 
 def write_report(experiment: Location) -> pd.DataFrame:
-    """Rebuild the summary files in `experiment` from what Tune stored there, finished or not."""
-    table = summarize(experiment)
-    (experiment / "summary.csv").write_text(table.to_csv(index=False))
-    (experiment / "summary.json").write_text(json.dumps(_json_rows(table), indent=2) + "\n")
-    (experiment / "summary.md").write_text(to_markdown(table))
+    """Rebuild the summary files and the report page in `experiment` from what Tune stored there,
+    finished or not."""
+    from quickdraw.report_page import PAGE_FILE, write_page
+
+    trials, histories = load_trials(experiment)
+    table = trials[COLUMNS]
+    (experiment / "summary.csv").write_text(export(table, "csv"))
+    (experiment / "summary.json").write_text(export(table, "json"))
+    figures = write_page(experiment, trials, histories)
+    links = ", ".join(f"[{name}]({name})" for name in figures)
+    (experiment / "summary.md").write_text(
+        to_markdown(table) + f"\nReport with every figure: [{PAGE_FILE}]({PAGE_FILE}). Figures: {links or 'none'}.\n"
+    )
     return table
 
 
 def summarize(experiment: Location) -> pd.DataFrame:
     """A row per trial, accuracies in percent, sorted by learning rate (high to low) then batch size."""
+    return load_trials(experiment)[0][COLUMNS]
+
+
+def load_trials(experiment: Location) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """The summary table with each trial's folder name (column trial_dir) added, and each trial's
+    per-epoch results by folder name (trials that never reported have none)."""
     try:
         analysis = ExperimentAnalysis(experiment.uri)
     except ValueError:
         raise UserError(
             f"{experiment} holds no Ray Tune experiment: give the folder <storage>/<name> that a search wrote"
         ) from None
-    rows = [_trial_row(trial, analysis.trial_dataframes.get(trial.trial_id)) for trial in analysis.trials]
-    table = pd.DataFrame(rows, columns=COLUMNS).round(
+    rows, histories = [], {}
+    for trial in analysis.trials:
+        history = analysis.trial_dataframes.get(trial.trial_id)
+        trial_dir = trial.storage.trial_dir_name if trial.storage else None
+        rows.append({**_trial_row(trial, history), "trial_dir": trial_dir})
+        if trial_dir and history is not None and len(history):
+            histories[trial_dir] = history
+    table = pd.DataFrame(rows, columns=COLUMNS + ["trial_dir"]).round(
         {"best_val_loss": 4, "best_val_accuracy": 2, "test_accuracy": 2, "train_seconds": 1}
     )
-    return table.sort_values(["lr", "batch_size"], ascending=[False, True], ignore_index=True)
+    return table.sort_values(["lr", "batch_size"], ascending=[False, True], ignore_index=True), histories
+
+
+def export(table: pd.DataFrame, fmt: str) -> str:
+    """The table as md (summary.md's tables), csv, json, html or latex text."""
+    exporters = {
+        "md": to_markdown,
+        "csv": lambda t: t.to_csv(index=False),
+        "json": lambda t: json.dumps(_json_rows(t), indent=2) + "\n",
+        "html": to_html,
+        "latex": lambda t: t.to_latex(index=False, escape=True, na_rep="--", float_format="{:g}".format),
+    }
+    return exporters[fmt](table)
+
+
+def to_html(table: pd.DataFrame) -> str:
+    return table.to_html(index=False, na_rep="", float_format="{:g}".format, border=0, classes="summary") + "\n"
 
 
 def _trial_row(trial, history: pd.DataFrame | None) -> dict:

@@ -67,6 +67,16 @@ class Location:
     def _type(self) -> pafs.FileType:
         return self.filesystem.get_file_info(self.path).type
 
+    def children(self) -> list[Location]:
+        """The files and folders directly inside this folder; none when it does not exist."""
+        if not self.is_dir():
+            return []
+        infos = self.filesystem.get_file_info(pafs.FileSelector(self.path))
+        return [self / info.base_name for info in sorted(infos, key=lambda info: info.base_name)]
+
+    def delete(self) -> None:
+        self.filesystem.delete_file(self.path)
+
     def read_bytes(self) -> bytes:
         with self.filesystem.open_input_stream(self.path) as stream:
             return stream.read()

@@ -1,0 +1,251 @@
+"""The report beside summary.md (figures, report.html) and the `report` command's export formats."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from conftest import SYNTHETIC_CLASSES, run_cli, write_class_files
+
+LRS, BATCH_SIZES, EPOCHS = (0.01, 0.001), (16, 32), 2
+FIGURES = {"test_accuracy_heatmap.png", "per_class_accuracy.png", "test_probabilities.png",
+           *(f"curves_lr={lr:g}.png" for lr in LRS)}
+COLUMNS = ["lr", "batch_size", "epochs", "best_val_loss", "best_val_accuracy", "test_accuracy", "train_seconds", "status"]
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory) -> Path:
+    """One small finished grid, 2 learning rates x 2 batch sizes, 2 epochs."""
+    root = tmp_path_factory.mktemp("report")
+    data = write_class_files(root / "data")
+    result = run_cli(
+        "--data-dir", data, "--classes", ",".join(SYNTHETIC_CLASSES), "--split", "300,60,30",
+        "--lrs", ",".join(map(str, LRS)), "--batch-sizes", ",".join(map(str, BATCH_SIZES)),
+        "--epochs", EPOCHS, "--storage", root / "results", "--name", "grid",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "report.html" in result.stdout
+    return root / "results" / "grid"
+
+
+class Page(HTMLParser):
+    """The tags, images and text of an HTML document; fails on nothing, so the asserts say what is wrong."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.tags: list[str] = []
+        self.images: list[dict] = []
+        self.cells: list[str] = []
+        self.text: list[str] = []
+        self._in_cell = False
+        self.feed(text)
+        self.close()
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        if tag == "img":
+            self.images.append(dict(attrs))
+        self._in_cell = tag in ("td", "th")
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th"):
+            self._in_cell = False
+
+    def handle_data(self, data):
+        self.text.append(data)
+        if self._in_cell:
+            self.cells.append(data.strip())
+
+    def all_text(self) -> str:
+        return " ".join(" ".join(self.text).split())
+
+
+def check_not_blank(path: Path) -> None:
+    with Image.open(path) as image:
+        image.verify()  # a whole, valid PNG
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.width > 300 and image.height > 200, path.name
+        pixels = np.asarray(image.convert("RGB"))
+    assert pixels.std() > 10, f"{path.name} is (nearly) one colour"
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 20, f"{path.name} has almost no colours"
+
+
+def test_every_figure_is_a_png_that_is_not_blank(experiment):
+    pngs = sorted((experiment / "report").iterdir())
+    assert {p.name for p in pngs} == FIGURES
+    assert len([p for p in pngs if p.name.startswith("curves_lr=")]) == len(LRS)
+    for png in pngs:
+        check_not_blank(png)
+
+
+def test_report_html_holds_the_table_and_every_figure(experiment):
+    page = Page((experiment / "report.html").read_text())
+    assert page.tags[0] == "html" and "table" in page.tags
+    for name in COLUMNS:
+        assert name in page.cells
+    assert page.tags.count("tr") == 1 + len(LRS) * len(BATCH_SIZES)  # header and a row per trial
+    assert {image["alt"] for image in page.images} == FIGURES
+    for image in page.images:  # embedded, the same PNG as the file beside it
+        prefix = "data:image/png;base64,"
+        assert image["src"].startswith(prefix)
+        assert base64.b64decode(image["src"][len(prefix):]) == (experiment / "report" / image["alt"]).read_bytes()
+    assert "Not shown" not in page.all_text()
+    table = pd.read_csv(experiment / "summary.csv")
+    best = table.loc[table.test_accuracy.idxmax()]
+    assert f"Best: {best.test_accuracy:.2f}% test accuracy with lr {best.lr:g}, batch size {best.batch_size}." in page.all_text()
+
+
+def test_summary_md_links_the_page_and_the_figures(experiment):
+    markdown = (experiment / "summary.md").read_text()
+    assert "[report.html](report.html)" in markdown
+    for name in FIGURES:
+        assert f"(report/{name})" in markdown
+        assert (experiment / "report" / name).is_file()
+
+
+def test_report_without_format_prints_the_markdown_and_rebuilds_the_page(experiment):
+    (experiment / "report.html").unlink()
+    shutil.rmtree(experiment / "report")
+    result = run_cli("report", experiment)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "## Learning rate 0.01" in result.stdout and "## Learning rate 0.001" in result.stdout
+    assert (experiment / "summary.md").read_text().startswith(result.stdout.rstrip("\n") + "\n")
+    assert {p.name for p in (experiment / "report").iterdir()} == FIGURES
+    assert len(Page((experiment / "report.html").read_text()).images) == len(FIGURES)
+
+
+def check_export(fmt: str, text: str, experiment: Path) -> None:
+    if fmt == "csv":
+        assert pd.read_csv(io.StringIO(text)).equals(pd.read_csv(experiment / "summary.csv"))
+    elif fmt == "json":
+        assert json.loads(text) == json.loads((experiment / "summary.json").read_text())
+        assert len(json.loads(text)) == len(LRS) * len(BATCH_SIZES)
+    elif fmt == "html":
+        page = Page(text)
+        assert page.tags[0] == "table" and page.tags.count("tr") == 1 + len(LRS) * len(BATCH_SIZES)
+        assert page.cells[: len(COLUMNS)] == COLUMNS
+    elif fmt == "latex":
+        assert text.startswith("\\begin{tabular}") and text.rstrip().endswith("\\end{tabular}")
+        assert "batch\\_size" in text and text.count("finished \\\\") == len(LRS) * len(BATCH_SIZES)
+    else:
+        for lr in LRS:
+            assert f"## Learning rate {lr:g}" in text
+        assert text.count("Batch size") == len(LRS)
+        assert (experiment / "summary.md").read_text().startswith(text)
+
+
+@pytest.mark.parametrize("fmt", ["md", "csv", "json", "html", "latex"])
+def test_export_formats_parse_on_stdout_and_in_a_file(experiment, tmp_path, fmt):
+    printed = run_cli("report", experiment, "--format", fmt)
+    assert printed.returncode == 0, printed.stderr[-3000:]
+    check_export(fmt, printed.stdout, experiment)
+
+    output = tmp_path / f"table.{fmt}"
+    written = run_cli("report", experiment, "--format", fmt, "--output", output)
+    assert written.returncode == 0, written.stderr[-3000:]
+    assert written.stdout == ""
+    check_export(fmt, output.read_text(), experiment)
+    assert output.read_text().rstrip("\n") == printed.stdout.rstrip("\n")
+
+
+@pytest.mark.parametrize("where, message", [
+    ("missing/table.csv", "there is no folder"),
+    ("summary.csv/table.csv", "there is no folder"),  # its "folder" is a file
+    ("report", "is a folder"),
+])
+def test_bad_output_is_one_line_and_exit_code_2(experiment, where, message):
+    output = experiment / where
+    result = run_cli("report", experiment, "--format", "csv", "--output", output)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"tune_search.py: error: --output {output}") and message in line
+    assert not (experiment / "missing").exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc, where no file can be created")
+def test_output_that_cannot_be_written_is_one_line_and_exit_code_2(experiment):
+    result = run_cli("report", experiment, "--format", "json", "--output", "/proc/quickdraw-table.json")
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("tune_search.py: error: --output /proc/quickdraw-table.json cannot be written")
+
+
+def trial_dir(experiment: Path, lr: float, batch_size: int) -> Path:
+    (folder,) = experiment.glob(f"lr={lr:g}_batch={batch_size}_*")
+    return folder
+
+
+def test_report_of_a_partial_experiment_skips_only_what_is_missing(experiment, tmp_path):
+    """Stopped early: one trial reported a single epoch, and no trial left test_predictions.npz
+    (as with an older version)."""
+    partial = tmp_path / "partial"
+    shutil.copytree(experiment, partial)
+    stopped = trial_dir(partial, LRS[0], BATCH_SIZES[1])
+    history = (stopped / "result.json").read_text().splitlines()
+    (stopped / "result.json").write_text(history[0] + "\n")
+    for predictions in partial.glob("lr=*/test_predictions.npz"):
+        predictions.unlink()
+
+    result = run_cli("report", partial)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "1 of 4 trials did not finish." in result.stdout
+    table = pd.read_csv(partial / "summary.csv")
+    assert (table.status == "unfinished").sum() == 1
+
+    kept = {"test_accuracy_heatmap.png", *(f"curves_lr={lr:g}.png" for lr in LRS)}
+    assert {p.name for p in (partial / "report").iterdir()} == kept  # the old best-trial figures are gone
+    for png in (partial / "report").iterdir():
+        check_not_blank(png)
+    page = Page((partial / "report.html").read_text())
+    assert {image["alt"] for image in page.images} == kept
+    text = page.all_text()
+    best = table.loc[table.test_accuracy.idxmax()]
+    best_trial = f"the best trial (lr {best.lr:g}, batch size {best.batch_size})"
+    assert f"Not shown: the per-class accuracy: {best_trial} has no test_predictions.npz" in text
+    assert f"Not shown: the test drawings: {best_trial} has no test_predictions.npz" in text
+    assert text.count("Not shown") == 2
+    markdown = (partial / "summary.md").read_text()
+    assert "(report/test_accuracy_heatmap.png)" in markdown and "per_class_accuracy" not in markdown
+
+
+def test_report_when_no_trial_finished(experiment, tmp_path):
+    partial = tmp_path / "unfinished"
+    shutil.copytree(experiment, partial)
+    for trial in partial.glob("lr=*"):
+        (trial / "result.json").write_text((trial / "result.json").read_text().splitlines()[0] + "\n")
+
+    result = run_cli("report", partial)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "4 of 4 trials did not finish." in result.stdout
+    assert {p.name for p in (partial / "report").iterdir()} == {f"curves_lr={lr:g}.png" for lr in LRS}
+    text = Page((partial / "report.html").read_text()).all_text()
+    assert "0 of 4 trials finished." in text
+    assert "Not shown: the heatmap: no trial finished" in text
+    assert "Not shown: the per-class accuracy: no trial finished, so there is no best trial." in text
+    assert "Not shown: the test drawings: no trial finished, so there is no best trial." in text
+
+
+def test_report_when_the_stored_split_is_gone(experiment, tmp_path):
+    moved = tmp_path / "moved"
+    shutil.copytree(experiment, moved)
+    record = json.loads((moved / "search.json").read_text())
+    record["dataset"] = str(tmp_path / "datasets" / "deleted")
+    (moved / "search.json").write_text(json.dumps(record))
+
+    result = run_cli("report", moved)
+    assert result.returncode == 0, result.stderr[-3000:]
+    kept = {"test_accuracy_heatmap.png", *(f"curves_lr={lr:g}.png" for lr in LRS)}
+    assert {p.name for p in (moved / "report").iterdir()} == kept
+    text = Page((moved / "report.html").read_text()).all_text()
+    assert "Not shown: the per-class accuracy: the test drawings cannot be read from the split that search.json names" in text
+    assert text.count("Not shown") == 2

@@ -5,7 +5,6 @@ The worker-node failure test kills a node, so it runs last in this module.
 
 import json
 import multiprocessing
-import os
 import time
 from pathlib import Path
 
@@ -59,14 +58,13 @@ def test_the_grid_spreads_over_every_node(cluster, tmp_path):
     assert len(table) == 3 and (table.status == "finished").all()
 
 
-def _driver(env: dict, data: Path, storage: str, barrier, outcomes) -> None:
-    """A second driver process: join the cluster, wait for the other, then ask for the split."""
-    os.environ.update(env)
+def _driver(address: str, data: Path, storage: str, barrier, outcomes) -> None:
+    """A driver process: join the cluster, wait for the other, then ask for the split."""
     import ray
 
     from quickdraw.search import convert_once
 
-    ray.init(address=env["QD_ADDRESS"], logging_level="ERROR")
+    ray.init(address=address, logging_level="ERROR")
     barrier.wait()
     conversion, _ = convert_once(DataConfig(data, SYNTHETIC_CLASSES, SplitSizes(12_000, 3_000, 1_500)),
                                  Location.parse(storage))
@@ -74,13 +72,17 @@ def _driver(env: dict, data: Path, storage: str, barrier, outcomes) -> None:
     ray.shutdown()
 
 
-def test_drivers_asking_for_the_same_split_at_the_same_moment_convert_it_once(cluster, tmp_path):
+def test_drivers_asking_for_the_same_split_at_the_same_moment_convert_it_once(cluster, tmp_path, monkeypatch):
     data = write_class_files(tmp_path / "data", count=6_000)
     storage = tmp_path / "results"
+    # The cluster's token settings must be in the environment before the drivers import Ray.
+    for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
+        monkeypatch.setenv(key, cluster.env[key])
     spawn = multiprocessing.get_context("spawn")
     barrier, outcomes = spawn.Barrier(2), spawn.Queue()
-    env = {**cluster.env, "QD_ADDRESS": cluster.address}
-    drivers = [spawn.Process(target=_driver, args=(env, data, str(storage), barrier, outcomes)) for _ in range(2)]
+    drivers = [
+        spawn.Process(target=_driver, args=(cluster.address, data, str(storage), barrier, outcomes)) for _ in range(2)
+    ]
     for driver in drivers:
         driver.start()
     reused = sorted(outcomes.get(timeout=120) for _ in drivers)

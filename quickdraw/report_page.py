@@ -19,10 +19,9 @@ import pandas as pd
 from quickdraw import figures
 from quickdraw.dataset import Split, load_split
 from quickdraw.errors import UserError
+from quickdraw.experiment_files import PREDICTIONS_FILE, SEARCH_FILE
 from quickdraw.report import COLUMNS, to_html
-from quickdraw.search import SEARCH_FILE
 from quickdraw.storage import Location, first_line
-from quickdraw.trainable import PREDICTIONS_FILE
 
 REPORT_DIR = "report"
 PAGE_FILE = "report.html"

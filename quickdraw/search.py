@@ -21,10 +21,10 @@ import quickdraw
 from quickdraw.config import DataConfig, SearchConfig
 from quickdraw.dataset import Conversion, Split, check_inputs, conversion_fingerprint, load_split, prepare_split
 from quickdraw.errors import UserError
+from quickdraw.experiment_files import SEARCH_FILE
 from quickdraw.storage import Location, first_line
 from quickdraw.trainable import train_trial
 
-SEARCH_FILE = "search.json"  # the settings a search ran with, and where its split is: what --resume needs
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
 CONNECT_TIMEOUT_S = 5
 CONVERT_ATTEMPTS = 3

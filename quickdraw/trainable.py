@@ -19,11 +19,11 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
 from quickdraw.dataset import Split
+from quickdraw.experiment_files import PREDICTIONS_FILE
 from quickdraw.model import SeedCNN
 
 EVAL_BATCH_SIZE = 2048
 CHECKPOINT_FILE = "trial_state.pt"
-PREDICTIONS_FILE = "test_predictions.npz"  # the tested weights' class probabilities, for the report
 SCALAR_TAGS = {  # TensorBoard tag -> the metric reported to Tune
     "loss/train": "train_loss",
     "loss/validation": "val_loss",

@@ -10,7 +10,8 @@ import pandas as pd
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from quickdraw.trainable import PREDICTIONS_FILE, SCALAR_TAGS
+from quickdraw.experiment_files import PREDICTIONS_FILE
+from quickdraw.trainable import SCALAR_TAGS
 
 
 def trial_dirs(experiment: Path) -> list[Path]:

@@ -44,7 +44,7 @@ def misclassified_figure(drawings: np.ndarray, labels: np.ndarray, predictions: 
     for axes in grid.flat:
         axes.axis("off")
     for axes, index in zip(grid.flat, wrong):
-        axes.imshow(255 - drawings[index], cmap="gray", vmin=0, vmax=255)
+        show_drawing(axes, drawings[index])
         axes.set_title(f"{classes[labels[index]]}\n-> {classes[predictions[index]]}", fontsize=8)
     figure.suptitle(f"Misclassified test drawings: {np.sum(labels != predictions)} of {len(labels)}"
                     + (f", first {len(wrong)}" if len(wrong) < np.sum(labels != predictions) else ""))
@@ -96,8 +96,8 @@ def validation_curves_figure(lr: float, histories: dict) -> plt.Figure:
 
 def per_class_accuracy_figure(labels: np.ndarray, predictions: np.ndarray, classes, title: str) -> plt.Figure:
     """One bar per class: the share of its test drawings classified right; the dashed line is overall."""
-    counts = np.bincount(labels, minlength=len(classes))
-    correct = np.bincount(labels[labels == predictions], minlength=len(classes))
+    matrix = confusion_matrix(labels, predictions, len(classes))
+    counts, correct = matrix.sum(1), matrix.diagonal()
     accuracy = 100 * correct / np.maximum(counts, 1)
     figure, axes = plt.subplots(figsize=(8, 1.2 + 0.4 * len(classes)))
     bars = axes.barh(range(len(classes)), accuracy, color="tab:blue")
@@ -124,7 +124,7 @@ def probabilities_figure(drawings: np.ndarray, labels: np.ndarray, probabilities
         predicted = int(shares.argmax())
         colour = "tab:green" if predicted == label else "tab:red"
         image_axes = figure.add_subplot(grid[n // columns, 2 * (n % columns)])
-        image_axes.imshow(255 - drawing, cmap="gray", vmin=0, vmax=255)
+        show_drawing(image_axes, drawing)
         image_axes.set(xticks=[], yticks=[])
         image_axes.spines[:].set(color=colour, linewidth=3)
         verdict = "right" if predicted == label else f"wrong: {classes[predicted]}"
@@ -142,6 +142,11 @@ def probabilities_figure(drawings: np.ndarray, labels: np.ndarray, probabilities
                     f"{np.sum(probabilities.argmax(1) != labels)} classified wrong\n"
                     "bars: predicted class green when right, red when wrong; true class blue")
     return figure
+
+
+def show_drawing(axes, drawing: np.ndarray) -> None:
+    """A drawing as users drew it: black strokes on white (the bitmaps are white on black)."""
+    axes.imshow(255 - drawing, cmap="gray", vmin=0, vmax=255)
 
 
 def png_bytes(figure: plt.Figure) -> bytes:

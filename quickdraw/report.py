@@ -93,9 +93,15 @@ def _trial_row(trial, history: pd.DataFrame | None) -> dict:
     }
 
 
+def best_trial(table: pd.DataFrame):
+    """The row index of the trial with the highest test accuracy (the table's first on a tie);
+    None when no trial finished."""
+    return table["test_accuracy"].idxmax() if table["test_accuracy"].notna().any() else None
+
+
 def to_markdown(table: pd.DataFrame) -> str:
     """One `Batch size | Test accuracy` table per learning rate, as in the seed's README; best in bold."""
-    best = table["test_accuracy"].idxmax() if table["test_accuracy"].notna().any() else None
+    best = best_trial(table)
     lines = ["# Test accuracy", ""]
     if best is not None:
         row = table.loc[best]

@@ -20,7 +20,7 @@ from quickdraw import figures
 from quickdraw.dataset import Split, load_split
 from quickdraw.errors import UserError
 from quickdraw.experiment_files import PREDICTIONS_FILE, SEARCH_FILE
-from quickdraw.report import COLUMNS, to_html
+from quickdraw.report import COLUMNS, best_trial, to_html
 from quickdraw.storage import Location, first_line
 
 REPORT_DIR = "report"
@@ -122,9 +122,10 @@ def best_trial_sections(experiment: Location, trials: pd.DataFrame) -> list[Sect
 def best_trial_predictions(experiment: Location, trials: pd.DataFrame) -> tuple[pd.Series, Split, np.ndarray]:
     """The trial with the highest test accuracy (the table's first on a tie), the split it was tested
     on, and its test probabilities."""
-    if trials.test_accuracy.isna().all():
+    index = best_trial(trials)
+    if index is None:
         raise Missing("no trial finished, so there is no best trial")
-    best = trials.loc[trials.test_accuracy.idxmax()]
+    best = trials.loc[index]
     name = f"the best trial (lr {best.lr:g}, batch size {best.batch_size})"
     file = experiment / best.trial_dir / PREDICTIONS_FILE if best.trial_dir else None
     if file is None or not file.is_file():
@@ -163,10 +164,10 @@ def sample_drawings(labels: np.ndarray, predictions: np.ndarray, count: int = SA
 
 
 def render(title: str, trials: pd.DataFrame, sections: list[Section]) -> str:
-    finished = trials[trials.status == "finished"]
-    summary = f"{len(finished)} of {len(trials)} trials finished."
-    if len(finished):
-        best = trials.loc[trials.test_accuracy.idxmax()]
+    summary = f"{(trials.status == 'finished').sum()} of {len(trials)} trials finished."
+    index = best_trial(trials)
+    if index is not None:
+        best = trials.loc[index]
         summary += f" Best: {best.test_accuracy:.2f}% test accuracy with lr {best.lr:g}, batch size {best.batch_size}."
     body = [f"<h1>Experiment {escape(title)}</h1>", f"<p>{escape(summary)}</p>",
             "<h2>Every trial</h2>", to_html(trials[COLUMNS])]

@@ -57,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="CPUs per trial; torch uses that many threads (default 1 without GPUs)")
     run.add_argument("--max-failures", type=int, default=SearchConfig.max_failures,
                      help="restarts of a failed trial, each from its last checkpoint; -1 for no limit (default %(default)s)")
-    add_address_flag(run)
+    run.add_argument("--address", default=None,
+                     help="join the running Ray cluster at host:port, or 'auto' for the one on this machine "
+                     "(default: start Ray here)")
     run.add_argument("--resume", metavar="EXPERIMENT",
                      help="continue the search in <storage>/<name> (a path or URI) whose driver stopped; "
                      "takes no other flag but --address")
@@ -91,12 +93,6 @@ def add_data_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=DataConfig.seed, help="seed of the split and of training (default %(default)s)")
     parser.add_argument("--storage", default=SearchConfig.storage,
                         help="where datasets and experiments are written (default %(default)s)")
-
-
-def add_address_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--address", default=None,
-                        help="join the running Ray cluster at host:port, or 'auto' for the one on this machine "
-                        "(default: start Ray here)")
 
 
 def joined(values) -> str:

@@ -136,10 +136,10 @@ def convert_once(data: DataConfig, storage: Location) -> tuple[Conversion, ray.O
     """Convert (or find) the split on this, the driver's, node, where --data-dir is; the split
     stays in the object store, where every node's trials read it."""
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    name = f"quickdraw-convert-{conversion_fingerprint(data)}"
     for attempt in range(1, CONVERT_ATTEMPTS + 1):
         converter = Converter.options(
-            name=f"quickdraw-convert-{conversion_fingerprint(data)}", namespace="quickdraw",
-            get_if_exists=True, scheduling_strategy=here,
+            name=name, namespace="quickdraw", get_if_exists=True, scheduling_strategy=here
         ).remote()
         _converters.append(converter)
         outcome, split = converter.prepare.remote(data, storage)

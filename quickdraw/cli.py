@@ -8,10 +8,10 @@ import os
 import sys
 from pathlib import Path
 
-from quickdraw.config import SEED_CLASSES, DataConfig, SearchConfig, SplitSizes
+from quickdraw.config import GOOGLE_BASE_URL, SEED_CLASSES, DataConfig, SearchConfig, SplitSizes
 from quickdraw.errors import UserError
 
-COMMANDS = ("run", "convert", "report")
+COMMANDS = ("run", "convert", "download", "report")
 EXPORT_FORMATS = ("md", "csv", "json", "html", "latex")  # quickdraw.report.export's formats
 
 
@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"tune_search.py: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("tune_search.py: interrupted; run the same command again to go on where it stopped", file=sys.stderr)
+        return 130
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,6 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
                          help="also write the seed's PNG layout: png/<train|validation|test>/<Class>/<n>.png")
     convert.set_defaults(handler=convert_command)
 
+    download = commands.add_parser(
+        "download", help="only download the class files into --data-dir: the drawings the split needs, or --full files")
+    add_source_flags(download)
+    download.add_argument("--full", action="store_true",
+                          help="download whole files (about 100 MB a class) instead of the drawings the split needs")
+    download.set_defaults(handler=download_command)
+
     report = commands.add_parser(
         "report", help="rebuild summary.md/.csv/.json, report/*.png and report.html of an experiment folder, "
         "and print or export its table")
@@ -82,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_data_flags(parser: argparse.ArgumentParser) -> None:
+def add_source_flags(parser: argparse.ArgumentParser) -> None:
+    """Which drawings: the class files, and where missing ones are downloaded from."""
     parser.add_argument("--data-dir", type=Path, default=DataConfig.data_dir,
                         help="folder of <class>.npy or full_numpy_bitmap_<class>.npy files (default %(default)s)")
     parser.add_argument("--classes", type=name_list, default=SEED_CLASSES, metavar="NAME,...",
@@ -90,6 +101,14 @@ def add_data_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", type=split_sizes, default=SplitSizes(), metavar="TRAIN,VAL,TEST",
                         help="train,validation,test totals, divided evenly among classes "
                         f"(default {joined(dataclasses.astuple(SplitSizes()))})")
+    parser.add_argument("--base-url", default=GOOGLE_BASE_URL, metavar="URL",
+                        help="folder URL that class files are downloaded from, <URL>/<class>.npy (default: Google's)")
+
+
+def add_data_flags(parser: argparse.ArgumentParser) -> None:
+    add_source_flags(parser)
+    parser.add_argument("--no-download", dest="download", action="store_false",
+                        help="fail on a missing class file instead of downloading the drawings the split needs")
     parser.add_argument("--seed", type=int, default=DataConfig.seed, help="seed of the split and of training (default %(default)s)")
     parser.add_argument("--storage", default=SearchConfig.storage,
                         help="where datasets and experiments are written (default %(default)s)")
@@ -126,7 +145,8 @@ def split_sizes(text: str) -> SplitSizes:
 
 
 def data_config(args) -> DataConfig:
-    return DataConfig(data_dir=args.data_dir, classes=args.classes, split=args.split, seed=args.seed)
+    return DataConfig(data_dir=args.data_dir, classes=args.classes, split=args.split, seed=args.seed,
+                      base_url=args.base_url, download=args.download)
 
 
 def run_command(args) -> int:
@@ -174,12 +194,26 @@ def convert_command(args) -> int:
     data = data_config(args)
     data.validate()
     from quickdraw.dataset import prepare_split, write_pngs
+    from quickdraw.download import fetch_missing
     from quickdraw.storage import Location
 
+    fetch_missing(data)
     split, conversion = prepare_split(data, Location.parse(args.storage))
     print(f"{'reused' if conversion.reused else 'converted'} {conversion.counts} -> {conversion.directory}")
     if args.png:
         print(f"PNG files in {write_pngs(split, conversion.directory)}")
+    return 0
+
+
+def download_command(args) -> int:
+    data = DataConfig(data_dir=args.data_dir, classes=args.classes, split=args.split, base_url=args.base_url)
+    data.validate(min_classes=1)
+    from quickdraw.bitmaps import checked_row_count
+    from quickdraw.download import download_classes
+
+    wanted = {name: None if args.full else rows for name, rows in data.drawings_per_class().items()}
+    for path in download_classes(data.data_dir, wanted, data.base_url):
+        print(f"{path}: {checked_row_count(path)} drawings, {path.stat().st_size / 2**20:.1f} MiB")
     return 0
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from quickdraw.errors import UserError
 
+GOOGLE_BASE_URL = "https://storage.googleapis.com/quickdraw_dataset/full/numpy_bitmap/"
 SEED_CLASSES = ("bear", "bee", "camel", "cat", "cow", "crab", "crocodile", "dog", "dolphin", "duck")
 
 
@@ -38,13 +39,19 @@ class DataConfig:
     classes: tuple[str, ...] = SEED_CLASSES
     split: SplitSizes = SplitSizes()
     seed: int = 0
+    base_url: str = GOOGLE_BASE_URL  # where missing class files are downloaded from
+    download: bool = True  # False: a missing class file is an error
 
-    def validate(self) -> None:
+    def drawings_per_class(self) -> dict[str, int]:
+        """How many of each class's first drawings the split takes."""
+        return {name: sum(counts) for name, counts in zip(self.classes, self.split.per_class(len(self.classes)))}
+
+    def validate(self, min_classes: int = 2) -> None:
         if not self.classes:
             raise UserError("--classes is empty: name at least two classes, e.g. --classes cat,dog")
         if len(set(self.classes)) != len(self.classes):
             raise UserError(f"--classes names a class twice: {','.join(self.classes)}")
-        if len(self.classes) < 2:
+        if len(self.classes) < min_classes:
             raise UserError("--classes needs at least two classes to classify")
         for name, value in dataclasses.asdict(self.split).items():
             if value < len(self.classes):

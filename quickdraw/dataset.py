@@ -81,8 +81,9 @@ def check_inputs(config: DataConfig, storage: Location) -> None:
     will be reused, their headers promise uint8 bitmaps enough for the split."""
     sources = find_class_files(config.data_dir, config.classes)
     if not _is_converted(_conversion_dir(storage, config, sources)):
-        for source, counts in zip(sources, config.split.per_class(len(sources))):
-            check_drawings(source, sum(counts))
+        needed = config.drawings_per_class()
+        for source in sources:
+            check_drawings(source, needed[source.class_name])
 
 
 def prepare_split(config: DataConfig, storage: Location) -> tuple[Split, Conversion]:

@@ -20,6 +20,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 import quickdraw
 from quickdraw.config import DataConfig, SearchConfig
 from quickdraw.dataset import Conversion, Split, check_inputs, conversion_fingerprint, load_split, prepare_split
+from quickdraw.download import fetch_missing
 from quickdraw.errors import UserError
 from quickdraw.experiment_files import SEARCH_FILE
 from quickdraw.storage import Location, first_line
@@ -43,6 +44,7 @@ def run_search(config: SearchConfig) -> Location:
     storage.check_writable()
     if experiment.exists():
         raise UserError(f"{experiment} already exists: pick another --name, or omit it for a timestamp")
+    fetch_missing(data)
     check_inputs(data, storage)
     connect(config.address)
     conversion, split = convert_once(data, storage)

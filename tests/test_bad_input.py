@@ -70,15 +70,34 @@ def assert_rejected(result, storage: Path, before: dict, *mentions: str) -> str:
 def test_missing_data_folder(tmp_path, storage):
     before = snapshot(storage)
     missing = tmp_path / "nowhere"
-    result = run_main(missing, storage)
+    result = run_main(missing, storage, "--no-download")
     assert_rejected(result, storage, before, "nowhere", "--data-dir")
     assert not (storage / NAME).exists()
 
 
 def test_missing_class_file(data, storage):
     before = snapshot(storage)
-    result = run_main(data, storage)  # cat.npy was never written
-    assert_rejected(result, storage, before, "cat.npy", "--classes")
+    result = run_main(data, storage, "--no-download")  # cat.npy was never written
+    assert_rejected(result, storage, before, "cat.npy", "--classes", "tune_search.py download")
+
+
+def offline_url() -> str:
+    return f"http://127.0.0.1:{free_port()}/numpy_bitmap/"  # nothing listens there
+
+
+def test_missing_class_file_offline(data, storage):
+    before, files = snapshot(storage), snapshot(data)
+    result = run_main(data, storage, "--base-url", offline_url())
+    assert_rejected(result, storage, before, "cannot download cat.npy", str(data), "--base-url", "Connection refused")
+    assert snapshot(data) == files
+
+
+def test_missing_data_folder_offline(tmp_path, storage):
+    before = snapshot(storage)
+    missing = tmp_path / "nowhere"
+    result = run_main(missing, storage, "--base-url", offline_url())
+    assert_rejected(result, storage, before, "circle.npy, hot dog.npy, cat.npy", "nowhere", "--base-url")
+    assert not missing.exists()
 
 
 def write_html(path: Path) -> None:

@@ -1,21 +1,33 @@
-"""The whole command on real Quick, Draw! drawings from ../shared/quickdraw (or $QUICKDRAW_DATA)."""
+"""The whole command on real Quick, Draw! drawings from ../shared/quickdraw (or $QUICKDRAW_DATA), fetched the
+way a new user's run fetches them: from a mirror over HTTP (a real server on loopback), first rows only."""
+
+import numpy as np
 
 from conftest import SHARED_CLASSES, SHARED_DRAWINGS, needs_shared_drawings, run_cli
 from experiment_checks import check_experiment
+from http_mirror import Mirror, serve
 
 LRS, BATCH_SIZES, EPOCHS = (0.001,), (64, 128), 2
+PER_CLASS = 1000 + 200 + 100
 
 
 @needs_shared_drawings
-def test_real_drawings_learn_far_above_chance(tmp_path):
-    storage = tmp_path / "results"
-    result = run_cli(
-        "--data-dir", SHARED_DRAWINGS, "--classes", ",".join(SHARED_CLASSES),
-        "--split", "6000,1200,600",  # 1000/200/100 per class: the seed's proportions, smaller
-        "--lrs", ",".join(map(str, LRS)), "--batch-sizes", ",".join(map(str, BATCH_SIZES)),
-        "--epochs", EPOCHS, "--storage", storage, "--name", "real",
-    )
+def test_real_drawings_downloaded_by_the_run_learn_far_above_chance(tmp_path):
+    mirror = Mirror({f"{name}.npy": (SHARED_DRAWINGS / f"{name}.npy").read_bytes() for name in SHARED_CLASSES})
+    server = serve(mirror)
+    data, storage = tmp_path / "data", tmp_path / "results"
+    try:
+        result = run_cli(
+            "--data-dir", data, "--base-url", mirror.base_url, "--classes", ",".join(SHARED_CLASSES),
+            "--split", "6000,1200,600",  # 1000/200/100 per class: the seed's proportions, smaller
+            "--lrs", ",".join(map(str, LRS)), "--batch-sizes", ",".join(map(str, BATCH_SIZES)),
+            "--epochs", EPOCHS, "--storage", storage, "--name", "real",
+        )
+    finally:
+        server.shutdown()
     assert result.returncode == 0, result.stderr[-3000:]
+    for name in SHARED_CLASSES:
+        np.testing.assert_array_equal(np.load(data / f"{name}.npy"), np.load(SHARED_DRAWINGS / f"{name}.npy")[:PER_CLASS])
     table = check_experiment(storage / "real", LRS, BATCH_SIZES, EPOCHS)
     chance = 100 / len(SHARED_CLASSES)
     assert table.test_accuracy.max() > 4 * chance  # about 67%; two epochs reach about 90

@@ -9,6 +9,7 @@ import io
 import json
 import os
 import re
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from urllib.parse import quote, urlparse
 import numpy as np
 import requests
 import urllib3
+from filelock import FileLock
 from tqdm import tqdm
 
 from quickdraw.bitmaps import checked_row_count, class_file, missing_classes, read_bitmap_header
@@ -80,14 +82,24 @@ def download_classes(data_dir: Path, wanted: dict[str, int | None], base_url: st
     """Fetch each class's file into `data_dir`, unless one with enough drawings is there; returns the files."""
     check_base_url(base_url)
     jobs = [ClassDownload(name, class_url(base_url, name), data_dir / f"{name}.npy", rows) for name, rows in wanted.items()]
-    with requests.Session() as session:
-        session.headers["Accept-Encoding"] = "identity"  # byte ranges of the file itself, not of a compressed form
-        for number, job in enumerate(jobs, 1):
-            try:
-                fetch(session, job, label=f"[{number}/{len(jobs)}] {job.class_name}")
-            except Interrupted as e:
-                raise UserError(interrupted_message(jobs[number - 1:], data_dir, base_url, e)) from None
+    try:
+        # Two commands started together on one machine take turns; the second finds the files there.
+        with FileLock(lock_path(data_dir)), requests.Session() as session:
+            session.headers["Accept-Encoding"] = "identity"  # byte ranges of the file itself, not of a compressed form
+            for number, job in enumerate(jobs, 1):
+                try:
+                    fetch(session, job, label=f"[{number}/{len(jobs)}] {job.class_name}")
+                except Interrupted as e:
+                    raise UserError(interrupted_message(jobs[number - 1:], data_dir, base_url, e)) from None
+    except OSError as e:
+        raise UserError(f"cannot download into {data_dir}: {e.strerror or e}; check --data-dir") from None
     return [class_file(data_dir, job.class_name) for job in jobs]
+
+
+def lock_path(data_dir: Path) -> Path:
+    """A lock file per data folder, kept out of the folder itself."""
+    key = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"quickdraw-download-{key}.lock"
 
 
 def interrupted_message(unfinished: list[ClassDownload], data_dir: Path, base_url: str, error: Interrupted) -> str:

@@ -147,6 +147,28 @@ def test_ctrl_c_keeps_what_arrived_and_the_next_run_resumes_from_there(mirror, t
     np.testing.assert_array_equal(np.load(data / "cat.npy"), source_drawings("cat")[:1300])
 
 
+def test_two_commands_started_together_download_each_file_once(mirror, tmp_path):
+    mirror.pause_s = 0.05
+    data = tmp_path / "data"
+    command = ["download", "--data-dir", data, "--classes", ",".join(CLASSES), "--split", split_for(CLASSES),
+               "--base-url", mirror.base_url]
+    first, second = start_cli(*command), start_cli(*command)
+    for process in (first, second):
+        output, _ = process.communicate(timeout=120)
+        assert process.returncode == 0, output
+    for name in CLASSES:
+        assert mirror.ranges_asked(f"{name}.npy")[0] == f"bytes=0-{HEADER_PROBE - 1}"
+        assert len(mirror.ranges_asked(f"{name}.npy")) == 2  # the header, then the drawings: by one command only
+        np.testing.assert_array_equal(np.load(data / f"{name}.npy"), source_drawings(name)[:ROWS])
+
+
+def test_a_data_dir_that_is_a_file_is_one_line(mirror, tmp_path):
+    data = tmp_path / "data"
+    data.write_text("not a folder")
+    assert_one_error_line(download(mirror, data), str(data), "--data-dir")
+    assert data.read_text() == "not a folder"
+
+
 def test_a_file_changed_on_the_server_is_downloaded_again_from_the_start(mirror, tmp_path):
     mirror.cut_after, mirror.cuts_left = 30_000, 3
     data = tmp_path / "data"

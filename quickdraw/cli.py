@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from quickdraw.config import GOOGLE_BASE_URL, SEED_CLASSES, DataConfig, SearchConfig, SplitSizes
+from quickdraw.config import GOOGLE_BASE_URL, PRECISIONS, SEED_CLASSES, DataConfig, SearchConfig, SplitSizes
 from quickdraw.errors import UserError
 
 COMMANDS = ("run", "convert", "download", "report")
@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="CPUs per trial; torch uses that many threads (default 1 without GPUs)")
     run.add_argument("--max-failures", type=int, default=SearchConfig.max_failures,
                      help="restarts of a failed trial, each from its last checkpoint; -1 for no limit (default %(default)s)")
+    run.add_argument("--precision", choices=PRECISIONS, default=SearchConfig.precision,
+                     help="bf16 autocast or fp32; auto takes bf16 where the GPU or CPU computes it natively (default %(default)s)")
+    run.add_argument("--compile", action="store_true", help="torch.compile each trial's model (pays on GPUs)")
     run.add_argument("--address", default=None,
                      help="join the running Ray cluster at host:port, or 'auto' for the one on this machine "
                      "(default: start Ray here)")
@@ -156,7 +159,7 @@ def run_command(args) -> int:
         data=data_config(args), lrs=args.lrs, batch_sizes=args.batch_sizes, dropout=args.dropout,
         epochs=args.epochs, storage=args.storage, name=args.name,
         gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
-        address=args.address, max_failures=args.max_failures,
+        address=args.address, max_failures=args.max_failures, precision=args.precision, compile=args.compile,
     )
     config.validate()
     from quickdraw.search import run_search  # Ray and torch load only for real work

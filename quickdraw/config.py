@@ -9,6 +9,7 @@ from pathlib import Path
 from quickdraw.errors import UserError
 
 GOOGLE_BASE_URL = "https://storage.googleapis.com/quickdraw_dataset/full/numpy_bitmap/"
+PRECISIONS = ("auto", "bf16", "fp32")  # of a trial's arithmetic; see quickdraw.compute
 SEED_CLASSES = ("bear", "bee", "camel", "cat", "cow", "crab", "crocodile", "dog", "dolphin", "duck")
 
 
@@ -76,6 +77,8 @@ class SearchConfig:
     cpus_per_trial: float | None = None  # None: 1 without GPUs, else a share that lets all trials run
     address: str | None = None  # None: start Ray on this machine; "auto" or host:port joins a cluster
     max_failures: int = 3  # restarts of a failed trial, each from its last checkpoint; -1: no limit
+    precision: str = "auto"  # "auto": bf16 autocast where the hardware computes it natively, else fp32
+    compile: bool = False  # torch.compile each trial's model
 
     @property
     def num_trials(self) -> int:
@@ -99,6 +102,8 @@ class SearchConfig:
             raise UserError(f"--gpus-per-trial must be 0 or more, got {self.gpus_per_trial}")
         if self.cpus_per_trial is not None and self.cpus_per_trial <= 0:
             raise UserError(f"--cpus-per-trial must be above 0, got {self.cpus_per_trial}")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.max_failures < -1:
             raise UserError(f"--max-failures must be 0 or more (or -1 for no limit), got {self.max_failures}")
         if self.name is not None and (not self.name or "/" in self.name or self.name in (".", "..")):

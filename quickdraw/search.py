@@ -177,12 +177,17 @@ def build_tuner(config: SearchConfig, trainable, storage: Location, name: str) -
         "dropout": config.dropout,
         "epochs": config.epochs,
         "seed": config.data.seed,
+        "precision": config.precision,
+        "compile": config.compile,
     }
     quiet_tune()
     return tune.Tuner(
         trainable,
         param_space=param_space,
-        tune_config=tune.TuneConfig(metric="val_loss", mode="min", trial_dirname_creator=trial_dirname),
+        tune_config=tune.TuneConfig(
+            metric="val_loss", mode="min", trial_dirname_creator=trial_dirname,
+            reuse_actors=True,  # a trial after another of the same resources starts in the same process
+        ),
         run_config=tune.RunConfig(
             name=name,
             storage_path=storage.uri,

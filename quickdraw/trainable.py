@@ -18,6 +18,7 @@ from ray import tune
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
+from quickdraw.compute import Compute, choose
 from quickdraw.dataset import Split
 from quickdraw.experiment_files import PREDICTIONS_FILE
 from quickdraw.model import SeedCNN
@@ -47,57 +48,74 @@ class Progress:
     best_val_accuracy: float = 0.0
     best_weights: dict = field(default_factory=dict)
 
-    def record(self, val_loss: float, val_accuracy: float, model: torch.nn.Module) -> None:
+    def record(self, val_loss: float, val_accuracy: float, model: torch.nn.Module) -> bool:
+        """Keep the weights if validation improved, and say whether it did."""
         # The seed kept the weights with the lowest validation loss; a diverged (NaN) epoch never wins.
-        if math.isfinite(val_loss) and val_loss < self.best_val_loss:
-            self.best_val_loss, self.best_val_accuracy = val_loss, val_accuracy
-            self.best_weights = copy.deepcopy(model.state_dict())
+        if not (math.isfinite(val_loss) and val_loss < self.best_val_loss):
+            return False
+        self.best_val_loss, self.best_val_accuracy = val_loss, val_accuracy
+        self.best_weights = copy.deepcopy(model.state_dict())
+        return True
 
 
 def train_trial(config: dict, split: Split) -> None:
-    """Tune's trainable. `config` holds lr, batch_size, dropout, epochs and seed."""
+    """Tune's trainable. `config` holds lr, batch_size, dropout, epochs, seed, precision and compile."""
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # else a "Checkpoint successfully created" line per epoch
-    device = trial_device()
+    # Experiments started before precision and compile were settings ran in fp32: a resumed one goes on so.
+    compute = choose(trial_device(), config.get("precision", "fp32"), config.get("compile", False))
     torch.set_num_threads(trial_threads())
     torch.manual_seed(config["seed"])
-    data = {part: to_device(split.part(part), device) for part in ("train", "validation", "test")}
-    model = SeedCNN(len(split.classes), config["dropout"]).to(device)
+    data = {part: to_device(split.part(part), compute.device) for part in ("train", "validation", "test")}
+    model = SeedCNN(len(split.classes), config["dropout"])
+    network = compute.prepare(model)  # runs the batches; `model` holds the weights that checkpoints keep
     optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"])
-    progress = restore(model, optimizer, device)
+    progress = restore(model, optimizer, compute.device)
     if not progress.best_weights:
         progress.best_weights = copy.deepcopy(model.state_dict())
 
     with SummaryWriter(tune.get_context().get_trial_dir()) as writer:
         start_hparams(writer, config)
         for epoch in range(progress.epoch + 1, config["epochs"] + 1):
-            started = time.perf_counter()
-            train_loss, train_accuracy = train_epoch(model, optimizer, *data["train"], config["batch_size"])
-            epoch_seconds = time.perf_counter() - started
-            progress.train_seconds += epoch_seconds
-            val_loss, val_accuracy = evaluate(model, *data["validation"])
-            progress.epoch = epoch
-            progress.record(val_loss, val_accuracy, model)
-            metrics = {
-                "epoch": epoch,
-                "train_loss": train_loss,
-                "train_accuracy": train_accuracy,
-                "val_loss": val_loss,
-                "val_accuracy": val_accuracy,
-                "best_val_loss": progress.best_val_loss,
-                "best_val_accuracy": progress.best_val_accuracy,
-                "train_seconds": progress.train_seconds,
-                "epoch_seconds": epoch_seconds,
-                "images_per_second": len(data["train"][1]) / epoch_seconds,
-                "learning_rate": optimizer.param_groups[0]["lr"],
-            }
+            metrics, improved = run_epoch(network, model, optimizer, data, config["batch_size"], compute, progress)
             log_epoch(writer, metrics)
+            last = epoch == config["epochs"]
+            if not (improved or last):
+                # A checkpoint only when validation improves, and the last: fewer writes and syncs, and a
+                # restarted trial goes back at most to its last improvement.
+                tune.report(metrics)
+                continue
             with tempfile.TemporaryDirectory() as checkpoint_dir:
                 save(Path(checkpoint_dir), model, optimizer, progress)
-                if epoch == config["epochs"]:
+                if last:
                     model.load_state_dict(progress.best_weights)
-                    metrics["test_accuracy"] = test(model, split, data["test"], writer, epoch)
+                    metrics["test_accuracy"] = test(network, split, data["test"], writer, epoch, compute)
                     end_hparams(writer, config)
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
+
+
+def run_epoch(network, model, optimizer, data: dict, batch_size: int, compute: Compute, progress: Progress):
+    """Train one epoch and validate; the metrics Tune and TensorBoard get, and whether validation improved."""
+    started = time.perf_counter()
+    train_loss, train_accuracy = train_epoch(network, optimizer, *data["train"], batch_size, compute)
+    epoch_seconds = time.perf_counter() - started
+    val_loss, val_accuracy = evaluate(network, *data["validation"], compute)
+    progress.epoch += 1
+    progress.train_seconds += epoch_seconds
+    improved = progress.record(val_loss, val_accuracy, model)
+    metrics = {
+        "epoch": progress.epoch,
+        "train_loss": train_loss,
+        "train_accuracy": train_accuracy,
+        "val_loss": val_loss,
+        "val_accuracy": val_accuracy,
+        "best_val_loss": progress.best_val_loss,
+        "best_val_accuracy": progress.best_val_accuracy,
+        "train_seconds": progress.train_seconds,
+        "epoch_seconds": epoch_seconds,
+        "images_per_second": len(data["train"][1]) / epoch_seconds,
+        "learning_rate": optimizer.param_groups[0]["lr"],
+    }
+    return metrics, improved
 
 
 def trial_device() -> torch.device:
@@ -122,17 +140,14 @@ def to_device(part: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Te
     return torch.tensor(drawings, device=device).unsqueeze(1), torch.tensor(labels, device=device)
 
 
-def as_input(drawings: torch.Tensor) -> torch.Tensor:
-    return drawings.float().div_(255.0)
-
-
-def train_epoch(model, optimizer, drawings, labels, batch_size: int) -> tuple[float, float]:
+def train_epoch(model, optimizer, drawings, labels, batch_size: int, compute: Compute) -> tuple[float, float]:
     model.train()
     total_loss = torch.zeros((), device=drawings.device)
     correct = torch.zeros((), dtype=torch.long, device=drawings.device)
     for batch in torch.randperm(len(labels), device=drawings.device).split(batch_size):
-        logits = model(as_input(drawings[batch]))
-        loss = F.cross_entropy(logits, labels[batch])
+        with compute.autocast():
+            logits = model(compute.inputs(drawings[batch]))
+        loss = F.cross_entropy(logits.float(), labels[batch])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -142,29 +157,26 @@ def train_epoch(model, optimizer, drawings, labels, batch_size: int) -> tuple[fl
 
 
 @torch.no_grad()
-def evaluate(model, drawings, labels) -> tuple[float, float]:
-    model.eval()
-    total_loss, correct = 0.0, 0
-    for start in range(0, len(labels), EVAL_BATCH_SIZE):
-        logits = model(as_input(drawings[start : start + EVAL_BATCH_SIZE]))
-        batch_labels = labels[start : start + EVAL_BATCH_SIZE]
-        total_loss += F.cross_entropy(logits, batch_labels, reduction="sum").item()
-        correct += (logits.argmax(1) == batch_labels).sum().item()
-    return total_loss / len(labels), correct / len(labels)
+def evaluate(model, drawings, labels, compute: Compute) -> tuple[float, float]:
+    logits = predict_logits(model, drawings, compute)
+    labels = labels.to(logits.device)
+    return F.cross_entropy(logits, labels).item(), (logits.argmax(1) == labels).float().mean().item()
 
 
 @torch.no_grad()
-def predict(model, drawings) -> torch.Tensor:
+def predict_logits(model, drawings, compute: Compute) -> torch.Tensor:
+    """fp32 logits of every drawing, computed in batches of EVAL_BATCH_SIZE."""
     model.eval()
-    starts = range(0, len(drawings), EVAL_BATCH_SIZE)
-    return torch.cat([model(as_input(drawings[i : i + EVAL_BATCH_SIZE])).softmax(1) for i in starts]).cpu()
+    batches = drawings.split(EVAL_BATCH_SIZE)
+    with compute.autocast():
+        return torch.cat([model(compute.inputs(batch)).float() for batch in batches])
 
 
-def test(model, split: Split, test_part: tuple, writer: SummaryWriter, epoch: int) -> float:
+def test(model, split: Split, test_part: tuple, writer: SummaryWriter, epoch: int, compute: Compute) -> float:
     """Test accuracy of `model`; its probabilities go beside the event file, its mistakes into TensorBoard."""
     from quickdraw.figures import confusion_matrix_figure, misclassified_figure
 
-    probabilities = predict(model, test_part[0]).numpy()
+    probabilities = predict_logits(model, test_part[0], compute).softmax(1).cpu().numpy()
     predictions = probabilities.argmax(1)
     accuracy = float((predictions == split.y_test).mean())
     np.savez_compressed(Path(tune.get_context().get_trial_dir()) / PREDICTIONS_FILE, probabilities=probabilities)

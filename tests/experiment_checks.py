@@ -35,6 +35,7 @@ def check_experiment(experiment: Path, lrs, batch_sizes, epochs: int) -> pd.Data
         assert [r["epoch"] for r in history] == list(range(1, epochs + 1))
         assert 0 <= last["test_accuracy"] <= 1
         check_checkpoint(trial, epochs)
+        check_checkpoint_epochs(history)
         check_tensorboard(trial, history)
         expected_rows.append((config["lr"], config["batch_size"], round(100 * last["test_accuracy"], 2)))
 
@@ -54,6 +55,16 @@ def check_checkpoint(trial: Path, epochs: int) -> None:
     state = torch.load(checkpoints[-1], weights_only=True)
     assert state["progress"]["epoch"] == epochs
     assert state["model"] and state["optimizer"]["state"]
+
+
+def check_checkpoint_epochs(history: list[dict]) -> None:
+    """A checkpoint exactly at the epochs where validation loss improved, and at the last."""
+    best = float("inf")
+    for row in history:
+        improved = row["val_loss"] < best
+        best = min(best, row["val_loss"])
+        expected = improved or row is history[-1]
+        assert (row["checkpoint_dir_name"] is not None) == expected, (row["epoch"], row["val_loss"], row["checkpoint_dir_name"])
 
 
 def check_tensorboard(trial: Path, history: list[dict]) -> None:

@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 from conftest import SYNTHETIC_CLASSES, run_cli, write_class_files
-from experiment_checks import check_experiment
+from experiment_checks import check_experiment, results, trial_dirs
 
-LRS, BATCH_SIZES, EPOCHS = (0.01, 0.001), (16, 32), 2
+LRS, BATCH_SIZES, EPOCHS = (0.01, 0.001), (16, 32), 3
 
 
 def grid_args(data, storage, name, seed=0):
@@ -39,6 +39,8 @@ def first_run(workspace):
 def test_grid_writes_trials_summaries_checkpoints_and_tensorboard(first_run, workspace):
     _, storage = workspace
     table = check_experiment(storage / "first", LRS, BATCH_SIZES, EPOCHS)
+    rows = [row for trial in trial_dirs(storage / "first") for row in results(trial)]
+    assert any(row["checkpoint_dir_name"] is None for row in rows)  # an epoch that did not improve: no checkpoint
     assert "## Learning rate 0.01" in first_run.stdout  # the table is printed at the end too
     assert table.test_accuracy.max() > 100 / len(SYNTHETIC_CLASSES) + 20  # learnable synthetic classes
 

@@ -5,12 +5,12 @@ from torch import nn
 
 class SeedCNN(nn.Module):
     """Three 3x3 conv layers (16, 32, 64 filters), each followed by 2x2 max pooling, then dropout
-    and a 200-unit dense layer before the classifier."""
+    and a 200-unit dense layer before the classifier. The seed fed it 3-channel PNGs; we feed it one channel."""
 
-    def __init__(self, num_classes: int, dropout: float = 0.5):
+    def __init__(self, num_classes: int, dropout: float = 0.5, in_channels: int = 1):
         super().__init__()
         self.features = nn.Sequential(
-            _conv_block(1, 16),   # 28 -> 14
+            _conv_block(in_channels, 16),  # 28 -> 14
             _conv_block(16, 32),  # 14 -> 7
             _conv_block(32, 64),  # 7 -> 3
         )

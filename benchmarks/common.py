@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -28,12 +29,20 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {gpu}; torch {torch.__version__}, Python {platform.python_version()}"
 
 
-def save(name: str, rows: list[dict], table: pd.DataFrame, title: str, floatfmt=".2f") -> Path:
-    """Print the table under a line naming the machine, and write the rows to benchmarks/results/<name>.json."""
+def add_data_flags(parser: argparse.ArgumentParser, name: str) -> None:
+    """The real drawings to run on, and where the figures go (benchmarks/results/<name>.json)."""
+    from quickdraw.cli import name_list, split_sizes
+
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="default: ../shared/quickdraw or $QUICKDRAW_DATA")
+    parser.add_argument("--classes", type=name_list, default=name_list(REAL_CLASSES))
+    parser.add_argument("--split", type=split_sizes, default=split_sizes(SEED_SPLIT), help=f"default {SEED_SPLIT}")
+    parser.add_argument("--output", type=Path, default=RESULTS / f"{name}.json", help="default %(default)s")
+
+
+def save(path: Path, rows: list[dict], table: pd.DataFrame, title: str, floatfmt=".2f") -> None:
+    """Print the table under a line naming the machine, and write the rows to `path` as JSON."""
     print(f"\n{title}\n{machine()}\n")
     print(table.to_markdown(index=False, floatfmt=floatfmt))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(rows, indent=2) + "\n")
-    print(f"\nwritten to {path.relative_to(REPO)}")
-    return path
+    print(f"\nwritten to {path}")

@@ -18,7 +18,7 @@ import common
 import pandas as pd
 import ray
 
-from quickdraw.cli import float_list, int_list, name_list, split_sizes
+from quickdraw.cli import float_list, int_list
 from quickdraw.config import DataConfig, SearchConfig
 from quickdraw.report import write_report
 from quickdraw.search import run_search
@@ -50,7 +50,7 @@ def main() -> None:
         "ideal_s": ideal, "overhead": grid / ideal - 1,
     }
     table = pd.DataFrame([row]).rename(columns={"overhead": "overhead (grid / ideal - 1)"})
-    common.save("grid_overhead", [row], table,
+    common.save(args.output, [row], table,
                 f"Grid of {row['trials']} trials x {args.epochs} epochs; ideal = sum of trial times / trials at once",
                 floatfmt=(".0f",) * 3 + (".1f",) * 6 + (".1%",))
 
@@ -63,9 +63,7 @@ def trial_times(experiment: Path) -> pd.Series:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", type=Path, default=common.DEFAULT_DATA)
-    parser.add_argument("--classes", type=name_list, default=name_list(common.REAL_CLASSES))
-    parser.add_argument("--split", type=split_sizes, default=split_sizes(common.SEED_SPLIT))
+    common.add_data_flags(parser, "grid_overhead")
     parser.add_argument("--lrs", type=float_list, default=SearchConfig.lrs)
     parser.add_argument("--batch-sizes", type=int_list, default=SearchConfig.batch_sizes)
     parser.add_argument("--epochs", type=int, default=5)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from quickdraw.bitmaps import find_class_files
-from quickdraw.cli import int_list, name_list, split_sizes
+from quickdraw.cli import int_list
 from quickdraw.compute import Compute, choose
 from quickdraw.config import DataConfig
 from quickdraw.dataset import split_drawings, write_pngs
@@ -58,16 +58,14 @@ def main() -> None:
             print(rows[-1], flush=True)
     settings = f"{compute.device.type}, {'bf16' if compute.bf16 else 'fp32'}, channels_last, " \
                f"{'compiled' if compute.compile else 'eager'}, {args.threads} thread(s)"
-    common.save("trial_throughput", rows, ratio_table(rows),
+    common.save(args.output, rows, ratio_table(rows),
                 f"Training images/s of one trial, {len(labels)} drawings an epoch, median of {args.repeats} ({settings})",
                 floatfmt=(".0f",) * 4 + (".2f",) * 2)
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", type=Path, default=common.DEFAULT_DATA)
-    parser.add_argument("--classes", type=name_list, default=name_list(common.REAL_CLASSES))
-    parser.add_argument("--split", type=split_sizes, default=split_sizes(common.SEED_SPLIT))
+    common.add_data_flags(parser, "trial_throughput")
     parser.add_argument("--batch-sizes", type=int_list, default=(32, 64, 128, 256, 512))
     parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto", help="as the run's flag")
     parser.add_argument("--compile", action="store_true", help="as the run's flag")

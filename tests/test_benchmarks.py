@@ -1,0 +1,42 @@
+"""The benchmark scripts run end to end on a small workload and write the rows they promise (no timing is
+asserted: the figures are for the README, measured with the scripts' defaults)."""
+
+import json
+import subprocess
+import sys
+
+from conftest import REPO, SYNTHETIC_CLASSES, write_class_files
+
+
+def run_benchmark(name: str, *args) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, f"benchmarks/{name}.py", *map(str, args)], cwd=REPO,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def small_data(tmp_path):
+    data = write_class_files(tmp_path / "data")
+    return ["--data-dir", data, "--classes", ",".join(SYNTHETIC_CLASSES), "--split", "150,30,30"]
+
+
+def test_trial_throughput_measures_all_three_pipelines_per_batch_size(tmp_path):
+    output = tmp_path / "throughput.json"
+    result = run_benchmark("trial_throughput", *small_data(tmp_path), "--batch-sizes", "16,64", "--repeats", "1",
+                           "--output", output)
+    rows = json.loads(output.read_text())
+    assert [row["batch_size"] for row in rows] == [16, 64]
+    for row in rows:
+        assert set(row) == {"batch_size", "ceiling_ips", "trial_ips", "seed_pipeline_ips"}
+        assert all(value > 0 for value in row.values())
+    assert "trial / ceiling (b/a)" in result.stdout and "trial / seed (b/c)" in result.stdout
+
+
+def test_grid_overhead_times_a_real_grid(tmp_path):
+    output = tmp_path / "overhead.json"
+    run_benchmark("grid_overhead", *small_data(tmp_path), "--lrs", "0.001", "--batch-sizes", "32,64", "--epochs", "1",
+                  "--output", output)
+    (row,) = json.loads(output.read_text())
+    assert row["trials"] == 2 and row["trials_at_once"] == 2
+    assert row["grid_wall_s"] >= row["longest_trial_s"] > 0
+    assert abs(row["ideal_s"] - row["sum_trial_s"] / 2) < 1e-6

@@ -41,6 +41,8 @@ def test_grid_writes_trials_summaries_checkpoints_and_tensorboard(first_run, wor
     table = check_experiment(storage / "first", LRS, BATCH_SIZES, EPOCHS)
     rows = [row for trial in trial_dirs(storage / "first") for row in results(trial)]
     assert any(row["checkpoint_dir_name"] is None for row in rows)  # an epoch that did not improve: no checkpoint
+    pids = {row["pid"] for row in rows}
+    assert len(pids) < len(LRS) * len(BATCH_SIZES)  # Tune reused trial processes (two run at once here)
     assert "## Learning rate 0.01" in first_run.stdout  # the table is printed at the end too
     assert table.test_accuracy.max() > 100 / len(SYNTHETIC_CLASSES) + 20  # learnable synthetic classes
 

@@ -193,14 +193,14 @@ def resume_command(args) -> int:
 
 
 def finish(experiment) -> int:
-    """Write and print the summary; exit code 1 when a trial did not finish."""
-    from quickdraw.report import to_markdown, write_report
+    """Write and print the summary; exit code 1 when a trial neither finished nor was stopped by ASHA."""
+    from quickdraw.report import COMPLETE, to_markdown, write_report
 
     table = write_report(experiment)
     print(to_markdown(table))
     print(f"Summary: {experiment / 'summary.md'}  Report: {experiment / 'report.html'}  "
           f"TensorBoard: tensorboard --logdir {experiment}")
-    return 0 if (table["status"] == "finished").all() else 1
+    return 0 if table["status"].isin(COMPLETE).all() else 1
 
 
 def convert_command(args) -> int:

@@ -8,7 +8,10 @@ import os
 import sys
 from pathlib import Path
 
-from quickdraw.config import GOOGLE_BASE_URL, PRECISIONS, SEED_CLASSES, DataConfig, SearchConfig, SplitSizes
+from quickdraw.config import (
+    ASHA_GRACE_PERIOD, ASHA_REDUCTION_FACTOR, GOOGLE_BASE_URL, PRECISIONS, SCHEDULERS, SEED_CLASSES, DataConfig,
+    SearchConfig, SplitSizes,
+)
 from quickdraw.errors import UserError
 
 COMMANDS = ("run", "convert", "download", "report")
@@ -53,6 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"comma-separated batch sizes (default {joined(SearchConfig.batch_sizes)})")
     run.add_argument("--dropout", type=float, default=SearchConfig.dropout, help="dropout rate (default %(default)s)")
     run.add_argument("--epochs", type=int, default=SearchConfig.epochs, help="epochs per trial (default %(default)s)")
+    run.add_argument("--scheduler", choices=SCHEDULERS, default=SearchConfig.scheduler,
+                     help="'asha': stop trials whose validation loss lags behind (Ray Tune's ASHA); "
+                     "'none': every trial runs all epochs (default %(default)s)")
+    run.add_argument("--grace-period", type=int, metavar="N",
+                     help=f"with --scheduler asha: epochs every trial runs before it can be stopped "
+                     f"(default {ASHA_GRACE_PERIOD})")
+    run.add_argument("--reduction-factor", type=float, metavar="F",
+                     help=f"with --scheduler asha: ASHA checks trials at grace period x F^k epochs and "
+                     f"lets about 1/F of them go on (default {ASHA_REDUCTION_FACTOR:g})")
     run.add_argument("--name", help="experiment folder under --storage (default: a timestamp)")
     run.add_argument("--gpus-per-trial", type=float, default=None,
                      help="GPUs per trial, fractions allowed (default: share Ray's GPUs so all trials run at once)")
@@ -160,6 +172,7 @@ def run_command(args) -> int:
         epochs=args.epochs, storage=args.storage, name=args.name,
         gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
         address=args.address, max_failures=args.max_failures, precision=args.precision, compile=args.compile,
+        scheduler=args.scheduler, grace_period=args.grace_period, reduction_factor=args.reduction_factor,
     )
     config.validate()
     from quickdraw.search import run_search  # Ray and torch load only for real work
@@ -183,14 +196,14 @@ def resume_command(args) -> int:
 
 
 def finish(experiment) -> int:
-    """Write and print the summary; exit code 1 when a trial did not finish."""
-    from quickdraw.report import to_markdown, write_report
+    """Write and print the summary; exit code 1 when a trial neither finished nor was stopped by ASHA."""
+    from quickdraw.report import COMPLETE, to_markdown, write_report
 
     table = write_report(experiment)
     print(to_markdown(table))
     print(f"Summary: {experiment / 'summary.md'}  Report: {experiment / 'report.html'}  "
           f"TensorBoard: tensorboard --logdir {experiment}")
-    return 0 if (table["status"] == "finished").all() else 1
+    return 0 if table["status"].isin(COMPLETE).all() else 1
 
 
 def convert_command(args) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +12,9 @@ from quickdraw.errors import UserError
 GOOGLE_BASE_URL = "https://storage.googleapis.com/quickdraw_dataset/full/numpy_bitmap/"
 PRECISIONS = ("auto", "bf16", "fp32")  # of a trial's arithmetic; see quickdraw.compute
 SEED_CLASSES = ("bear", "bee", "camel", "cat", "cow", "crab", "crocodile", "dog", "dolphin", "duck")
+SCHEDULERS = ("none", "asha")  # none: Tune's FIFO, every trial runs all its epochs
+ASHA_GRACE_PERIOD = 2
+ASHA_REDUCTION_FACTOR = 3.0
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,19 @@ class SearchConfig:
     max_failures: int = 3  # restarts of a failed trial, each from its last checkpoint; -1: no limit
     precision: str = "auto"  # "auto": bf16 autocast where the hardware computes it natively, else fp32
     compile: bool = False  # torch.compile each trial's model
+    scheduler: str = "none"  # "asha": Tune's ASHAScheduler stops trials whose validation loss lags
+    grace_period: int | None = None  # ASHA: epochs every trial runs before it can be stopped
+    reduction_factor: float | None = None  # ASHA's eta: rungs every eta times as many epochs, 1/eta go on
+
+    def __post_init__(self):
+        # ASHA's settings get their defaults only with ASHA, so that one given without it stays visible
+        # to validate(); search.json then records the values the search ran with. A default grace period
+        # longer than a short run would be an error about a flag nobody gave.
+        if self.scheduler == "asha":
+            if self.grace_period is None:
+                object.__setattr__(self, "grace_period", min(ASHA_GRACE_PERIOD, max(self.epochs, 1)))
+            if self.reduction_factor is None:
+                object.__setattr__(self, "reduction_factor", ASHA_REDUCTION_FACTOR)
 
     @property
     def num_trials(self) -> int:
@@ -108,3 +125,19 @@ class SearchConfig:
             raise UserError(f"--max-failures must be 0 or more (or -1 for no limit), got {self.max_failures}")
         if self.name is not None and (not self.name or "/" in self.name or self.name in (".", "..")):
             raise UserError(f"--name must be a plain folder name, got {self.name!r}")
+        self._validate_scheduler()
+
+    def _validate_scheduler(self) -> None:
+        if self.scheduler not in SCHEDULERS:
+            raise UserError(f"--scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
+        if self.scheduler != "asha":
+            given = [flag for flag, value in (("--grace-period", self.grace_period),
+                                              ("--reduction-factor", self.reduction_factor)) if value is not None]
+            if given:
+                them = "it" if len(given) == 1 else "them"
+                raise UserError(f"{' and '.join(given)}: only ASHA uses {them}; add --scheduler asha")
+            return
+        if not 1 <= self.grace_period <= self.epochs:
+            raise UserError(f"--grace-period must be from 1 to --epochs ({self.epochs}), got {self.grace_period}")
+        if not (self.reduction_factor > 1 and math.isfinite(self.reduction_factor)):
+            raise UserError(f"--reduction-factor must be a finite number above 1, got {self.reduction_factor}")

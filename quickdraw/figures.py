@@ -52,9 +52,10 @@ def misclassified_figure(drawings: np.ndarray, labels: np.ndarray, predictions: 
     return figure
 
 
-def accuracy_heatmap_figure(accuracy: np.ndarray, lrs, batch_sizes) -> plt.Figure:
-    """Test accuracy (%) with learning rates down and batch sizes across; grey cells did not finish.
-    The best cell (the first in row order on a tie) is outlined in red."""
+def accuracy_heatmap_figure(accuracy: np.ndarray, lrs, batch_sizes, notes: np.ndarray) -> plt.Figure:
+    """Test accuracy (%) with learning rates down and batch sizes across; grey cells have none and show
+    their text from `notes` (same shape) instead. The best cell (the first in row order on a tie) is
+    outlined in red."""
     figure, axes = plt.subplots(figsize=(2.5 + 1.2 * len(batch_sizes), 1.5 + 0.7 * len(lrs)))
     image = axes.imshow(np.ma.masked_invalid(accuracy), cmap=plt.get_cmap("viridis").with_extremes(bad="lightgrey"))
     axes.set(xticks=range(len(batch_sizes)), yticks=range(len(lrs)), xlabel="batch size", ylabel="learning rate",
@@ -64,7 +65,7 @@ def accuracy_heatmap_figure(accuracy: np.ndarray, lrs, batch_sizes) -> plt.Figur
     middle = (np.nanmin(accuracy) + np.nanmax(accuracy)) / 2
     for (row, column), value in np.ndenumerate(accuracy):
         if np.isnan(value):
-            axes.text(column, row, "not\nfinished", ha="center", va="center", fontsize=9)
+            axes.text(column, row, notes[row, column], ha="center", va="center", fontsize=9)
         else:
             axes.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=9,
                       color="white" if value < middle else "black")

@@ -14,6 +14,9 @@ from quickdraw.storage import Location
 COLUMNS = [
     "lr", "batch_size", "epochs", "best_val_loss", "best_val_accuracy", "test_accuracy", "train_seconds", "status",
 ]
+# A trial's status: finished (tested), stopped (by ASHA, untested), error, or unfinished (its driver stopped).
+# The first two ran as far as the search let them.
+COMPLETE = ("finished", "stopped")
 
 
 def write_report(experiment: Location) -> pd.DataFrame:
@@ -80,7 +83,6 @@ def _trial_row(trial, history: pd.DataFrame | None) -> dict:
     # The trial's own result log is newer than the experiment snapshot when a driver stopped early.
     last = history.iloc[-1].to_dict() if history is not None and len(history) else (trial.last_result or {})
     test_accuracy = last.get("test_accuracy", math.nan)
-    finished = not _missing(test_accuracy)
     return {
         "lr": trial.config["lr"],
         "batch_size": trial.config["batch_size"],
@@ -89,8 +91,16 @@ def _trial_row(trial, history: pd.DataFrame | None) -> dict:
         "best_val_accuracy": 100 * last.get("best_val_accuracy", math.nan),
         "test_accuracy": 100 * test_accuracy,
         "train_seconds": last.get("train_seconds", math.nan),
-        "status": "finished" if finished else ("error" if trial.status == "ERROR" else "unfinished"),
+        "status": _status(trial.status, tested=not _missing(test_accuracy)),
     }
+
+
+def _status(tune_status: str, tested: bool) -> str:
+    if tested:
+        return "finished"
+    if tune_status == "TERMINATED":
+        return "stopped"  # ended untested: only a scheduler (ASHA) ends a trial before its last epoch
+    return "error" if tune_status == "ERROR" else "unfinished"
 
 
 def best_trial(table: pd.DataFrame):
@@ -106,7 +116,10 @@ def to_markdown(table: pd.DataFrame) -> str:
     if best is not None:
         row = table.loc[best]
         lines += [f"Best: **{row.test_accuracy:.2f}%** with lr {row.lr:g}, batch size {row.batch_size}.", ""]
-    unfinished = (table["status"] != "finished").sum()
+    stopped = (table["status"] == "stopped").sum()
+    if stopped:
+        lines += [f"{stopped} of {len(table)} trials {'was' if stopped == 1 else 'were'} stopped early by ASHA.", ""]
+    unfinished = (~table["status"].isin(COMPLETE)).sum()
     if unfinished:
         lines += [f"{unfinished} of {len(table)} trials did not finish.", ""]
     for lr, group in table.groupby("lr", sort=False):
@@ -121,7 +134,8 @@ def to_markdown(table: pd.DataFrame) -> str:
 def _accuracy_cell(row: pd.Series) -> str:
     if row.status == "finished":
         return f"{row.test_accuracy:.2f}%"
-    return f"{row.status} ({row.epochs} epochs)"
+    status = "stopped by ASHA" if row.status == "stopped" else row.status
+    return f"{status} ({row.epochs} epoch{'' if row.epochs == 1 else 's'})"
 
 
 def _bold(text: str, bold: bool) -> str:

@@ -65,16 +65,26 @@ def write_page(experiment: Location, trials: pd.DataFrame, histories: dict[str, 
 def heatmap_section(trials: pd.DataFrame) -> Section:
     section = Section("Test accuracy over learning rate and batch size",
                       "One cell per trial: its test accuracy in percent. The best is outlined in red; "
-                      "grey cells are trials that did not finish.")
+                      "grey cells are trials without one, stopped early by ASHA or unfinished.")
     if trials.test_accuracy.isna().all():
         section.skipped.append("the heatmap: no trial finished, so no trial has a test accuracy")
         return section
-    lrs, batch_sizes = trials.lr.unique(), sorted(trials.batch_size.unique())
-    grid = trials.pivot(index="lr", columns="batch_size", values="test_accuracy")
-    grid = grid.reindex(index=lrs, columns=batch_sizes)
-    figure = figures.accuracy_heatmap_figure(grid.to_numpy(dtype=float), lrs, batch_sizes)
+    trials = trials.assign(note=[untested_note(row) for row in trials.itertuples()])
+    accuracy, notes = grid(trials, "test_accuracy").astype(float), grid(trials, "note")
+    figure = figures.accuracy_heatmap_figure(accuracy, trials.lr.unique(), sorted(trials.batch_size.unique()), notes)
     section.figures["test_accuracy_heatmap.png"] = figures.png_bytes(figure)
     return section
+
+
+def grid(trials: pd.DataFrame, column: str) -> np.ndarray:
+    """A column of the table as learning rates down (in table order) by batch sizes across."""
+    cells = trials.pivot(index="lr", columns="batch_size", values=column)
+    return cells.reindex(index=trials.lr.unique(), columns=sorted(trials.batch_size.unique())).to_numpy()
+
+
+def untested_note(trial) -> str:
+    """What the heatmap writes in the cell of a trial without a test accuracy."""
+    return f"stopped at\nepoch {trial.epochs}" if trial.status == "stopped" else "not\nfinished"
 
 
 def curves_section(trials: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> Section:
@@ -165,6 +175,9 @@ def sample_drawings(labels: np.ndarray, predictions: np.ndarray, count: int = SA
 
 def render(title: str, trials: pd.DataFrame, sections: list[Section]) -> str:
     summary = f"{(trials.status == 'finished').sum()} of {len(trials)} trials finished."
+    stopped = (trials.status == "stopped").sum()
+    if stopped:
+        summary += f" {stopped} {'was' if stopped == 1 else 'were'} stopped early by ASHA."
     index = best_trial(trials)
     if index is not None:
         best = trials.loc[index]

@@ -15,6 +15,7 @@ import ray
 from ray import tune
 from ray.exceptions import AuthenticationError, RayActorError
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 import quickdraw
@@ -185,7 +186,7 @@ def build_tuner(config: SearchConfig, trainable, storage: Location, name: str) -
         trainable,
         param_space=param_space,
         tune_config=tune.TuneConfig(
-            metric="val_loss", mode="min", trial_dirname_creator=trial_dirname,
+            metric="val_loss", mode="min", scheduler=scheduler(config), trial_dirname_creator=trial_dirname,
             reuse_actors=True,  # a trial after another of the same resources starts in the same process
         ),
         run_config=tune.RunConfig(
@@ -198,6 +199,15 @@ def build_tuner(config: SearchConfig, trainable, storage: Location, name: str) -
             verbose=1,
         ),
     )
+
+
+def scheduler(config: SearchConfig) -> TrialScheduler | None:
+    """ASHA, which stops trials on TuneConfig's metric (validation loss); None is Tune's FIFO."""
+    if config.scheduler != "asha":
+        return None
+    # A trial reports once per epoch, so Tune's training_iteration is its epoch (restarts included).
+    return ASHAScheduler(time_attr="training_iteration", max_t=config.epochs, grace_period=config.grace_period,
+                         reduction_factor=config.reduction_factor)
 
 
 def trial_resources(config: SearchConfig, cluster: dict) -> dict:

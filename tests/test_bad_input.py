@@ -157,6 +157,16 @@ def test_bad_class_file(data, storage, write_cat, extra_mentions):
         pytest.param(("--split", "100,20"), "--split", id="split-of-two-numbers"),
         pytest.param(("--lrs", ""), "--lrs", id="empty-lrs"),
         pytest.param(("--batch-sizes", ""), "--batch-sizes", id="empty-batch-sizes"),
+        pytest.param(("--scheduler", "hyperband"), "--scheduler", id="unknown-scheduler"),
+        pytest.param(("--grace-period", "1"), "add --scheduler asha", id="grace-period-without-asha"),
+        pytest.param(("--reduction-factor", "2"), "add --scheduler asha", id="reduction-factor-without-asha"),
+        pytest.param(("--scheduler", "asha", "--grace-period", "0"), "--grace-period", id="grace-period-0"),
+        pytest.param(("--scheduler", "asha", "--grace-period", "2"), "--grace-period", id="grace-period-over-epochs"),
+        pytest.param(("--scheduler", "asha", "--grace-period", "one"), "--grace-period",
+                     id="grace-period-not-a-number"),
+        pytest.param(("--scheduler", "asha", "--reduction-factor", "1"), "--reduction-factor", id="reduction-factor-1"),
+        pytest.param(("--scheduler", "asha", "--reduction-factor", "nan"), "--reduction-factor",
+                     id="reduction-factor-nan"),
     ],
 )
 def test_bad_flag(data, storage, flags, flag):
@@ -278,6 +288,8 @@ def test_resume_with_every_run_flag(data, storage):
         pytest.param(("--storage", "elsewhere"), "--storage", id="storage"),
         pytest.param(("--max-failures", "5"), "--max-failures", id="max-failures"),
         pytest.param(("--gpus-per-trial", "0.5"), "--gpus-per-trial", id="gpus-per-trial"),
+        pytest.param(("--scheduler", "asha", "--reduction-factor", "2"), "--scheduler, --reduction-factor",
+                     id="scheduler-and-reduction-factor"),
     ],
 )
 def test_resume_with_another_run_flag(storage, flags, dropped):

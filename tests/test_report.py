@@ -185,14 +185,24 @@ def trial_dir(experiment: Path, lr: float, batch_size: int) -> Path:
     return folder
 
 
+def cut_to_first_epoch(trial: Path) -> None:
+    """Leave the trial as a driver that stopped after its first epoch would: one result in its log and,
+    in Tune's experiment snapshot, still running. (A trial that Tune ended without a test accuracy
+    is one that ASHA stopped.)"""
+    (trial / "result.json").write_text((trial / "result.json").read_text().splitlines()[0] + "\n")
+    (snapshot,) = trial.parent.glob("experiment_state-*.json")
+    state = json.loads(snapshot.read_text())
+    (entry,) = [entry for entry in state["trial_data"] if trial.name.endswith(json.loads(entry[0])["trial_id"])]
+    entry[0] = json.dumps({**json.loads(entry[0]), "status": "RUNNING"})
+    snapshot.write_text(json.dumps(state))
+
+
 def test_report_of_a_partial_experiment_skips_only_what_is_missing(experiment, tmp_path):
     """Stopped early: one trial reported a single epoch, and no trial left test_predictions.npz
     (as with an older version)."""
     partial = tmp_path / "partial"
     shutil.copytree(experiment, partial)
-    stopped = trial_dir(partial, LRS[0], BATCH_SIZES[1])
-    history = (stopped / "result.json").read_text().splitlines()
-    (stopped / "result.json").write_text(history[0] + "\n")
+    cut_to_first_epoch(trial_dir(partial, LRS[0], BATCH_SIZES[1]))
     for predictions in partial.glob("lr=*/test_predictions.npz"):
         predictions.unlink()
 
@@ -222,7 +232,7 @@ def test_report_when_no_trial_finished(experiment, tmp_path):
     partial = tmp_path / "unfinished"
     shutil.copytree(experiment, partial)
     for trial in partial.glob("lr=*"):
-        (trial / "result.json").write_text((trial / "result.json").read_text().splitlines()[0] + "\n")
+        cut_to_first_epoch(trial)
 
     result = run_cli("report", partial)
     assert result.returncode == 0, result.stderr[-3000:]

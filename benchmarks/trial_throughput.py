@@ -70,7 +70,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto", help="as the run's flag")
     parser.add_argument("--compile", action="store_true", help="as the run's flag")
     parser.add_argument("--threads", type=int, default=1, help="torch threads, as a trial with that many CPUs (default 1)")
-    parser.add_argument("--repeats", type=int, default=3, help="epochs measured per figure, after one to warm up; the median counts")
+    parser.add_argument("--repeats", type=int, default=5, help="epochs measured per figure, after one to warm up; the median counts")
     parser.add_argument("--loader-workers", type=int, default=0, help="DataLoader workers of the seed pipeline")
     return parser.parse_args()
 

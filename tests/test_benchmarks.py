@@ -40,3 +40,14 @@ def test_grid_overhead_times_a_real_grid(tmp_path):
     assert row["trials"] == 2 and row["trials_at_once"] == 2
     assert row["grid_wall_s"] >= row["longest_trial_s"] > 0
     assert abs(row["ideal_s"] - row["sum_trial_s"] / 2) < 1e-6
+
+
+def test_asha_saving_runs_both_grids(tmp_path):
+    output = tmp_path / "asha.json"
+    run_benchmark("asha_saving", *small_data(tmp_path), "--epochs", "3", "--grace-period", "1", "--output", output)
+    fifo, asha = json.loads(output.read_text())
+    assert (fifo["scheduler"], asha["scheduler"]) == ("none", "asha")
+    assert fifo["trials"] == asha["trials"] == 15 and fifo["stopped"] == 0
+    assert fifo["trial_epochs"] == 15 * 3
+    assert asha["stopped"] > 0 and asha["trial_epochs"] < fifo["trial_epochs"]
+    assert 0 <= asha["best_test_accuracy"] <= 100

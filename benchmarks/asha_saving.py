@@ -1,0 +1,69 @@
+"""What ASHA saves: the same grid on the real drawings twice, with Tune's default FIFO scheduler and with
+`--scheduler asha`, compared on total trial-epochs, wall time and best test accuracy.
+
+    python benchmarks/asha_saving.py [--data-dir ../shared/quickdraw] [--epochs 8] [--grace-period 2] [--reduction-factor 3]
+
+Writes benchmarks/results/asha_saving.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import common
+import pandas as pd
+import ray
+
+from quickdraw.config import DataConfig, SearchConfig
+from quickdraw.report import write_report
+from quickdraw.search import run_search
+
+
+def main() -> None:
+    args = parse_args()
+    data = DataConfig(data_dir=args.data_dir, classes=args.classes, split=args.split)
+    ray.init(logging_level="WARNING")
+    rows = []
+    with tempfile.TemporaryDirectory() as storage:
+        for scheduler in ("none", "asha"):
+            asha = scheduler == "asha"
+            config = SearchConfig(
+                data=data, epochs=args.epochs, storage=storage, name=scheduler, scheduler=scheduler,
+                grace_period=args.grace_period if asha else None, reduction_factor=args.reduction_factor if asha else None,
+            )
+            rows.append(run_grid(config))
+    table = pd.DataFrame(rows)
+    table["trial_epochs / FIFO's"] = table.trial_epochs / table.trial_epochs[0]
+    table["wall / FIFO's"] = table.wall_s / table.wall_s[0]
+    common.save(args.output, rows, table,
+                f"Grid of 15 trials x {args.epochs} epochs, FIFO against ASHA (grace period {args.grace_period}, "
+                f"reduction factor {args.reduction_factor:g}), on validation loss",
+                floatfmt=("", ".0f", ".0f", ".0f", ".1f", ".2f", "g", ".0f", ".2f", ".2f"))
+
+
+def run_grid(config: SearchConfig) -> dict:
+    started = time.perf_counter()
+    experiment = run_search(config)
+    wall = time.perf_counter() - started
+    table = write_report(experiment)
+    best = table.loc[table.test_accuracy.idxmax()]
+    return {
+        "scheduler": config.scheduler, "trials": len(table), "stopped": int((table.status == "stopped").sum()),
+        "trial_epochs": int(table.epochs.sum()), "wall_s": wall, "best_test_accuracy": float(best.test_accuracy),
+        "best_lr": float(best.lr), "best_batch_size": int(best.batch_size),
+    }
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    common.add_data_flags(parser, "asha_saving")
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--grace-period", type=int, default=2)
+    parser.add_argument("--reduction-factor", type=float, default=3)
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    main()

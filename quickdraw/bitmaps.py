@@ -81,8 +81,7 @@ def check_drawings(source: BitmapFile, count: int) -> None:
 
 def checked_row_count(path: Path) -> int:
     """The drawings in a bitmap `.npy` file, after checking its header and its length."""
-    with open(path, "rb") as f:
-        header = read_bitmap_header(f, str(path))
+    header = file_header(path)
     expected = header.data_offset + header.rows * PIXELS
     actual = path.stat().st_size
     if actual < expected:
@@ -90,6 +89,11 @@ def checked_row_count(path: Path) -> int:
             f"{path} is truncated: {actual} bytes where its header promises {expected}; download it again"
         )
     return header.rows
+
+
+def file_header(path: Path) -> BitmapHeader:
+    with open(path, "rb") as f:
+        return read_bitmap_header(f, str(path))
 
 
 @dataclass(frozen=True)

@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="restarts of a failed trial, each from its last checkpoint; -1 for no limit (default %(default)s)")
     run.add_argument("--precision", choices=PRECISIONS, default=SearchConfig.precision,
                      help="bf16 autocast or fp32; auto takes bf16 where the GPU or CPU computes it natively (default %(default)s)")
-    run.add_argument("--compile", action="store_true", help="torch.compile each trial's model (pays on GPUs)")
+    run.add_argument("--compile", action="store_true", help="torch.compile each trial's model (slower than eager on a small CPU: see the README's Performance)")
     run.add_argument("--address", default=None,
                      help="join the running Ray cluster at host:port, or 'auto' for the one on this machine "
                      "(default: start Ray here)")

@@ -22,7 +22,7 @@ import urllib3
 from filelock import FileLock
 from tqdm import tqdm
 
-from quickdraw.bitmaps import checked_row_count, class_file, missing_classes, read_bitmap_header
+from quickdraw.bitmaps import checked_row_count, class_file, file_header, missing_classes, read_bitmap_header
 from quickdraw.config import DataConfig
 from quickdraw.errors import UserError
 
@@ -72,7 +72,7 @@ def fetch_missing(config: DataConfig) -> None:
     """The main command's first step: fetch the drawings of classes with no file in --data-dir, unless --no-download."""
     if not config.download:
         return
-    missing = missing_classes(config.data_dir, config.classes) if config.data_dir.is_dir() else config.classes
+    missing = missing_classes(config.data_dir, config.classes)
     if missing:
         rows = config.drawings_per_class()
         download_classes(config.data_dir, {name: rows[name] for name in missing}, config.base_url)
@@ -126,7 +126,7 @@ def fetch(session: requests.Session, job: ClassDownload, label: str) -> None:
 
 def has_rows(job: ClassDownload, rows: int) -> bool:
     """Whether a usable file with at least `rows` drawings is already there (named either way)."""
-    existing = class_file(job.target.parent, job.class_name) if job.target.parent.is_dir() else None
+    existing = class_file(job.target.parent, job.class_name)
     try:
         return existing is not None and checked_row_count(existing) >= rows
     except UserError:
@@ -265,9 +265,9 @@ def finish(job: ClassDownload, state: dict) -> None:
     else:
         ready = job.target.with_name(job.target.name + ".tmp")
         write_first_rows(job.part, ready, job.rows)
-    expected = job.rows if job.rows is not None else file_header(job.part).rows
-    if checked_row_count(ready) != expected:
-        raise UserError(f"{job.url}: the downloaded file does not hold {expected} drawings; run the command again")
+    rows = checked_row_count(ready)  # a whole file is checked against its own header's length
+    if job.rows is not None and rows != job.rows:
+        raise UserError(f"{job.url}: the downloaded file does not hold {job.rows} drawings; run the command again")
     os.replace(ready, job.target)
     remove_part(job)
 
@@ -278,11 +278,6 @@ def write_first_rows(part: Path, destination: Path, rows: int) -> None:
     drawings = np.memmap(part, dtype=np.uint8, mode="r", offset=header.data_offset, shape=(rows, *header.shape[1:]))
     with open(destination, "wb") as f:
         np.save(f, np.asarray(drawings), allow_pickle=False)
-
-
-def file_header(path: Path):
-    with open(path, "rb") as f:
-        return read_bitmap_header(f, str(path))
 
 
 def read_state(job: ClassDownload) -> dict | None:
@@ -328,11 +323,8 @@ def server_md5(response: requests.Response) -> str | None:
 
 
 def file_md5(path: Path) -> str:
-    digest = hashlib.md5()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return base64.b64encode(digest.digest()).decode()
+        return base64.b64encode(hashlib.file_digest(f, "md5").digest()).decode()
 
 
 def reason(error: requests.RequestException) -> str:

@@ -33,7 +33,7 @@ from quickdraw.config import DataConfig
 from quickdraw.dataset import split_drawings, write_pngs
 from quickdraw.model import SeedCNN
 from quickdraw.storage import Location
-from quickdraw.trainable import train_epoch
+from quickdraw.trainable import Training, train_epoch
 
 
 def main() -> None:
@@ -125,7 +125,7 @@ def ceiling_ips(compute: Compute, drawings, labels, batch_size: int, num_classes
 
 def trial_ips(compute: Compute, drawings, labels, batch_size: int, num_classes: int) -> float:
     network, optimizer = new_model(compute, num_classes)
-    return len(labels) / timed(lambda: train_epoch(network, optimizer, drawings, labels, batch_size, compute))
+    return len(labels) / timed(lambda: train_epoch(network, Training(optimizer), drawings, labels, batch_size, compute))
 
 
 class PngFolder(torch.utils.data.Dataset):

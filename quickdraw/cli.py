@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 from quickdraw.config import (
-    ASHA_GRACE_PERIOD, ASHA_REDUCTION_FACTOR, GOOGLE_BASE_URL, PRECISIONS, SCHEDULERS, SEED_CLASSES, DataConfig,
-    SearchConfig, SplitSizes,
+    ASHA_GRACE_PERIOD, ASHA_REDUCTION_FACTOR, GOOGLE_BASE_URL, MODEL_NAMES, PRECISIONS, SCHEDULERS, SEED_CLASSES,
+    DataConfig, SearchConfig, SplitSizes,
 )
 from quickdraw.errors import UserError
 
@@ -54,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"comma-separated learning rates (default {joined(SearchConfig.lrs)})")
     run.add_argument("--batch-sizes", type=int_list, default=SearchConfig.batch_sizes, metavar="N,...",
                      help=f"comma-separated batch sizes (default {joined(SearchConfig.batch_sizes)})")
+    models = run.add_mutually_exclusive_group()
+    models.add_argument("--model", dest="models", type=lambda name: (name,), default=SearchConfig.models,
+                        metavar="NAME", help=f"the network and its training recipe: {' or '.join(MODEL_NAMES)} "
+                        f"(default {SearchConfig.models[0]}; see the README's Models)")
+    models.add_argument("--models", dest="models", type=name_list, metavar="NAME,...",
+                        help="comma-separated models, each trained at every learning rate and batch size")
     run.add_argument("--dropout", type=float, default=SearchConfig.dropout, help="dropout rate (default %(default)s)")
     run.add_argument("--epochs", type=int, default=SearchConfig.epochs, help="epochs per trial (default %(default)s)")
     run.add_argument("--scheduler", choices=SCHEDULERS, default=SearchConfig.scheduler,
@@ -168,7 +174,7 @@ def run_command(args) -> int:
     if args.resume is not None:
         return resume_command(args)
     config = SearchConfig(
-        data=data_config(args), lrs=args.lrs, batch_sizes=args.batch_sizes, dropout=args.dropout,
+        data=data_config(args), models=args.models, lrs=args.lrs, batch_sizes=args.batch_sizes, dropout=args.dropout,
         epochs=args.epochs, storage=args.storage, name=args.name,
         gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
         address=args.address, max_failures=args.max_failures, precision=args.precision, compile=args.compile,

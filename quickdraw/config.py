@@ -12,6 +12,7 @@ from quickdraw.errors import UserError
 GOOGLE_BASE_URL = "https://storage.googleapis.com/quickdraw_dataset/full/numpy_bitmap/"
 PRECISIONS = ("auto", "bf16", "fp32")  # of a trial's arithmetic; see quickdraw.compute
 SEED_CLASSES = ("bear", "bee", "camel", "cat", "cow", "crab", "crocodile", "dog", "dolphin", "duck")
+MODEL_NAMES = ("seed", "vgg-bn")  # quickdraw.model.MODELS; named here so the CLI need not import torch
 SCHEDULERS = ("none", "asha")  # none: Tune's FIFO, every trial runs all its epochs
 ASHA_GRACE_PERIOD = 2
 ASHA_REDUCTION_FACTOR = 3.0
@@ -73,6 +74,7 @@ class SearchConfig:
     data: DataConfig = DataConfig()
     lrs: tuple[float, ...] = (0.01, 0.001, 0.0001)
     batch_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
+    models: tuple[str, ...] = ("seed",)  # more than one: the model is a dimension of the grid
     dropout: float = 0.5
     epochs: int = 50
     storage: str = "ray_results"
@@ -99,7 +101,7 @@ class SearchConfig:
 
     @property
     def num_trials(self) -> int:
-        return len(self.lrs) * len(self.batch_sizes)
+        return len(self.models) * len(self.lrs) * len(self.batch_sizes)
 
     def validate(self) -> None:
         self.data.validate()
@@ -107,6 +109,13 @@ class SearchConfig:
             raise UserError("--lrs is empty: give at least one learning rate, e.g. --lrs 0.001")
         if not self.batch_sizes:
             raise UserError("--batch-sizes is empty: give at least one, e.g. --batch-sizes 64")
+        unknown = [name for name in self.models if name not in MODEL_NAMES]
+        if unknown or not self.models:
+            raise UserError(f"--models {','.join(self.models)}: "
+                            f"{'unknown model ' + ', '.join(unknown) if unknown else 'no model given'}; "
+                            f"choose from {', '.join(MODEL_NAMES)}")
+        if len(set(self.models)) < len(self.models):
+            raise UserError(f"--models {','.join(self.models)}: a model is named twice")
         if any(lr <= 0 for lr in self.lrs):
             raise UserError(f"--lrs: every learning rate must be above 0, got {list(self.lrs)}")
         if any(size < 1 for size in self.batch_sizes):

@@ -52,16 +52,16 @@ def misclassified_figure(drawings: np.ndarray, labels: np.ndarray, predictions: 
     return figure
 
 
-def accuracy_heatmap_figure(accuracy: np.ndarray, lrs, batch_sizes, notes: np.ndarray) -> plt.Figure:
-    """Test accuracy (%) with learning rates down and batch sizes across; grey cells have none and show
+def accuracy_heatmap_figure(accuracy: np.ndarray, row_labels: list[str], batch_sizes, notes: np.ndarray) -> plt.Figure:
+    """Test accuracy (%) with learning rates (per model) down and batch sizes across; grey cells have none and show
     their text from `notes` (same shape) instead. The best cell (the first in row order on a tie) is
     outlined in red."""
-    figure, axes = plt.subplots(figsize=(2.5 + 1.2 * len(batch_sizes), 1.5 + 0.7 * len(lrs)))
+    figure, axes = plt.subplots(figsize=(2.5 + 1.2 * len(batch_sizes), 1.5 + 0.7 * len(row_labels)))
     image = axes.imshow(np.ma.masked_invalid(accuracy), cmap=plt.get_cmap("viridis").with_extremes(bad="lightgrey"))
-    axes.set(xticks=range(len(batch_sizes)), yticks=range(len(lrs)), xlabel="batch size", ylabel="learning rate",
+    axes.set(xticks=range(len(batch_sizes)), yticks=range(len(row_labels)), xlabel="batch size", ylabel="learning rate",
              title="Test accuracy (%)")
     axes.set_xticklabels(batch_sizes)
-    axes.set_yticklabels([f"{lr:g}" for lr in lrs])
+    axes.set_yticklabels(row_labels)
     middle = (np.nanmin(accuracy) + np.nanmax(accuracy)) / 2
     for (row, column), value in np.ndenumerate(accuracy):
         if np.isnan(value):

@@ -12,7 +12,7 @@ from quickdraw.errors import UserError
 from quickdraw.storage import Location
 
 COLUMNS = [
-    "lr", "batch_size", "epochs", "best_val_loss", "best_val_accuracy", "test_accuracy", "train_seconds", "status",
+    "model", "lr", "batch_size", "epochs", "best_val_loss", "best_val_accuracy", "test_accuracy", "train_seconds", "status",
 ]
 # A trial's status: finished (tested), stopped (by ASHA, untested), error, or unfinished (its driver stopped).
 # The first two ran as far as the search let them.
@@ -37,7 +37,7 @@ def write_report(experiment: Location) -> pd.DataFrame:
 
 
 def summarize(experiment: Location) -> pd.DataFrame:
-    """A row per trial, accuracies in percent, sorted by learning rate (high to low) then batch size."""
+    """A row per trial, accuracies in percent, sorted by model, learning rate (high to low) and batch size."""
     return load_trials(experiment)[0][COLUMNS]
 
 
@@ -60,7 +60,8 @@ def load_trials(experiment: Location) -> tuple[pd.DataFrame, dict[str, pd.DataFr
     table = pd.DataFrame(rows, columns=COLUMNS + ["trial_dir"]).round(
         {"best_val_loss": 4, "best_val_accuracy": 2, "test_accuracy": 2, "train_seconds": 1}
     )
-    return table.sort_values(["lr", "batch_size"], ascending=[False, True], ignore_index=True), histories
+    order = table.sort_values(["model", "lr", "batch_size"], ascending=[True, False, True], ignore_index=True)
+    return order, histories
 
 
 def export(table: pd.DataFrame, fmt: str) -> str:
@@ -84,6 +85,7 @@ def _trial_row(trial, history: pd.DataFrame | None) -> dict:
     last = history.iloc[-1].to_dict() if history is not None and len(history) else (trial.last_result or {})
     test_accuracy = last.get("test_accuracy", math.nan)
     return {
+        "model": trial.config.get("model", "seed"),  # experiments from before --model trained the seed's
         "lr": trial.config["lr"],
         "batch_size": trial.config["batch_size"],
         "epochs": int(last.get("epoch", 0)),
@@ -109,25 +111,44 @@ def best_trial(table: pd.DataFrame):
     return table["test_accuracy"].idxmax() if table["test_accuracy"].notna().any() else None
 
 
+def describe(row: pd.Series) -> str:
+    """How the summary names a trial: its model, learning rate and batch size."""
+    return f"{row.model}, lr {row.lr:g}, batch size {row.batch_size}"
+
+
+def best_per_model(table: pd.DataFrame) -> list[str]:
+    """'model: accuracy (lr, batch size)' of each model's best trial, when the grid had more than one model."""
+    if table["model"].nunique() < 2:
+        return []
+    bests = []
+    for model, group in table.groupby("model", sort=False):
+        index = best_trial(group)
+        if index is not None:
+            row = group.loc[index]
+            bests.append(f"{model} {row.test_accuracy:.2f}% (lr {row.lr:g}, batch size {row.batch_size})")
+    return bests
+
+
 def to_markdown(table: pd.DataFrame) -> str:
-    """One `Batch size | Test accuracy` table per learning rate, as in the seed's README; best in bold."""
+    """One `Batch size | Test accuracy` table per model and learning rate, as in the seed's README; best in bold."""
     best = best_trial(table)
     lines = ["# Test accuracy", ""]
     if best is not None:
-        row = table.loc[best]
-        lines += [f"Best: **{row.test_accuracy:.2f}%** with lr {row.lr:g}, batch size {row.batch_size}.", ""]
+        lines += [f"Best: **{table.loc[best].test_accuracy:.2f}%** with {describe(table.loc[best])}.", ""]
+    if per_model := best_per_model(table):
+        lines += ["Best of each model: " + "; ".join(per_model) + ".", ""]
     stopped = (table["status"] == "stopped").sum()
     if stopped:
         lines += [f"{stopped} of {len(table)} trials {'was' if stopped == 1 else 'were'} stopped early by ASHA.", ""]
     unfinished = (~table["status"].isin(COMPLETE)).sum()
     if unfinished:
         lines += [f"{unfinished} of {len(table)} trials did not finish.", ""]
-    for lr, group in table.groupby("lr", sort=False):
+    for (model, lr), group in table.groupby(["model", "lr"], sort=False):
         cells = pd.DataFrame({
             "Batch size": [_bold(str(b), i == best) for i, b in group["batch_size"].items()],
             "Test accuracy": [_bold(_accuracy_cell(r), i == best) for i, r in group.iterrows()],
         })
-        lines += [f"## Learning rate {lr:g}", "", cells.to_markdown(index=False, colalign=("right", "right")), ""]
+        lines += [f"## Learning rate {lr:g}, model {model}", "", cells.to_markdown(index=False, colalign=("right", "right")), ""]
     return "\n".join(lines)
 
 

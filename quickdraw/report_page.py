@@ -20,7 +20,7 @@ from quickdraw import figures
 from quickdraw.dataset import Split, load_split
 from quickdraw.errors import UserError
 from quickdraw.experiment_files import PREDICTIONS_FILE, SEARCH_FILE
-from quickdraw.report import COLUMNS, best_trial, to_html
+from quickdraw.report import COLUMNS, best_per_model, best_trial, describe, to_html
 from quickdraw.storage import Location, first_line
 
 REPORT_DIR = "report"
@@ -63,7 +63,7 @@ def write_page(experiment: Location, trials: pd.DataFrame, histories: dict[str, 
 
 
 def heatmap_section(trials: pd.DataFrame) -> Section:
-    section = Section("Test accuracy over learning rate and batch size",
+    section = Section("Test accuracy over model, learning rate and batch size",
                       "One cell per trial: its test accuracy in percent. The best is outlined in red; "
                       "grey cells are trials without one, stopped early by ASHA or unfinished.")
     if trials.test_accuracy.isna().all():
@@ -71,15 +71,23 @@ def heatmap_section(trials: pd.DataFrame) -> Section:
         return section
     trials = trials.assign(note=[untested_note(row) for row in trials.itertuples()])
     accuracy, notes = grid(trials, "test_accuracy").astype(float), grid(trials, "note")
-    figure = figures.accuracy_heatmap_figure(accuracy, trials.lr.unique(), sorted(trials.batch_size.unique()), notes)
+    figure = figures.accuracy_heatmap_figure(accuracy, row_labels(trials), sorted(trials.batch_size.unique()), notes)
     section.figures["test_accuracy_heatmap.png"] = figures.png_bytes(figure)
     return section
 
 
 def grid(trials: pd.DataFrame, column: str) -> np.ndarray:
-    """A column of the table as learning rates down (in table order) by batch sizes across."""
-    cells = trials.pivot(index="lr", columns="batch_size", values=column)
-    return cells.reindex(index=trials.lr.unique(), columns=sorted(trials.batch_size.unique())).to_numpy()
+    """A column of the table as (model, learning rate) rows down (in table order) by batch sizes across."""
+    cells = trials.pivot(index=["model", "lr"], columns="batch_size", values=column)
+    rows = pd.MultiIndex.from_frame(trials[["model", "lr"]].drop_duplicates())
+    return cells.reindex(index=rows, columns=sorted(trials.batch_size.unique())).to_numpy()
+
+
+def row_labels(trials: pd.DataFrame) -> list[str]:
+    """The heatmap's rows: learning rates, with the model's name when the grid had more than one."""
+    rows = trials[["model", "lr"]].drop_duplicates()
+    several = rows.model.nunique() > 1
+    return [f"{model} {lr:g}" if several else f"{lr:g}" for model, lr in rows.itertuples(index=False)]
 
 
 def untested_note(trial) -> str:
@@ -89,13 +97,14 @@ def untested_note(trial) -> str:
 
 def curves_section(trials: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> Section:
     section = Section("Validation accuracy and loss per epoch",
-                      "One figure per learning rate, one line per batch size.")
+                      "One figure per learning rate, one line per batch size (and model).")
     for lr, group in trials.groupby("lr", sort=False):
         lines = {}  # legend label -> per-epoch results
+        several_models = trials.model.nunique() > 1
         for row in group.itertuples():
             history = histories.get(row.trial_dir)
             if history is not None and {"epoch", "val_accuracy", "val_loss"} <= set(history.columns):
-                label = f"batch {row.batch_size}" + ("" if row.status == "finished" else f" ({row.status})")
+                label = (f"{row.model} " if several_models else "") + f"batch {row.batch_size}" + ("" if row.status == "finished" else f" ({row.status})")
                 # A trial restarted from a checkpoint reports the epochs after it again: keep the last.
                 lines[label] = history.drop_duplicates("epoch", keep="last").sort_values("epoch")
         if lines:
@@ -118,7 +127,7 @@ def best_trial_sections(experiment: Location, trials: pd.DataFrame) -> list[Sect
         drawings.skipped.append(f"the test drawings: {e}")
         return [per_class, drawings]
     predictions = probabilities.argmax(1)
-    title = f"Per-class test accuracy, best trial: lr {best.lr:g}, batch size {best.batch_size}"
+    title = f"Per-class test accuracy, best trial: {describe(best)}"
     figure = figures.per_class_accuracy_figure(split.y_test, predictions, split.classes, title)
     per_class.figures["per_class_accuracy.png"] = figures.png_bytes(figure)
     chosen = sample_drawings(split.y_test, predictions)
@@ -136,7 +145,7 @@ def best_trial_predictions(experiment: Location, trials: pd.DataFrame) -> tuple[
     if index is None:
         raise Missing("no trial finished, so there is no best trial")
     best = trials.loc[index]
-    name = f"the best trial (lr {best.lr:g}, batch size {best.batch_size})"
+    name = f"the best trial ({describe(best)})"
     file = experiment / best.trial_dir / PREDICTIONS_FILE if best.trial_dir else None
     if file is None or not file.is_file():
         raise Missing(f"{name} has no {PREDICTIONS_FILE} (trials run by older versions have none)")
@@ -181,7 +190,9 @@ def render(title: str, trials: pd.DataFrame, sections: list[Section]) -> str:
     index = best_trial(trials)
     if index is not None:
         best = trials.loc[index]
-        summary += f" Best: {best.test_accuracy:.2f}% test accuracy with lr {best.lr:g}, batch size {best.batch_size}."
+        summary += f" Best: {best.test_accuracy:.2f}% test accuracy with {describe(best)}."
+    if per_model := best_per_model(trials):
+        summary += " Best of each model: " + "; ".join(per_model) + "."
     body = [f"<h1>Experiment {escape(title)}</h1>", f"<p>{escape(summary)}</p>",
             "<h2>Every trial</h2>", to_html(trials[COLUMNS])]
     for section in sections:

@@ -173,6 +173,7 @@ def quiet_tune() -> None:
 
 def build_tuner(config: SearchConfig, trainable, storage: Location, name: str) -> tune.Tuner:
     param_space = {
+        "model": tune.grid_search(list(config.models)),
         "lr": tune.grid_search(list(config.lrs)),
         "batch_size": tune.grid_search(list(config.batch_sizes)),
         "dropout": config.dropout,
@@ -228,5 +229,6 @@ def _round_down(share: float) -> float:
 
 
 def trial_dirname(trial) -> str:
-    """Folder (and TensorBoard run) name that says the trial's learning rate and batch size."""
-    return f"lr={trial.config['lr']:g}_batch={trial.config['batch_size']}_{trial.trial_id}"
+    """Folder (and TensorBoard run) name that says the trial's learning rate, batch size and model."""
+    config = trial.config
+    return f"lr={config['lr']:g}_batch={config['batch_size']}_{config.get('model', 'seed')}_{trial.trial_id}"

@@ -21,7 +21,8 @@ from torch.utils.tensorboard.summary import hparams
 from quickdraw.compute import Compute, choose
 from quickdraw.dataset import Split
 from quickdraw.experiment_files import PREDICTIONS_FILE
-from quickdraw.model import SeedCNN
+from quickdraw.augment import random_affine
+from quickdraw.model import MODELS, Recipe
 
 EVAL_BATCH_SIZE = 2048
 CHECKPOINT_FILE = "trial_state.pt"
@@ -59,24 +60,27 @@ class Progress:
 
 
 def train_trial(config: dict, split: Split) -> None:
-    """Tune's trainable. `config` holds lr, batch_size, dropout, epochs, seed, precision and compile."""
+    """Tune's trainable. `config` holds model, lr, batch_size, dropout, epochs, seed, precision and compile."""
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # else a "Checkpoint successfully created" line per epoch
     # Experiments started before precision and compile were settings ran in fp32: a resumed one goes on so.
     compute = choose(trial_device(), config.get("precision", "fp32"), config.get("compile", False))
     torch.set_num_threads(trial_threads())
     torch.manual_seed(config["seed"])
     data = {part: to_device(split.part(part), compute.device) for part in ("train", "validation", "test")}
-    model = SeedCNN(len(split.classes), config["dropout"])
+    recipe = MODELS[config.get("model", "seed")]  # experiments from before --model trained the seed's
+    model = recipe.build(len(split.classes), config["dropout"])
     network = compute.prepare(model)  # runs the batches; `model` holds the weights that checkpoints keep
     optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"])
-    progress = restore(model, optimizer, compute.device)
+    schedule = learning_rate_schedule(recipe, optimizer, config, len(split.y_train))
+    progress = restore(model, optimizer, schedule, compute.device)
     if not progress.best_weights:
         progress.best_weights = copy.deepcopy(model.state_dict())
 
     with SummaryWriter(tune.get_context().get_trial_dir()) as writer:
         start_hparams(writer, config)
         for epoch in range(progress.epoch + 1, config["epochs"] + 1):
-            metrics, improved = run_epoch(network, model, optimizer, data, config["batch_size"], compute, progress)
+            metrics, improved = run_epoch(network, model, Training(optimizer, recipe.augment, schedule), data,
+                                          config["batch_size"], compute, progress)
             log_epoch(writer, metrics)
             last = epoch == config["epochs"]
             if not (improved or last):
@@ -85,7 +89,7 @@ def train_trial(config: dict, split: Split) -> None:
                 tune.report(metrics)
                 continue
             with tempfile.TemporaryDirectory() as checkpoint_dir:
-                save(Path(checkpoint_dir), model, optimizer, progress)
+                save(Path(checkpoint_dir), model, optimizer, schedule, progress)
                 if last:
                     model.load_state_dict(progress.best_weights)
                     metrics["test_accuracy"] = test(network, split, data["test"], writer, epoch, compute)
@@ -93,10 +97,27 @@ def train_trial(config: dict, split: Split) -> None:
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
 
 
-def run_epoch(network, model, optimizer, data: dict, batch_size: int, compute: Compute, progress: Progress):
+@dataclass(frozen=True)
+class Training:
+    """How the weights are updated: the optimizer, whether batches are augmented, the learning-rate schedule if any."""
+
+    optimizer: torch.optim.Optimizer
+    augment: bool = False
+    schedule: torch.optim.lr_scheduler.LRScheduler | None = None
+
+
+def learning_rate_schedule(recipe: Recipe, optimizer, config: dict, train_size: int):
+    """One-cycle: warm up to the grid's learning rate, then anneal to nearly zero by the last step."""
+    if not recipe.one_cycle:
+        return None
+    steps = config["epochs"] * math.ceil(train_size / config["batch_size"])
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config["lr"], total_steps=steps)
+
+
+def run_epoch(network, model, training: Training, data: dict, batch_size: int, compute: Compute, progress: Progress):
     """Train one epoch and validate; the metrics Tune and TensorBoard get, and whether validation improved."""
     started = time.perf_counter()
-    train_loss, train_accuracy = train_epoch(network, optimizer, *data["train"], batch_size, compute)
+    train_loss, train_accuracy = train_epoch(network, training, *data["train"], batch_size, compute)
     epoch_seconds = time.perf_counter() - started
     val_loss, val_accuracy = evaluate(network, *data["validation"], compute)
     progress.epoch += 1
@@ -113,7 +134,7 @@ def run_epoch(network, model, optimizer, data: dict, batch_size: int, compute: C
         "train_seconds": progress.train_seconds,
         "epoch_seconds": epoch_seconds,
         "images_per_second": len(data["train"][1]) / epoch_seconds,
-        "learning_rate": optimizer.param_groups[0]["lr"],
+        "learning_rate": training.optimizer.param_groups[0]["lr"],
     }
     return metrics, improved
 
@@ -140,17 +161,23 @@ def to_device(part: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Te
     return torch.tensor(drawings, device=device).unsqueeze(1), torch.tensor(labels, device=device)
 
 
-def train_epoch(model, optimizer, drawings, labels, batch_size: int, compute: Compute) -> tuple[float, float]:
+def train_epoch(model, training: Training, drawings, labels, batch_size: int, compute: Compute) -> tuple[float, float]:
     model.train()
+    optimizer = training.optimizer
     total_loss = torch.zeros((), device=drawings.device)
     correct = torch.zeros((), dtype=torch.long, device=drawings.device)
     for batch in torch.randperm(len(labels), device=drawings.device).split(batch_size):
+        inputs = compute.inputs(drawings[batch])
+        if training.augment:
+            inputs = random_affine(inputs)
         with compute.autocast():
-            logits = model(compute.inputs(drawings[batch]))
+            logits = model(inputs)
         loss = F.cross_entropy(logits.float(), labels[batch])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if training.schedule is not None:
+            training.schedule.step()
         total_loss += loss.detach() * len(batch)
         correct += (logits.argmax(1) == labels[batch]).sum()
     return total_loss.item() / len(labels), correct.item() / len(labels)
@@ -201,7 +228,7 @@ def end_hparams(writer: SummaryWriter, config: dict) -> None:
 
 def hparams_summaries(config: dict):
     return hparams(
-        {key: config[key] for key in ("lr", "batch_size", "dropout")},
+        {"model": config.get("model", "seed"), **{key: config[key] for key in ("lr", "batch_size", "dropout")}},
         metric_dict={tag: 0.0 for tag in HPARAM_METRICS},
     )
 
@@ -212,18 +239,26 @@ def log_epoch(writer: SummaryWriter, metrics: dict) -> None:
     writer.flush()
 
 
-def save(directory: Path, model, optimizer, progress: Progress) -> None:
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "progress": progress.__dict__}
+def save(directory: Path, model, optimizer, schedule, progress: Progress) -> None:
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "progress": progress.__dict__,
+             "schedule": schedule.state_dict() if schedule is not None else None}
     torch.save(state, directory / CHECKPOINT_FILE)
 
 
-def restore(model, optimizer, device: torch.device) -> Progress:
+def restore(model, optimizer, schedule, device: torch.device) -> Progress:
     """Continue from the trial's last checkpoint after a restart; start fresh otherwise."""
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         return Progress()
     with checkpoint.as_directory() as directory:
-        state = torch.load(Path(directory) / CHECKPOINT_FILE, map_location=device, weights_only=True)
+        return load(Path(directory), model, optimizer, schedule, device)
+
+
+def load(directory: Path, model, optimizer, schedule, device: torch.device) -> Progress:
+    """Put a saved trial state back into `model`, `optimizer` and `schedule`; return its progress."""
+    state = torch.load(directory / CHECKPOINT_FILE, map_location=device, weights_only=True)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
+    if schedule is not None:
+        schedule.load_state_dict(state["schedule"])
     return Progress(**state["progress"])

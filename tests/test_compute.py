@@ -9,7 +9,7 @@ from conftest import SYNTHETIC_CLASSES, run_cli, synthetic_drawings, write_class
 from experiment_checks import check_experiment, trial_dirs
 from quickdraw.compute import Compute, choose, has_native_bf16
 from quickdraw.model import SeedCNN
-from quickdraw.trainable import evaluate, train_epoch
+from quickdraw.trainable import Training, evaluate, train_epoch
 
 CPU = torch.device("cpu")
 
@@ -51,7 +51,7 @@ def test_bf16_and_fp32_trials_learn_alike():
         network = compute.prepare(model)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
         for _ in range(3):
-            train_epoch(network, optimizer, *train, 32, compute)
+            train_epoch(network, Training(optimizer), *train, 32, compute)
         accuracies[bf16] = evaluate(network, *validation, compute)[1]
     assert min(accuracies.values()) > 0.9, accuracies  # chance is 1/3
 

@@ -19,7 +19,7 @@ from conftest import SYNTHETIC_CLASSES, run_cli, write_class_files
 LRS, BATCH_SIZES, EPOCHS = (0.01, 0.001), (16, 32), 2
 FIGURES = {"test_accuracy_heatmap.png", "per_class_accuracy.png", "test_probabilities.png",
            *(f"curves_lr={lr:g}.png" for lr in LRS)}
-COLUMNS = ["lr", "batch_size", "epochs", "best_val_loss", "best_val_accuracy", "test_accuracy", "train_seconds", "status"]
+COLUMNS = ["model", "lr", "batch_size", "epochs", "best_val_loss", "best_val_accuracy", "test_accuracy", "train_seconds", "status"]
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,8 @@ def test_report_html_holds_the_table_and_every_figure(experiment):
     assert "Not shown" not in page.all_text()
     table = pd.read_csv(experiment / "summary.csv")
     best = table.loc[table.test_accuracy.idxmax()]
-    assert f"Best: {best.test_accuracy:.2f}% test accuracy with lr {best.lr:g}, batch size {best.batch_size}." in page.all_text()
+    best_text = f"Best: {best.test_accuracy:.2f}% test accuracy with seed, lr {best.lr:g}, batch size {best.batch_size}."
+    assert best_text in page.all_text() and "Best of each model" not in page.all_text()  # one model: no per-model line
 
 
 def test_summary_md_links_the_page_and_the_figures(experiment):
@@ -220,7 +221,7 @@ def test_report_of_a_partial_experiment_skips_only_what_is_missing(experiment, t
     assert {image["alt"] for image in page.images} == kept
     text = page.all_text()
     best = table.loc[table.test_accuracy.idxmax()]
-    best_trial = f"the best trial (lr {best.lr:g}, batch size {best.batch_size})"
+    best_trial = f"the best trial (seed, lr {best.lr:g}, batch size {best.batch_size})"
     assert f"Not shown: the per-class accuracy: {best_trial} has no test_predictions.npz" in text
     assert f"Not shown: the test drawings: {best_trial} has no test_predictions.npz" in text
     assert text.count("Not shown") == 2

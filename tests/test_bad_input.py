@@ -167,6 +167,12 @@ def test_bad_class_file(data, storage, write_cat, extra_mentions):
         pytest.param(("--scheduler", "asha", "--reduction-factor", "1"), "--reduction-factor", id="reduction-factor-1"),
         pytest.param(("--scheduler", "asha", "--reduction-factor", "nan"), "--reduction-factor",
                      id="reduction-factor-nan"),
+        pytest.param(("--model", "resnet"), "unknown model resnet; choose from seed, vgg-bn", id="unknown-model"),
+        pytest.param(("--models", "seed,vggbn"), "unknown model vggbn", id="unknown-model-in-list"),
+        pytest.param(("--models", "seed,seed"), "named twice", id="model-twice"),
+        pytest.param(("--models", ","), "no model given", id="empty-models"),
+        pytest.param(("--model", "seed", "--models", "seed,vgg-bn"), "not allowed with argument --model",
+                     id="model-and-models"),
     ],
 )
 def test_bad_flag(data, storage, flags, flag):

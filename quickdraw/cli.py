@@ -14,7 +14,7 @@ from quickdraw.config import (
 )
 from quickdraw.errors import UserError
 
-COMMANDS = ("run", "convert", "download", "report")
+COMMANDS = ("run", "convert", "download", "report", "predict")
 EXPORT_FORMATS = ("md", "csv", "json", "html", "latex")  # quickdraw.report.export's formats
 
 
@@ -110,6 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="format of the table printed or written to --output (default %(default)s)")
     report.add_argument("--output", metavar="FILE", help="write the table to FILE (a path or URI) instead of printing it")
     report.set_defaults(handler=report_command)
+
+    predict = commands.add_parser(
+        "predict", help="classify drawings with an experiment's best model: the top classes of each, with probabilities")
+    predict.add_argument("experiment", help="the experiment folder, <storage>/<name> (a path or URI)")
+    predict.add_argument("drawings", nargs="+", type=Path, metavar="DRAWING",
+                         help="an image of a drawing (PNG, any size, dark on light or light on dark), "
+                         "or a .npy of 28x28 uint8 bitmaps like Google's")
+    predict.add_argument("--top", type=int, default=3, help="classes shown per drawing (default %(default)s)")
+    predict.set_defaults(handler=predict_command)
     return parser
 
 
@@ -258,6 +267,30 @@ def report_command(args) -> int:
         raise UserError(f"--output {output} cannot be written: {e.strerror or first_line(e)}") from None
     print(f"{args.format} table written to {output}; report: {experiment / 'report.html'}", file=sys.stderr)
     return 0
+
+
+def predict_command(args) -> int:
+    if args.top < 1:
+        raise UserError(f"--top must be at least 1, got {args.top}")
+    import numpy as np
+
+    from quickdraw.best_model import BestModel
+    from quickdraw.images import read_drawings
+    from quickdraw.storage import Location
+
+    model = BestModel.load(Location.parse(args.experiment, flag="predict"))
+    drawings = {path: read_drawings(path) for path in args.drawings}  # every file read before any answer
+    probabilities = iter(model.probabilities(np.concatenate(list(drawings.values()))))
+    for path, bitmaps in drawings.items():
+        for n in range(len(bitmaps)):
+            name = f"{path}[{n}]" if path.suffix.lower() == ".npy" else str(path)
+            print(f"{name}: {top_classes(next(probabilities), model.classes, args.top)}")
+    return 0
+
+
+def top_classes(probabilities, classes: list[str], count: int) -> str:
+    best = probabilities.argsort()[::-1][:count]
+    return ", ".join(f"{classes[i]} {100 * probabilities[i]:.1f}%" for i in best)
 
 
 def output_location(text: str):

@@ -20,8 +20,9 @@ COMPLETE = ("finished", "stopped")
 
 
 def write_report(experiment: Location) -> pd.DataFrame:
-    """Rebuild the summary files and the report page in `experiment` from what Tune stored there,
-    finished or not."""
+    """Rebuild the summary files, the report page and best_model/ in `experiment` from what Tune stored
+    there, finished or not."""
+    from quickdraw.best_model import export_best_model
     from quickdraw.report_page import PAGE_FILE, write_page
 
     trials, histories = load_trials(experiment)
@@ -29,6 +30,7 @@ def write_report(experiment: Location) -> pd.DataFrame:
     (experiment / "summary.csv").write_text(export(table, "csv"))
     (experiment / "summary.json").write_text(export(table, "json"))
     figures = write_page(experiment, trials, histories)
+    export_best_model(experiment, trials)
     links = ", ".join(f"[{name}]({name})" for name in figures)
     (experiment / "summary.md").write_text(
         to_markdown(table) + f"\nReport with every figure: [{PAGE_FILE}]({PAGE_FILE}). Figures: {links or 'none'}.\n"

@@ -1,0 +1,97 @@
+"""The best trial's model, for use after the search: `<experiment>/best_model/` holds
+
+  weights.pt          the network's state dict (the weights that were tested), loadable with weights_only=True
+  config.json         the model's name, the trial's hyperparameters and accuracies, and where it came from
+  classes.txt         the class names, one per line, in the order of the network's outputs
+  preprocessing.json  how a drawing becomes the network's input (quickdraw.images)
+
+and `predict` runs it on drawings.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from quickdraw.compute import choose
+from quickdraw.errors import UserError
+from quickdraw.experiment_files import SEARCH_FILE
+from quickdraw.images import PREPROCESSING
+from quickdraw.model import MODELS
+from quickdraw.report import best_trial
+from quickdraw.storage import Location
+from quickdraw.trainable import CHECKPOINT_FILE, predict_logits
+
+BEST_MODEL_DIR = "best_model"
+WEIGHTS_FILE, CONFIG_FILE, CLASSES_FILE, PREPROCESSING_FILE = (
+    "weights.pt", "config.json", "classes.txt", "preprocessing.json")
+TRIAL_SETTINGS = ("model", "lr", "batch_size", "dropout", "epochs", "seed", "precision")
+
+
+def export_best_model(experiment: Location, trials: pd.DataFrame) -> Location | None:
+    """Write best_model/ for the trial with the highest test accuracy; None when no trial finished."""
+    index = best_trial(trials)
+    if index is None:
+        return None
+    best = trials.loc[index]
+    trial = experiment / best.trial_dir
+    params = json.loads((trial / "params.json").read_text())
+    checkpoint = [c for c in trial.children() if c.name.startswith("checkpoint_")][-1]  # the last epoch's
+    last_result = json.loads((trial / "result.json").read_text().splitlines()[-1])
+    state = torch.load(io.BytesIO((checkpoint / CHECKPOINT_FILE).read_bytes()), map_location="cpu", weights_only=True)
+    config = {
+        **{key: params.get(key, "seed" if key == "model" else None) for key in TRIAL_SETTINGS},
+        # Fractions, unrounded, as the trial reported them to Tune.
+        **{key: last_result[key] for key in ("test_accuracy", "best_val_accuracy", "best_val_loss")},
+        "trial": best.trial_dir, "experiment": experiment.uri,
+    }
+    folder = experiment / BEST_MODEL_DIR
+    buffer = io.BytesIO()
+    torch.save(state["progress"]["best_weights"], buffer)
+    (folder / WEIGHTS_FILE).write_bytes(buffer.getvalue())
+    (folder / CLASSES_FILE).write_text("\n".join(dataset_classes(experiment)) + "\n")
+    (folder / PREPROCESSING_FILE).write_text(json.dumps(PREPROCESSING, indent=2) + "\n")
+    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")  # last: its presence means complete
+    return folder
+
+
+def dataset_classes(experiment: Location) -> list[str]:
+    from quickdraw.dataset import MANIFEST_FILE
+
+    dataset = Location.parse(json.loads((experiment / SEARCH_FILE).read_text())["dataset"])
+    return json.loads((dataset / MANIFEST_FILE).read_text())["classes"]
+
+
+@dataclass
+class BestModel:
+    network: torch.nn.Module
+    classes: list[str]
+    config: dict
+
+    @classmethod
+    def load(cls, experiment: Location) -> BestModel:
+        folder = experiment / BEST_MODEL_DIR
+        if not (folder / CONFIG_FILE).is_file():
+            raise UserError(
+                f"{experiment} has no {BEST_MODEL_DIR}/{CONFIG_FILE}: give the folder <storage>/<name> of a search "
+                f"with a finished trial (for a search from before best_model existed, run "
+                f"`python tune_search.py report {experiment}` once to export it)")
+        config = json.loads((folder / CONFIG_FILE).read_text())
+        classes = (folder / CLASSES_FILE).read_text().split("\n")[:-1]
+        network = MODELS[config["model"]].build(len(classes), config["dropout"])
+        weights = torch.load(io.BytesIO((folder / WEIGHTS_FILE).read_bytes()), map_location="cpu", weights_only=True)
+        network.load_state_dict(weights)
+        return cls(network, classes, config)
+
+    def probabilities(self, drawings: np.ndarray) -> np.ndarray:
+        """Class probabilities of (N, 28, 28) uint8 drawings, computed as the trial computed its test."""
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        compute = choose(device, self.config.get("precision") or "fp32")
+        network = compute.prepare(self.network)
+        inputs = torch.from_numpy(drawings).to(device).unsqueeze(1)
+        return predict_logits(network, inputs, compute).softmax(1).cpu().numpy()

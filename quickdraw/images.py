@@ -1,0 +1,110 @@
+"""Drawings from the files a user hands `predict`, as Quick Draw bitmaps: 28x28 uint8, strokes white on black.
+
+Google rendered each drawing with its longer side 26 pixels and centred it in 28x28 (measured on the
+real files: 1 pixel of margin on the long side). An image of another size gets the same: its ink is cropped,
+squared, scaled to 26 pixels and centred. A 28x28 image is already a bitmap and is taken as it is, so the
+PNGs `convert --png` writes give back the training drawings exactly.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from quickdraw.errors import UserError
+
+CANVAS = 28
+INK_BOX = 26  # the longer side of a drawing's ink in Google's bitmaps
+INK_THRESHOLD = 32  # of 255: fainter pixels are paper (scans, JPEG noise), not ink
+PREPROCESSING = {
+    "bitmap": f"{CANVAS}x{CANVAS} uint8, strokes white (255) on black (0), as in Google's numpy_bitmap files",
+    "network_input": "bitmap / 255 as float32, shape (N, 1, 28, 28)",
+    "images": "grayscale (alpha as ink when the background is transparent); black-on-white inverted; "
+              f"other sizes than {CANVAS}x{CANVAS}: ink (pixels above {INK_THRESHOLD}) cropped, padded square, "
+              f"reduced to {INK_BOX} pixels (max over blocks, then area average), centred in {CANVAS}x{CANVAS}, "
+              "brightest pixel stretched to 255",
+    "npy": "uint8 bitmaps shaped (N, 784), (N, 28, 28), (784,) or (28, 28), used as they are",
+}
+
+
+def read_drawings(path: Path) -> np.ndarray:
+    """The drawings in one file as (N, 28, 28) uint8: a .npy of bitmaps, or an image holding one drawing."""
+    if not path.is_file():
+        raise UserError(f"{path}: no such file; give PNG images of drawings or .npy files of 28x28 bitmaps")
+    if path.suffix.lower() == ".npy":
+        return read_bitmaps(path)
+    return image_bitmap(open_image(path), path)[np.newaxis]
+
+
+def read_bitmaps(path: Path) -> np.ndarray:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise UserError(f"{path} is not a readable .npy file ({e}); give uint8 bitmaps shaped (N, 784)") from None
+    pixels = CANVAS * CANVAS
+    shape_ok = array.shape in ((pixels,), (CANVAS, CANVAS)) or (array.ndim == 2 and array.shape[1] == pixels) \
+        or (array.ndim == 3 and array.shape[1:] == (CANVAS, CANVAS))
+    if array.dtype != np.uint8 or not shape_ok or array.size == 0:
+        raise UserError(f"{path} holds {array.dtype} {array.shape}: give uint8 bitmaps shaped (N, 784) or (N, 28, 28), "
+                        "like Google's numpy_bitmap files")
+    return array.reshape(-1, CANVAS, CANVAS)
+
+
+def open_image(path: Path) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+            image.load()  # decodes now: a truncated or corrupt file fails here, not later
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombWarning,
+            Image.DecompressionBombError) as e:
+        raise UserError(f"{path} is not an image that can be read ({e}); give a PNG of a drawing, "
+                        "or a .npy of 28x28 bitmaps") from None
+    return ImageOps.exif_transpose(image)
+
+
+def image_bitmap(image: Image.Image, path: Path) -> np.ndarray:
+    """One drawing as a 28x28 bitmap, converted the way Google's bitmaps were drawn."""
+    ink = ink_of(image)
+    rows, columns = np.nonzero(ink > INK_THRESHOLD)
+    if not len(rows):
+        raise UserError(f"{path}: no drawing found, the image is blank; give strokes on a plain background")
+    if ink.shape == (CANVAS, CANVAS):
+        return ink
+    ink = ink[rows.min():rows.max() + 1, columns.min():columns.max() + 1]
+    side = max(ink.shape)
+    square = np.zeros((side, side), np.uint8)
+    top, left = (side - ink.shape[0]) // 2, (side - ink.shape[1]) // 2
+    square[top:top + ink.shape[0], left:left + ink.shape[1]] = ink
+    small = Image.fromarray(thin_strokes_kept(square)).resize((INK_BOX, INK_BOX), Image.Resampling.BOX)
+    bitmap = np.zeros((CANVAS, CANVAS), np.float32)
+    margin = (CANVAS - INK_BOX) // 2
+    bitmap[margin:margin + INK_BOX, margin:margin + INK_BOX] = np.asarray(small, np.float32)
+    return np.round(bitmap * (255 / bitmap.max())).astype(np.uint8)
+
+
+def ink_of(image: Image.Image) -> np.ndarray:
+    """Ink as 0-255 per pixel: the alpha of a drawing on a transparent background, else the grey levels,
+    inverted when the background (the border's median) is light."""
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        alpha = np.asarray(image.convert("RGBA").getchannel("A"))
+        if alpha.min() < 255:
+            return alpha
+    gray = np.asarray(image.convert("L"))
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    return 255 - gray if np.median(border) > 127 else gray
+
+
+def thin_strokes_kept(square: np.ndarray) -> np.ndarray:
+    """Shrink a large drawing by the maximum over blocks, to about twice the ink box, so that strokes a few
+    pixels wide in a big image survive the area average that follows instead of fading to grey."""
+    factor = len(square) // (2 * INK_BOX)
+    if factor < 2:
+        return square
+    side = -(-len(square) // factor) * factor
+    padded = np.zeros((side, side), np.uint8)
+    padded[:len(square), :len(square)] = square
+    return padded.reshape(side // factor, factor, side // factor, factor).max(axis=(1, 3))

@@ -1,0 +1,175 @@
+"""A grid over both models, the best trial exported to best_model/, and `predict` run on it as a user runs it:
+the test split through predict gives back the stored test accuracy, from a .npy and from the PNGs that
+`convert --png` writes; bad files get one line and exit code 2."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from conftest import SYNTHETIC_CLASSES, run_cli, synthetic_drawings
+from experiment_checks import trial_dirs
+from quickdraw.dataset import load_split
+from quickdraw.model import MODELS
+from quickdraw.storage import Location
+
+MODEL_NAMES = ("seed", "vgg-bn")
+LINE = re.compile(r"^(?P<name>.+): (?P<top>.+)$")
+
+
+def write_confusable_class_files(folder: Path, count: int = 200) -> Path:
+    """Synthetic class files in which every fifth drawing looks like the next class: no model gets them all
+    right, so the accuracies that predict must reproduce are not simply 100%."""
+    folder.mkdir(parents=True)
+    for label, name in enumerate(SYNTHETIC_CLASSES):
+        drawings = synthetic_drawings(label, count)
+        drawings[::5] = synthetic_drawings((label + 1) % len(SYNTHETIC_CLASSES), count, seed=1)[::5]
+        np.save(folder / f"{name}.npy", drawings)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def search(tmp_path_factory):
+    """One grid of both models on synthetic drawings: (data folder, storage, experiment folder, its flags)."""
+    root = tmp_path_factory.mktemp("predict")
+    data, storage = write_confusable_class_files(root / "data"), root / "results"
+    flags = ["--data-dir", data, "--classes", ",".join(SYNTHETIC_CLASSES), "--split", "300,60,60", "--storage", storage]
+    result = run_cli(*flags, "--models", ",".join(MODEL_NAMES), "--lrs", "0.003", "--batch-sizes", "32",
+                     "--epochs", "3", "--name", "both")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return data, storage, storage / "both", flags
+
+
+def predictions(result) -> dict[str, list[tuple[str, float]]]:
+    """predict's output: drawing name -> [(class, probability in %)] best first."""
+    assert result.returncode == 0, result.stderr[-3000:]
+    answers = {}
+    for line in result.stdout.strip().splitlines():
+        match = LINE.match(line)
+        top = [part.rsplit(" ", 1) for part in match["top"].split(", ")]
+        answers[match["name"]] = [(name, float(percent.rstrip("%"))) for name, percent in top]
+    return answers
+
+
+def stored_split(experiment: Path):
+    return load_split(Location.parse(json.loads((experiment / "search.json").read_text())["dataset"]))
+
+
+def test_the_grid_trains_each_model_at_each_setting(search):
+    experiment = search[2]
+    trials = trial_dirs(experiment)
+    models = {t.name: json.loads((t / "params.json").read_text())["model"] for t in trials}
+    assert sorted(models.values()) == list(MODEL_NAMES)
+    assert all(f"_batch=32_{model}_" in name for name, model in models.items())  # folder names say the model
+    table = pd.read_csv(experiment / "summary.csv")
+    assert sorted(table.model) == list(MODEL_NAMES)
+    assert (table.status == "finished").all() and (table.test_accuracy > 60).all(), table
+    assert (table.test_accuracy < 100).all()  # the confusable fifth
+    summary = (experiment / "summary.md").read_text()
+    assert "Best of each model: seed " in summary and "; vgg-bn " in summary
+
+
+def test_the_best_trial_is_exported_with_its_tested_weights(search):
+    experiment = search[2]
+    folder = experiment / "best_model"
+    config = json.loads((folder / "config.json").read_text())
+    table = pd.read_csv(experiment / "summary.csv")
+    best = table.loc[table.test_accuracy.idxmax()]
+    assert (config["model"], config["lr"], config["batch_size"]) == (best.model, best.lr, best.batch_size)
+    assert round(100 * config["test_accuracy"], 2) == best.test_accuracy
+    assert (folder / "classes.txt").read_text().splitlines() == list(SYNTHETIC_CLASSES)
+    assert "numpy_bitmap" in json.loads((folder / "preprocessing.json").read_text())["bitmap"]
+    weights = torch.load(folder / "weights.pt", weights_only=True)
+    network = MODELS[config["model"]].build(len(SYNTHETIC_CLASSES), config["dropout"])
+    network.load_state_dict(weights)  # strict: every tensor of the named model, nothing else
+
+
+def test_predicting_the_test_split_from_a_npy_gives_the_stored_test_accuracy(search, tmp_path):
+    experiment = search[2]
+    split = stored_split(experiment)
+    np.save(tmp_path / "test.npy", split.x_test)  # (N, 28, 28)
+    np.save(tmp_path / "flat.npy", split.x_test[:5].reshape(5, 784))  # Google's own layout
+    answers = predictions(run_cli("predict", experiment, tmp_path / "test.npy", tmp_path / "flat.npy"))
+    assert len(answers) == len(split.y_test) + 5
+    predicted = [answers[f"{tmp_path / 'test.npy'}[{n}]"][0][0] for n in range(len(split.y_test))]
+    accuracy = 100 * np.mean(np.array(predicted) == np.array(split.classes)[split.y_test])
+    assert accuracy == pytest.approx(100 * json.loads((experiment / "best_model" / "config.json").read_text())["test_accuracy"])
+    for n in range(5):
+        first = answers[f"{tmp_path / 'flat.npy'}[{n}]"]
+        assert len(first) == 3 and first == answers[f"{tmp_path / 'test.npy'}[{n}]"]
+        assert sum(p for _, p in first) <= 100.2 and first[0][1] >= first[1][1] >= first[2][1]
+
+
+def test_predicting_the_test_pngs_gives_the_stored_test_accuracy(search):
+    data, storage, experiment, flags = search
+    result = run_cli("convert", *flags, "--png")  # the seed's PNGs, black on white, of the same split
+    assert result.returncode == 0, result.stderr[-3000:]
+    (png_root,) = storage.glob("datasets/*/png")
+    files = sorted((png_root / "test").glob("*/*.png"))
+    answers = predictions(run_cli("predict", experiment, *files))
+    right = [answers[str(f)][0][0].capitalize() == f.parent.name for f in files]
+    stored = 100 * json.loads((experiment / "best_model" / "config.json").read_text())["test_accuracy"]
+    assert 100 * np.mean(right) == pytest.approx(stored)
+
+
+def test_predict_top_flag(search, tmp_path):
+    np.save(tmp_path / "one.npy", stored_split(search[2]).x_test[:1])
+    (answer,) = predictions(run_cli("predict", search[2], tmp_path / "one.npy", "--top", "1")).values()
+    assert len(answer) == 1
+
+
+def bad_files(folder: Path) -> dict[str, tuple[Path, str]]:
+    """name -> (file, a word the error line must hold)."""
+    Image.fromarray(np.full((40, 40), 255, np.uint8)).save(folder / "whole.png")
+    (folder / "truncated.png").write_bytes((folder / "whole.png").read_bytes()[:60])
+    (folder / "notes.png").write_text("not an image\n")
+    (folder / "notes.txt").write_text("not an image\n")
+    np.save(folder / "floats.npy", np.zeros((2, 784)))
+    np.save(folder / "shape.npy", np.zeros((2, 30), np.uint8))
+    np.save(folder / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    (folder / "broken.npy").write_bytes(b"\x93NUMPY garbage")
+    return {
+        "truncated PNG": (folder / "truncated.png", "not an image"),
+        "text named .png": (folder / "notes.png", "not an image"),
+        "text file": (folder / "notes.txt", "not an image"),
+        "blank image": (folder / "whole.png", "blank"),
+        "float .npy": (folder / "floats.npy", "uint8"),
+        "wrong shape .npy": (folder / "shape.npy", "(N, 784)"),
+        "pickled .npy": (folder / "objects.npy", ".npy"),
+        "corrupt .npy": (folder / "broken.npy", ".npy"),
+        "missing file": (folder / "absent.png", "no such file"),
+    }
+
+
+def assert_one_line_error(result, *mentions: str) -> None:
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert "Traceback" not in output and not result.stdout, output
+    (line,) = result.stderr.strip().splitlines()
+    for mention in mentions:
+        assert mention in line, line
+
+
+def test_bad_drawing_files_get_one_line_each(search, tmp_path):
+    good = tmp_path / "good.npy"
+    np.save(good, stored_split(search[2]).x_test[:2])
+    for kind, (path, mention) in bad_files(tmp_path).items():
+        result = run_cli("predict", search[2], good, path)  # the good file first: still no answer printed
+        assert_one_line_error(result, str(path), mention)
+
+
+def test_predict_on_a_folder_without_a_best_model(tmp_path):
+    (tmp_path / "drawing.npy").write_bytes(b"")
+    result = run_cli("predict", tmp_path, tmp_path / "drawing.npy")
+    assert_one_line_error(result, str(tmp_path), "best_model", "report")
+
+
+def test_predict_top_must_be_positive(search, tmp_path):
+    assert_one_line_error(run_cli("predict", search[2], tmp_path / "x.npy", "--top", "0"), "--top")

@@ -18,11 +18,11 @@ from ray import tune
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
+from quickdraw.augment import random_affine
 from quickdraw.compute import Compute, choose
 from quickdraw.dataset import Split
 from quickdraw.experiment_files import PREDICTIONS_FILE
-from quickdraw.augment import random_affine
-from quickdraw.model import MODELS, Recipe
+from quickdraw.model import MODELS
 
 EVAL_BATCH_SIZE = 2048
 CHECKPOINT_FILE = "trial_state.pt"
@@ -71,16 +71,16 @@ def train_trial(config: dict, split: Split) -> None:
     model = recipe.build(len(split.classes), config["dropout"])
     network = compute.prepare(model)  # runs the batches; `model` holds the weights that checkpoints keep
     optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"])
-    schedule = learning_rate_schedule(recipe, optimizer, config, len(split.y_train))
+    schedule = one_cycle(optimizer, config, len(split.y_train)) if recipe.one_cycle else None
     progress = restore(model, optimizer, schedule, compute.device)
+    training = Training(optimizer, recipe.augment, schedule)
     if not progress.best_weights:
         progress.best_weights = copy.deepcopy(model.state_dict())
 
     with SummaryWriter(tune.get_context().get_trial_dir()) as writer:
         start_hparams(writer, config)
         for epoch in range(progress.epoch + 1, config["epochs"] + 1):
-            metrics, improved = run_epoch(network, model, Training(optimizer, recipe.augment, schedule), data,
-                                          config["batch_size"], compute, progress)
+            metrics, improved = run_epoch(network, model, training, data, config["batch_size"], compute, progress)
             log_epoch(writer, metrics)
             last = epoch == config["epochs"]
             if not (improved or last):
@@ -106,10 +106,8 @@ class Training:
     schedule: torch.optim.lr_scheduler.LRScheduler | None = None
 
 
-def learning_rate_schedule(recipe: Recipe, optimizer, config: dict, train_size: int):
-    """One-cycle: warm up to the grid's learning rate, then anneal to nearly zero by the last step."""
-    if not recipe.one_cycle:
-        return None
+def one_cycle(optimizer, config: dict, train_size: int) -> torch.optim.lr_scheduler.OneCycleLR:
+    """Warm up to the grid's learning rate, then anneal to nearly zero by the trial's last step."""
     steps = config["epochs"] * math.ceil(train_size / config["batch_size"])
     return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config["lr"], total_steps=steps)
 

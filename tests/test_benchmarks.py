@@ -51,3 +51,14 @@ def test_asha_saving_runs_both_grids(tmp_path):
     assert fifo["trial_epochs"] == 15 * 3
     assert asha["stopped"] > 0 and asha["trial_epochs"] < fifo["trial_epochs"]
     assert 0 <= asha["best_test_accuracy"] <= 100
+
+
+def test_model_ablation_trains_every_variant(tmp_path):
+    output = tmp_path / "ablation.json"
+    run_benchmark("model_ablation", *small_data(tmp_path), "--epochs", "3", "--batch-size", "32", "--output", output)
+    rows = json.loads(output.read_text())
+    assert [row["variant"] for row in rows] == ["seed", "vgg-bn network", "+ one-cycle", "+ augmentation",
+                                                "+ mirroring = vgg-bn"]
+    for row in rows:
+        assert row["test_errors"] == round(30 * (1 - row["test_accuracy"] / 100))
+        assert row["best_val_accuracy"] > 50  # chance is a third: each variant learned

@@ -14,7 +14,7 @@ from quickdraw import augment
 from quickdraw.compute import Compute
 from quickdraw.config import MODEL_NAMES
 from quickdraw.model import MODELS
-from quickdraw.trainable import Progress, Training, evaluate, learning_rate_schedule, load, save, train_epoch
+from quickdraw.trainable import Progress, Training, evaluate, load, one_cycle, save, train_epoch
 
 CPU = torch.device("cpu")
 
@@ -69,7 +69,8 @@ def new_training(name: str, epochs: int, train_size: int, lr: float = 0.003, bat
     model = recipe.build(3, 0.5).to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     config = {"epochs": epochs, "batch_size": batch_size, "lr": lr}
-    return model, Training(optimizer, recipe.augment, learning_rate_schedule(recipe, optimizer, config, train_size))
+    schedule = one_cycle(optimizer, config, train_size) if recipe.one_cycle else None
+    return model, Training(optimizer, recipe.augment, schedule)
 
 
 def test_vgg_bn_recipe_learns_and_its_learning_rate_makes_one_cycle():

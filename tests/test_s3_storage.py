@@ -10,11 +10,12 @@ import time
 import urllib.request
 
 import boto3
+import numpy as np
 import pandas as pd
 import pyarrow.fs as pafs
 import pytest
 
-from conftest import SYNTHETIC_CLASSES, run_cli, write_class_files
+from conftest import SYNTHETIC_CLASSES, run_cli, synthetic_drawings, write_class_files
 from experiment_checks import check_experiment
 from ray_cluster import free_port
 
@@ -145,3 +146,17 @@ def test_a_bucket_that_does_not_exist_is_one_line_before_any_work(s3_env, tmp_pa
         f"tune_search.py: error: --storage s3://no-such-bucket/runs: there is no bucket no-such-bucket at "
         f"{s3_env['AWS_ENDPOINT_URL']}; create it, or check the URI and AWS_ENDPOINT_URL"
     ]
+
+
+def test_predict_reads_the_best_model_from_the_bucket(s3_env, s3_experiment, tmp_path):
+    stored = keys(s3_env, "runs/exp/best_model/")
+    assert stored == {f"runs/exp/best_model/{name}"
+                      for name in ("weights.pt", "config.json", "classes.txt", "preprocessing.json")}
+    np.save(tmp_path / "drawings.npy", np.stack([synthetic_drawings(label, 1)[0] for label in range(3)]))
+    result = run_cli("predict", s3_experiment, tmp_path / "drawings.npy", env=s3_env, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert [line.split(": ")[0] for line in lines] == [f"{tmp_path / 'drawings.npy'}[{n}]" for n in range(3)]
+    tops = [line.split(": ")[1].split(", ") for line in lines]
+    assert all(len(top) == 3 for top in tops)
+    assert [top[0].rsplit(" ", 1)[0] for top in tops] == list(SYNTHETIC_CLASSES)  # each drawing's own class

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +25,7 @@ from quickdraw.experiment_files import SEARCH_FILE
 from quickdraw.images import PREPROCESSING
 from quickdraw.model import MODELS
 from quickdraw.report import best_trial
-from quickdraw.storage import Location
+from quickdraw.storage import Location, first_line
 from quickdraw.trainable import CHECKPOINT_FILE, predict_logits
 
 BEST_MODEL_DIR = "best_model"
@@ -34,16 +35,24 @@ TRIAL_SETTINGS = ("model", "lr", "batch_size", "dropout", "epochs", "seed", "pre
 
 
 def export_best_model(experiment: Location, trials: pd.DataFrame) -> Location | None:
-    """Write best_model/ for the trial with the highest test accuracy; None when no trial finished."""
+    """Write best_model/ for the trial with the highest test accuracy. None when no trial finished, or when
+    the files it needs are gone (a line on stderr says which): the rest of the report stands without it."""
     index = best_trial(trials)
     if index is None:
         return None
     best = trials.loc[index]
     trial = experiment / best.trial_dir
-    params = json.loads((trial / "params.json").read_text())
-    checkpoint = [c for c in trial.children() if c.name.startswith("checkpoint_")][-1]  # the last epoch's
-    last_result = json.loads((trial / "result.json").read_text().splitlines()[-1])
-    state = torch.load(io.BytesIO((checkpoint / CHECKPOINT_FILE).read_bytes()), map_location="cpu", weights_only=True)
+    try:
+        params = json.loads((trial / "params.json").read_text())
+        checkpoints = [c for c in trial.children() if c.name.startswith("checkpoint_")]
+        last_result = json.loads((trial / "result.json").read_text().splitlines()[-1])
+        classes = json.loads((experiment / SEARCH_FILE).read_text())["config"]["data"]["classes"]
+        state = torch.load(io.BytesIO((checkpoints[-1] / CHECKPOINT_FILE).read_bytes()),  # the last epoch's
+                           map_location="cpu", weights_only=True)
+    except (OSError, ValueError, KeyError, IndexError, RuntimeError) as e:
+        print(f"{experiment / BEST_MODEL_DIR} not written: the best trial's files in {trial} or {SEARCH_FILE} "
+              f"cannot be read ({type(e).__name__}: {first_line(e)})", file=sys.stderr)
+        return None
     config = {
         **{key: params.get(key, "seed" if key == "model" else None) for key in TRIAL_SETTINGS},
         # Fractions, unrounded, as the trial reported them to Tune.
@@ -54,17 +63,10 @@ def export_best_model(experiment: Location, trials: pd.DataFrame) -> Location | 
     buffer = io.BytesIO()
     torch.save(state["progress"]["best_weights"], buffer)
     (folder / WEIGHTS_FILE).write_bytes(buffer.getvalue())
-    (folder / CLASSES_FILE).write_text("\n".join(dataset_classes(experiment)) + "\n")
+    (folder / CLASSES_FILE).write_text("\n".join(classes) + "\n")
     (folder / PREPROCESSING_FILE).write_text(json.dumps(PREPROCESSING, indent=2) + "\n")
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")  # last: its presence means complete
     return folder
-
-
-def dataset_classes(experiment: Location) -> list[str]:
-    from quickdraw.dataset import MANIFEST_FILE
-
-    dataset = Location.parse(json.loads((experiment / SEARCH_FILE).read_text())["dataset"])
-    return json.loads((dataset / MANIFEST_FILE).read_text())["classes"]
 
 
 @dataclass

@@ -290,7 +290,7 @@ def predict_command(args) -> int:
 
 def top_classes(probabilities, classes: list[str], count: int) -> str:
     best = probabilities.argsort()[::-1][:count]
-    return ", ".join(f"{classes[i]} {100 * probabilities[i]:.1f}%" for i in best)
+    return ", ".join(f"{classes[i]} {100 * probabilities[i]:.2f}%" for i in best)
 
 
 def output_location(text: str):

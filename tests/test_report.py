@@ -260,3 +260,21 @@ def test_report_when_the_stored_split_is_gone(experiment, tmp_path):
     text = Page((moved / "report.html").read_text()).all_text()
     assert "Not shown: the per-class accuracy: the test drawings cannot be read from the split that search.json names" in text
     assert text.count("Not shown") == 2
+
+
+def test_report_without_the_best_trials_checkpoint_writes_all_but_best_model(experiment, tmp_path):
+    moved = tmp_path / "moved"
+    shutil.copytree(experiment, moved)
+    shutil.rmtree(moved / "best_model")
+    table = pd.read_csv(moved / "summary.csv")
+    best = table.loc[table.test_accuracy.idxmax()]
+    for checkpoint in trial_dir(moved, best.lr, best.batch_size).glob("checkpoint_*"):
+        shutil.rmtree(checkpoint)
+
+    result = run_cli("report", moved)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"{moved / 'best_model'} not written: the best trial's files in")
+    assert not (moved / "best_model").exists() and (moved / "report.html").is_file()
+    assert "# Test accuracy" in result.stdout

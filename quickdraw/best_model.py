@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import pickle
 import sys
 from dataclasses import dataclass
 
@@ -83,11 +84,16 @@ class BestModel:
                 f"{experiment} has no {BEST_MODEL_DIR}/{CONFIG_FILE}: give the folder <storage>/<name> of a search "
                 f"with a finished trial (for a search from before best_model existed, run "
                 f"`python tune_search.py report {experiment}` once to export it)")
-        config = json.loads((folder / CONFIG_FILE).read_text())
-        classes = (folder / CLASSES_FILE).read_text().split("\n")[:-1]
-        network = MODELS[config["model"]].build(len(classes), config["dropout"])
-        weights = torch.load(io.BytesIO((folder / WEIGHTS_FILE).read_bytes()), map_location="cpu", weights_only=True)
-        network.load_state_dict(weights)
+        try:
+            config = json.loads((folder / CONFIG_FILE).read_text())
+            classes = (folder / CLASSES_FILE).read_text().split("\n")[:-1]
+            network = MODELS[config["model"]].build(len(classes), config["dropout"])
+            weights = torch.load(io.BytesIO((folder / WEIGHTS_FILE).read_bytes()), map_location="cpu",
+                                 weights_only=True)
+            network.load_state_dict(weights)
+        except (OSError, ValueError, KeyError, RuntimeError, pickle.UnpicklingError) as e:
+            raise UserError(f"{folder} cannot be loaded ({type(e).__name__}: {first_line(e)}); "
+                            f"run `python tune_search.py report {experiment}` to export it again") from None
         return cls(network, classes, config)
 
     def probabilities(self, drawings: np.ndarray) -> np.ndarray:

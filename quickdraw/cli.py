@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--model", dest="models", type=lambda name: (name,), default=SearchConfig.models,
                         metavar="NAME", help=f"the network and its training recipe: {' or '.join(MODEL_NAMES)} "
                         f"(default {SearchConfig.models[0]}; see the README's Models)")
-    models.add_argument("--models", dest="models", type=name_list, metavar="NAME,...",
+    models.add_argument("--models", dest="models", type=name_list, default=SearchConfig.models, metavar="NAME,...",
                         help="comma-separated models, each trained at every learning rate and batch size")
     run.add_argument("--dropout", type=float, default=SearchConfig.dropout, help="dropout rate (default %(default)s)")
     run.add_argument("--epochs", type=int, default=SearchConfig.epochs, help="epochs per trial (default %(default)s)")
@@ -196,10 +196,11 @@ def run_command(args) -> int:
 
 
 def resume_command(args) -> int:
-    given = [
-        action.option_strings[0] for action in args.parser._actions
-        if action.dest not in ("help", "resume", "address") and getattr(args, action.dest) != action.default
-    ]
+    flags: dict[str, list[str]] = {}  # dest -> its flags (--model and --models share one)
+    for action in args.parser._actions:
+        if action.dest not in ("help", "resume", "address") and getattr(args, action.dest) != action.default:
+            flags.setdefault(action.dest, []).append(action.option_strings[0])
+    given = ["/".join(names) for names in flags.values()]
     if given:
         raise UserError(f"--resume continues with the search's own settings: drop {', '.join(given)}")
     if not args.resume.strip():

@@ -12,7 +12,8 @@ from quickdraw.errors import UserError
 from quickdraw.storage import Location
 
 COLUMNS = [
-    "model", "lr", "batch_size", "epochs", "best_val_loss", "best_val_accuracy", "test_accuracy", "train_seconds", "status",
+    "model", "lr", "batch_size", "epochs", "best_val_loss", "best_val_accuracy", "test_accuracy", "train_seconds",
+    "status",
 ]
 # A trial's status: finished (tested), stopped (by ASHA, untested), error, or unfinished (its driver stopped).
 # The first two ran as far as the search let them.
@@ -119,7 +120,7 @@ def describe(row: pd.Series) -> str:
 
 
 def best_per_model(table: pd.DataFrame) -> list[str]:
-    """'model: accuracy (lr, batch size)' of each model's best trial, when the grid had more than one model."""
+    """'model accuracy% (lr, batch size)' of each model's best trial, when the grid had more than one model."""
     if table["model"].nunique() < 2:
         return []
     bests = []
@@ -150,7 +151,8 @@ def to_markdown(table: pd.DataFrame) -> str:
             "Batch size": [_bold(str(b), i == best) for i, b in group["batch_size"].items()],
             "Test accuracy": [_bold(_accuracy_cell(r), i == best) for i, r in group.iterrows()],
         })
-        lines += [f"## Learning rate {lr:g}, model {model}", "", cells.to_markdown(index=False, colalign=("right", "right")), ""]
+        table_text = cells.to_markdown(index=False, colalign=("right", "right"))
+        lines += [f"## Learning rate {lr:g}, model {model}", "", table_text, ""]
     return "\n".join(lines)
 
 

@@ -294,6 +294,7 @@ def test_resume_with_every_run_flag(data, storage):
         pytest.param(("--storage", "elsewhere"), "--storage", id="storage"),
         pytest.param(("--max-failures", "5"), "--max-failures", id="max-failures"),
         pytest.param(("--gpus-per-trial", "0.5"), "--gpus-per-trial", id="gpus-per-trial"),
+        pytest.param(("--models", "seed,vgg-bn"), "--model/--models", id="models"),
         pytest.param(("--scheduler", "asha", "--reduction-factor", "2"), "--scheduler, --reduction-factor",
                      id="scheduler-and-reduction-factor"),
     ],

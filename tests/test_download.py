@@ -125,7 +125,7 @@ def test_an_interrupted_download_resumes_on_the_next_run(mirror, tmp_path):
 
 
 def test_ctrl_c_keeps_what_arrived_and_the_next_run_resumes_from_there(mirror, tmp_path):
-    mirror.pause_s = 0.2  # 64 KiB every 0.2 s: about 3 s for the 1300 drawings asked for
+    mirror.pause_s = 0.5  # 64 KiB every 0.5 s: about 8 s for the 1300 drawings asked for
     data, split = tmp_path / "data", split_for(("cat",), (1000, 200, 100))
     command = start_cli("download", "--data-dir", data, "--classes", "cat", "--split", split,
                         "--base-url", mirror.base_url)
@@ -133,6 +133,7 @@ def test_ctrl_c_keeps_what_arrived_and_the_next_run_resumes_from_there(mirror, t
     deadline = time.monotonic() + 60
     while not (part.is_file() and part.stat().st_size > HEADER_PROBE + 65536) and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert command.poll() is None, f"the download ended before it could be interrupted: {command.communicate()[0]}"
     command.send_signal(signal.SIGINT)
     output, _ = command.communicate(timeout=60)
     assert command.returncode == 130 and "Traceback" not in output, output

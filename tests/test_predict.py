@@ -173,3 +173,14 @@ def test_predict_on_a_folder_without_a_best_model(tmp_path):
 
 def test_predict_top_must_be_positive(search, tmp_path):
     assert_one_line_error(run_cli("predict", search[2], tmp_path / "x.npy", "--top", "0"), "--top")
+
+
+def test_predict_with_a_damaged_best_model(search, tmp_path):
+    experiment = tmp_path / "copy"
+    (experiment / "best_model").mkdir(parents=True)
+    for file in (search[2] / "best_model").iterdir():
+        (experiment / "best_model" / file.name).write_bytes(file.read_bytes())
+    (experiment / "best_model" / "weights.pt").write_bytes(b"not a torch file")
+    np.save(tmp_path / "one.npy", stored_split(search[2]).x_test[:1])
+    result = run_cli("predict", experiment, tmp_path / "one.npy")
+    assert_one_line_error(result, f"{experiment / 'best_model'} cannot be loaded", "report")

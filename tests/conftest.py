@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -51,9 +52,13 @@ def run_cli(*args, timeout: int = 300, env: dict | None = None) -> subprocess.Co
 
 
 def start_cli(*args, env: dict | None = None) -> subprocess.Popen:
-    """The command started in the background, its output (stdout and stderr together) kept for asserts."""
+    """The command started in the background, its output (stdout and stderr together) kept for asserts.
+
+    Ctrl-C (SIGINT) reaches it as it reaches a command in a terminal, even when pytest itself was started
+    in the background, which leaves SIGINT ignored in every process it starts and Python without its handler."""
     return subprocess.Popen(
-        cli_command(*args), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        cli_command(*args), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 

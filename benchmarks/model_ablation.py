@@ -25,9 +25,9 @@ from quickdraw import augment
 from quickdraw.bitmaps import find_class_files
 from quickdraw.compute import choose
 from quickdraw.config import DataConfig
-from quickdraw.dataset import split_drawings
+from quickdraw.dataset import PARTS, split_drawings
 from quickdraw.model import MODELS
-from quickdraw.trainable import Progress, Training, evaluate, one_cycle, predict_logits, train_epoch
+from quickdraw.trainable import Progress, Training, evaluate, one_cycle, predict_logits, to_device, train_epoch
 
 VARIANTS = {  # name -> (model, one-cycle, augmentation, mirroring)
     "seed": ("seed", False, False, False),
@@ -58,9 +58,8 @@ def run_variant(name: str, args) -> dict:
     augment.MIRROR = mirrored
     config = DataConfig(data_dir=args.data_dir, classes=args.classes, split=args.split)
     split = split_drawings(config, find_class_files(config.data_dir, config.classes))
-    data = {part: (torch.tensor(split.part(part)[0]).unsqueeze(1), torch.tensor(split.part(part)[1]))
-            for part in ("train", "validation", "test")}
     compute = choose(torch.device("cpu"), "auto")
+    data = {part: to_device(split.part(part), compute.device) for part in PARTS}
     model = MODELS[model_name].build(len(split.classes), 0.5)
     network = compute.prepare(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)

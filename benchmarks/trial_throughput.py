@@ -33,7 +33,7 @@ from quickdraw.config import DataConfig
 from quickdraw.dataset import split_drawings, write_pngs
 from quickdraw.model import SeedCNN
 from quickdraw.storage import Location
-from quickdraw.trainable import Training, train_epoch
+from quickdraw.trainable import Training, to_device, train_epoch
 
 
 def main() -> None:
@@ -43,8 +43,7 @@ def main() -> None:
     split = split_drawings(config, find_class_files(config.data_dir, config.classes))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     compute = choose(device, args.precision, args.compile)
-    drawings = torch.tensor(split.x_train, device=device).unsqueeze(1)
-    labels = torch.tensor(split.y_train, device=device)
+    drawings, labels = to_device(split.part("train"), device)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         pngs = Path(write_pngs(split, Location.parse(tmp)).path) / "train"

@@ -35,9 +35,11 @@ WEIGHTS_FILE, CONFIG_FILE, CLASSES_FILE, PREPROCESSING_FILE = (
 TRIAL_SETTINGS = ("model", "lr", "batch_size", "dropout", "epochs", "seed", "precision")
 
 
-def export_best_model(experiment: Location, trials: pd.DataFrame) -> Location | None:
-    """Write best_model/ for the trial with the highest test accuracy. None when no trial finished, or when
-    the files it needs are gone (a line on stderr says which): the rest of the report stands without it."""
+def export_best_model(experiment: Location, trials: pd.DataFrame,
+                      histories: dict[str, pd.DataFrame]) -> Location | None:
+    """Write best_model/ for the trial with the highest test accuracy (`trials` and `histories` as the report
+    loaded them). None when no trial finished, or when the files it needs are gone (a line on stderr says which):
+    the rest of the report stands without it."""
     index = best_trial(trials)
     if index is None:
         return None
@@ -46,7 +48,7 @@ def export_best_model(experiment: Location, trials: pd.DataFrame) -> Location | 
     try:
         params = json.loads((trial / "params.json").read_text())
         checkpoints = [c for c in trial.children() if c.name.startswith("checkpoint_")]
-        last_result = json.loads((trial / "result.json").read_text().splitlines()[-1])
+        last_result = histories[best.trial_dir].iloc[-1]
         classes = json.loads((experiment / SEARCH_FILE).read_text())["config"]["data"]["classes"]
         state = torch.load(io.BytesIO((checkpoints[-1] / CHECKPOINT_FILE).read_bytes()),  # the last epoch's
                            map_location="cpu", weights_only=True)
@@ -57,7 +59,7 @@ def export_best_model(experiment: Location, trials: pd.DataFrame) -> Location | 
     config = {
         **{key: params.get(key, "seed" if key == "model" else None) for key in TRIAL_SETTINGS},
         # Fractions, unrounded, as the trial reported them to Tune.
-        **{key: last_result[key] for key in ("test_accuracy", "best_val_accuracy", "best_val_loss")},
+        **{key: float(last_result[key]) for key in ("test_accuracy", "best_val_accuracy", "best_val_loss")},
         "trial": best.trial_dir, "experiment": experiment.uri,
     }
     folder = experiment / BEST_MODEL_DIR

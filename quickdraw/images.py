@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from quickdraw.bitmaps import PIXELS, SIDE as CANVAS
 from quickdraw.errors import UserError
 
-CANVAS = 28
 INK_BOX = 26  # the longer side of a drawing's ink in Google's bitmaps
 INK_THRESHOLD = 32  # of 255: fainter pixels are paper (scans, JPEG noise), not ink
 PREPROCESSING = {
@@ -44,8 +44,7 @@ def read_bitmaps(path: Path) -> np.ndarray:
         array = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
         raise UserError(f"{path} is not a readable .npy file ({e}); give uint8 bitmaps shaped (N, 784)") from None
-    pixels = CANVAS * CANVAS
-    shape_ok = array.shape in ((pixels,), (CANVAS, CANVAS)) or (array.ndim == 2 and array.shape[1] == pixels) \
+    shape_ok = array.shape in ((PIXELS,), (CANVAS, CANVAS)) or (array.ndim == 2 and array.shape[1] == PIXELS) \
         or (array.ndim == 3 and array.shape[1:] == (CANVAS, CANVAS))
     if array.dtype != np.uint8 or not shape_ok or array.size == 0:
         raise UserError(f"{path} holds {array.dtype} {array.shape}: give uint8 bitmaps shaped (N, 784) or (N, 28, 28), "

@@ -31,7 +31,7 @@ def write_report(experiment: Location) -> pd.DataFrame:
     (experiment / "summary.csv").write_text(export(table, "csv"))
     (experiment / "summary.json").write_text(export(table, "json"))
     figures = write_page(experiment, trials, histories)
-    export_best_model(experiment, trials)
+    export_best_model(experiment, trials, histories)
     links = ", ".join(f"[{name}]({name})" for name in figures)
     (experiment / "summary.md").write_text(
         to_markdown(table) + f"\nReport with every figure: [{PAGE_FILE}]({PAGE_FILE}). Figures: {links or 'none'}.\n"

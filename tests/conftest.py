@@ -30,6 +30,14 @@ def synthetic_drawings(label: int, count: int, seed: int = 0) -> np.ndarray:
     return images.reshape(count, 784)
 
 
+def synthetic_tensors(count: int, seed: int):
+    """`count` synthetic drawings of each of three classes as a trial holds them: (N, 1, 28, 28) uint8, labels."""
+    import torch
+
+    drawings = [torch.from_numpy(synthetic_drawings(label, count, seed)) for label in range(3)]
+    return torch.cat(drawings).reshape(-1, 1, 28, 28), torch.arange(3).repeat_interleave(count)
+
+
 def write_class_files(folder: Path, classes=SYNTHETIC_CLASSES, count: int = 200) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for label, name in enumerate(classes):

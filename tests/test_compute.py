@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from conftest import SYNTHETIC_CLASSES, run_cli, synthetic_drawings, write_class_files
+from conftest import SYNTHETIC_CLASSES, run_cli, synthetic_tensors, write_class_files
 from experiment_checks import check_experiment, trial_dirs
 from quickdraw.compute import Compute, choose, has_native_bf16
 from quickdraw.model import SeedCNN
@@ -32,13 +32,6 @@ def test_convolutions_run_in_the_chosen_precision_on_channels_last_fp32_weights(
     assert features.dtype == (torch.bfloat16 if bf16 else torch.float32)
     conv = network.features[0][0].weight
     assert conv.dtype == torch.float32 and conv.is_contiguous(memory_format=torch.channels_last)
-
-
-def synthetic_tensors(count: int, seed: int):
-    drawings = [torch.from_numpy(synthetic_drawings(label, count, seed)) for label in range(3)]
-    x = torch.cat(drawings).reshape(-1, 1, 28, 28)
-    y = torch.arange(3).repeat_interleave(count)
-    return x, y
 
 
 def test_bf16_and_fp32_trials_learn_alike():

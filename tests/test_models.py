@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import synthetic_drawings
+from conftest import synthetic_tensors
 from quickdraw import augment
 from quickdraw.compute import Compute
 from quickdraw.config import MODEL_NAMES
@@ -17,12 +17,6 @@ from quickdraw.model import MODELS
 from quickdraw.trainable import Progress, Training, evaluate, load, one_cycle, save, train_epoch
 
 CPU = torch.device("cpu")
-
-
-def synthetic_tensors(per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    drawings = np.concatenate([synthetic_drawings(label, per_class, seed) for label in range(3)])
-    labels = np.repeat(np.arange(3), per_class)
-    return torch.tensor(drawings.reshape(-1, 1, 28, 28)), torch.tensor(labels)
 
 
 def test_the_cli_names_every_model_there_is():

@@ -13,7 +13,9 @@ from quickdraw.errors import UserError
 
 SIDE = 28
 PIXELS = SIDE * SIDE
-ACCEPTED_SHAPES = "(N, 784), (N, 1, 784) or (N, 28, 28)"
+ONE_DRAWING = ((PIXELS,), (SIDE, SIDE))
+DRAWINGS = ((PIXELS,), (1, PIXELS), (SIDE, SIDE), (1, SIDE, SIDE))  # each of N drawings, after the N
+ACCEPTED_SHAPES = "(N, 784) as in Google's files, (N, 1, 784), (N, 28, 28), (N, 1, 28, 28), or one (784,) or (28, 28)"
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,7 @@ def load_drawings(source: BitmapFile, count: int) -> np.ndarray:
     """
     check_drawings(source, count)
     array = np.load(source.path, mmap_mode="r", allow_pickle=False)
-    return np.ascontiguousarray(array[:count]).reshape(count, SIDE, SIDE)
+    return np.ascontiguousarray(array.reshape(-1, SIDE, SIDE)[:count])
 
 
 def check_drawings(source: BitmapFile, count: int) -> None:
@@ -96,16 +98,21 @@ def file_header(path: Path) -> BitmapHeader:
         return read_bitmap_header(f, str(path))
 
 
+def drawing_count(shape: tuple[int, ...]) -> int | None:
+    """How many drawings an array of this shape holds, if it is a shape of Quick Draw bitmaps (ACCEPTED_SHAPES);
+    None if not. The one rule for class files and for `predict`'s .npy files alike."""
+    if shape in ONE_DRAWING:
+        return 1
+    return shape[0] if len(shape) > 1 and shape[1:] in DRAWINGS else None
+
+
 @dataclass(frozen=True)
 class BitmapHeader:
-    """What a `.npy` header says about a bitmap array: its drawings and where they start."""
+    """What a `.npy` header says about a bitmap array: its shape, its drawings and where they start."""
 
     shape: tuple[int, ...]
+    rows: int  # drawings
     data_offset: int
-
-    @property
-    def rows(self) -> int:
-        return self.shape[0]
 
     def bytes_for(self, rows: int) -> int:
         """The file's length up to the end of its first `rows` drawings."""
@@ -128,10 +135,7 @@ def read_bitmap_header(f: BinaryIO, name: str) -> BitmapHeader:
         raise UserError(f"{name} holds pickled Python objects, not bitmaps; it is not a numpy_bitmap file")
     if dtype != np.uint8:
         raise UserError(f"{name} has dtype {dtype}, expected uint8 bitmaps; use Google's numpy_bitmap files")
-    if not _is_bitmap_shape(shape):
+    rows = drawing_count(shape)
+    if rows is None:
         raise UserError(f"{name} has shape {shape}, expected {ACCEPTED_SHAPES}")
-    return BitmapHeader(shape=shape, data_offset=f.tell())
-
-
-def _is_bitmap_shape(shape: tuple[int, ...]) -> bool:
-    return shape[1:] in ((PIXELS,), (1, PIXELS), (SIDE, SIDE))
+    return BitmapHeader(shape=shape, rows=rows, data_offset=f.tell())

@@ -22,7 +22,7 @@ import urllib3
 from filelock import FileLock
 from tqdm import tqdm
 
-from quickdraw.bitmaps import checked_row_count, class_file, file_header, missing_classes, read_bitmap_header
+from quickdraw.bitmaps import PIXELS, checked_row_count, class_file, file_header, missing_classes, read_bitmap_header
 from quickdraw.config import DataConfig
 from quickdraw.errors import UserError
 
@@ -275,7 +275,7 @@ def finish(job: ClassDownload, state: dict) -> None:
 def write_first_rows(part: Path, destination: Path, rows: int) -> None:
     """A `.npy` of the first `rows` drawings: the server's header promises them all, so it is rewritten."""
     header = file_header(part)
-    drawings = np.memmap(part, dtype=np.uint8, mode="r", offset=header.data_offset, shape=(rows, *header.shape[1:]))
+    drawings = np.memmap(part, dtype=np.uint8, mode="r", offset=header.data_offset, shape=(rows, PIXELS))
     with open(destination, "wb") as f:
         np.save(f, np.asarray(drawings), allow_pickle=False)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from quickdraw.bitmaps import PIXELS, SIDE as CANVAS
+from quickdraw.bitmaps import ACCEPTED_SHAPES, SIDE as CANVAS, checked_row_count
 from quickdraw.errors import UserError
 
 INK_BOX = 26  # the longer side of a drawing's ink in Google's bitmaps
@@ -26,7 +26,7 @@ PREPROCESSING = {
               f"other sizes than {CANVAS}x{CANVAS}: ink (pixels above {INK_THRESHOLD}) cropped, padded square, "
               f"reduced to {INK_BOX} pixels (max over blocks, then area average), centred in {CANVAS}x{CANVAS}, "
               "brightest pixel stretched to 255",
-    "npy": "uint8 bitmaps shaped (N, 784), (N, 28, 28), (784,) or (28, 28), used as they are",
+    "npy": f"uint8 bitmaps shaped {ACCEPTED_SHAPES}, used as they are",
 }
 
 
@@ -40,15 +40,13 @@ def read_drawings(path: Path) -> np.ndarray:
 
 
 def read_bitmaps(path: Path) -> np.ndarray:
+    """The drawings of a .npy file, checked as a class file is (quickdraw.bitmaps): the same shapes are accepted."""
+    if checked_row_count(path) == 0:
+        raise UserError(f"{path} holds no drawings; give uint8 bitmaps shaped (N, 784) with N above 0")
     try:
         array = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
         raise UserError(f"{path} is not a readable .npy file ({e}); give uint8 bitmaps shaped (N, 784)") from None
-    shape_ok = array.shape in ((PIXELS,), (CANVAS, CANVAS)) or (array.ndim == 2 and array.shape[1] == PIXELS) \
-        or (array.ndim == 3 and array.shape[1:] == (CANVAS, CANVAS))
-    if array.dtype != np.uint8 or not shape_ok or array.size == 0:
-        raise UserError(f"{path} holds {array.dtype} {array.shape}: give uint8 bitmaps shaped (N, 784) or (N, 28, 28), "
-                        "like Google's numpy_bitmap files")
     return array.reshape(-1, CANVAS, CANVAS)
 
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from conftest import SHARED_DRAWINGS
+from conftest import SHARED_DRAWINGS, synthetic_drawings
+from quickdraw.bitmaps import BitmapFile, checked_row_count, load_drawings
+from quickdraw.errors import UserError
 from quickdraw.images import image_bitmap, read_drawings
 
 
@@ -76,3 +79,26 @@ def test_a_28_pixel_png_is_taken_as_it_is(tmp_path):
     for n, drawing in enumerate(quick_draw_like()[:10]):
         Image.fromarray(255 - drawing).save(tmp_path / f"{n}.png")
         np.testing.assert_array_equal(read_drawings(tmp_path / f"{n}.png"), drawing[np.newaxis])
+
+
+ACCEPTED = [(5, 784), (5, 1, 784), (5, 28, 28), (5, 1, 28, 28), (784,), (28, 28), (1, 784)]
+REFUSED = [(5, 100), (5, 28), (784, 1), (5, 2, 784), (28, 28, 1), (5, 28, 28, 1), (5, 1, 1, 784), (2, 392)]
+
+
+@pytest.mark.parametrize("shape", ACCEPTED + REFUSED, ids=str)
+def test_training_and_predict_accept_the_same_shapes_of_bitmaps(tmp_path, shape):
+    """One rule (quickdraw.bitmaps.drawing_count) for a class file and for a .npy given to predict."""
+    drawings = synthetic_drawings(0, 5)[: max(1, int(np.prod(shape)) // 784)]
+    path = tmp_path / "cat.npy"
+    np.save(path, np.resize(drawings, shape))
+    source = BitmapFile("cat", path, path.stat().st_size, path.stat().st_mtime_ns)
+    if shape in REFUSED:
+        for read in (lambda: checked_row_count(path), lambda: read_drawings(path)):
+            with pytest.raises(UserError, match=re.escape(f"has shape {shape}, expected (N, 784)")):
+                read()
+        return
+    count = len(drawings)
+    assert checked_row_count(path) == count
+    for_training, for_predict = load_drawings(source, count), read_drawings(path)
+    np.testing.assert_array_equal(for_training, drawings.reshape(count, 28, 28))
+    np.testing.assert_array_equal(for_predict, for_training)

@@ -1,5 +1,6 @@
 """What each part of the vgg-bn recipe adds, on the real drawings: one trial per variant, at the same learning rate,
-batch size and epochs, each tested with its lowest-validation-loss weights as a search's trial is.
+batch size and epochs, trained by the trials' own core (quickdraw.training.Trainer) and tested with its
+lowest-validation-loss weights as a search's trial is.
 
   seed                   the seed's CNN and recipe (Adam, constant learning rate)
   vgg-bn network         the vgg-bn network alone, constant learning rate, no augmentation
@@ -13,6 +14,7 @@ Accuracy, not speed: the numbers hold on any machine up to the nondeterminism of
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -21,20 +23,21 @@ import common  # puts this checkout's package on the path
 import pandas as pd
 import torch
 
-from quickdraw import augment
+from quickdraw.augment import Augmentation
 from quickdraw.bitmaps import find_class_files
 from quickdraw.compute import choose
 from quickdraw.config import DataConfig
-from quickdraw.dataset import PARTS, split_drawings
+from quickdraw.dataset import split_drawings
 from quickdraw.model import MODELS
-from quickdraw.trainable import Progress, Training, evaluate, one_cycle, predict_logits, to_device, train_epoch
+from quickdraw.training import Hyperparameters, Trainer, split_tensors
 
-VARIANTS = {  # name -> (model, one-cycle, augmentation, mirroring)
-    "seed": ("seed", False, False, False),
-    "vgg-bn network": ("vgg-bn", False, False, False),
-    "+ one-cycle": ("vgg-bn", True, False, False),
-    "+ augmentation": ("vgg-bn", True, True, False),
-    "+ mirroring = vgg-bn": ("vgg-bn", True, True, True),
+VGG_BN = MODELS["vgg-bn"]
+VARIANTS = {  # name -> the recipe trained
+    "seed": MODELS["seed"],
+    "vgg-bn network": dataclasses.replace(VGG_BN, augmentation=None, one_cycle=False),
+    "+ one-cycle": dataclasses.replace(VGG_BN, augmentation=None),
+    "+ augmentation": dataclasses.replace(VGG_BN, augmentation=Augmentation(mirror=False)),
+    "+ mirroring = vgg-bn": VGG_BN,
 }
 
 
@@ -52,26 +55,20 @@ def main() -> None:
 
 
 def run_variant(name: str, args) -> dict:
-    model_name, cycled, augmented, mirrored = VARIANTS[name]
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    augment.MIRROR = mirrored
     config = DataConfig(data_dir=args.data_dir, classes=args.classes, split=args.split)
     split = split_drawings(config, find_class_files(config.data_dir, config.classes))
     compute = choose(torch.device("cpu"), "auto")
-    data = {part: to_device(split.part(part), compute.device) for part in PARTS}
-    model = MODELS[model_name].build(len(split.classes), 0.5)
-    network = compute.prepare(model)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    settings = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr}
-    training = Training(optimizer, augmented, one_cycle(optimizer, settings, len(split.y_train)) if cycled else None)
-    progress, started = Progress(), time.perf_counter()
-    for _ in range(args.epochs):
-        train_epoch(network, training, *data["train"], args.batch_size, compute)
-        progress.record(*evaluate(network, *data["validation"], compute), model)
+    data = split_tensors(split, compute.device)
+    hyperparameters = Hyperparameters(lr=args.lr, batch_size=args.batch_size, dropout=0.5, epochs=args.epochs)
+    trainer = Trainer(VARIANTS[name], len(split.classes), hyperparameters, len(split.y_train), compute)
+    started = time.perf_counter()
+    while not trainer.finished:
+        trainer.run_epoch(data)
     seconds = (time.perf_counter() - started) / args.epochs
-    model.load_state_dict(progress.best_weights)
-    wrong = int((predict_logits(network, data["test"][0], compute).argmax(1) != data["test"][1]).sum())
+    wrong = int((trainer.test_probabilities(data["test"][0]).argmax(1) != split.y_test).sum())
+    progress = trainer.progress
     return {"variant": name, "best_val_accuracy": 100 * progress.best_val_accuracy,
             "test_accuracy": 100 * (1 - wrong / len(data["test"][1])), "test_errors": wrong,
             "seconds_per_epoch": round(seconds, 1), "val_loss": round(progress.best_val_loss, 4)

@@ -2,7 +2,7 @@
 
   (a) ceiling         the same model with the same compute settings (precision, channels_last, compile, threads),
                       forward, backward and step on float tensors already in memory, in a tight loop;
-  (b) trial           our trial's training loop (quickdraw.trainable.train_epoch) on the uint8 split in memory;
+  (b) trial           our trial's training loop (quickdraw.training.train_epoch) on the uint8 split in memory;
   (c) seed pipeline   the seed's way: PNG files decoded per drawing by PIL into 3-channel tensors, a torch
                       DataLoader, the same CNN in fp32 (0 loader workers by default: a trial has one CPU).
 
@@ -33,7 +33,7 @@ from quickdraw.config import DataConfig
 from quickdraw.dataset import split_drawings, write_pngs
 from quickdraw.model import SeedCNN
 from quickdraw.storage import Location
-from quickdraw.trainable import Training, to_device, train_epoch
+from quickdraw.training import Training, to_device, train_epoch
 
 
 def main() -> None:

@@ -5,7 +5,8 @@
   classes.txt         the class names, one per line, in the order of the network's outputs
   preprocessing.json  how a drawing becomes the network's input (quickdraw.images)
 
-and `predict` runs it on drawings.
+and `BestModel` loads it to classify drawings (quickdraw.predict). The best trial is quickdraw.summary's, chosen on
+validation accuracy.
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ import torch
 
 from quickdraw.compute import choose
 from quickdraw.errors import UserError
-from quickdraw.experiment_files import SEARCH_FILE
+from quickdraw.experiment import SEARCH_FILE, read_search
 from quickdraw.images import PREPROCESSING
 from quickdraw.model import MODELS
-from quickdraw.report import best_trial
 from quickdraw.storage import Location, first_line
-from quickdraw.trainable import CHECKPOINT_FILE, predict_logits
+from quickdraw.summary import best_trial
+from quickdraw.training import CHECKPOINT_FILE, predict_logits
 
 BEST_MODEL_DIR = "best_model"
 WEIGHTS_FILE, CONFIG_FILE, CLASSES_FILE, PREPROCESSING_FILE = (
@@ -37,9 +38,9 @@ TRIAL_SETTINGS = ("model", "lr", "batch_size", "dropout", "epochs", "seed", "pre
 
 def export_best_model(experiment: Location, trials: pd.DataFrame,
                       histories: dict[str, pd.DataFrame]) -> Location | None:
-    """Write best_model/ for the trial with the highest test accuracy (`trials` and `histories` as the report
-    loaded them). None when no trial finished, or when the files it needs are gone (a line on stderr says which):
-    the rest of the report stands without it."""
+    """Write best_model/ for the best trial, chosen on validation (`trials` and `histories` as the report loaded
+    them). None when no trial finished, or when the files it needs are gone (a line on stderr says which): the rest
+    of the report stands without it."""
     index = best_trial(trials)
     if index is None:
         return None
@@ -49,7 +50,7 @@ def export_best_model(experiment: Location, trials: pd.DataFrame,
         params = json.loads((trial / "params.json").read_text())
         checkpoints = [c for c in trial.children() if c.name.startswith("checkpoint_")]
         last_result = histories[best.trial_dir].iloc[-1]
-        classes = json.loads((experiment / SEARCH_FILE).read_text())["config"]["data"]["classes"]
+        classes = read_search(experiment)["config"]["data"]["classes"]
         state = torch.load(io.BytesIO((checkpoints[-1] / CHECKPOINT_FILE).read_bytes()),  # the last epoch's
                            map_location="cpu", weights_only=True)
     except (OSError, ValueError, KeyError, IndexError, RuntimeError) as e:
@@ -57,7 +58,7 @@ def export_best_model(experiment: Location, trials: pd.DataFrame,
               f"cannot be read ({type(e).__name__}: {first_line(e)})", file=sys.stderr)
         return None
     config = {
-        **{key: params.get(key, "seed" if key == "model" else None) for key in TRIAL_SETTINGS},
+        **{key: params[key] for key in TRIAL_SETTINGS},
         # Fractions, unrounded, as the trial reported them to Tune.
         **{key: float(last_result[key]) for key in ("test_accuracy", "best_val_accuracy", "best_val_loss")},
         "trial": best.trial_dir, "experiment": experiment.uri,
@@ -84,8 +85,8 @@ class BestModel:
         if not (folder / CONFIG_FILE).is_file():
             raise UserError(
                 f"{experiment} has no {BEST_MODEL_DIR}/{CONFIG_FILE}: give the folder <storage>/<name> of a search "
-                f"with a finished trial (for a search from before best_model existed, run "
-                f"`python tune_search.py report {experiment}` once to export it)")
+                f"with a finished trial (if its best_model/ was deleted, `python tune_search.py report {experiment}` "
+                "exports it again)")
         try:
             config = json.loads((folder / CONFIG_FILE).read_text())
             classes = (folder / CLASSES_FILE).read_text().split("\n")[:-1]
@@ -101,7 +102,7 @@ class BestModel:
     def probabilities(self, drawings: np.ndarray) -> np.ndarray:
         """Class probabilities of (N, 28, 28) uint8 drawings, computed as the trial computed its test."""
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        compute = choose(device, self.config.get("precision") or "fp32")
+        compute = choose(device, self.config["precision"])
         network = compute.prepare(self.network)
         inputs = torch.from_numpy(drawings).to(device).unsqueeze(1)
         return predict_logits(network, inputs, compute).softmax(1).cpu().numpy()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -13,16 +13,16 @@ from quickdraw.config import (
     DataConfig, SearchConfig, SplitSizes,
 )
 from quickdraw.errors import UserError
+from quickdraw.summary import EXPORT_FORMATS
 
-COMMANDS = ("run", "convert", "download", "report", "predict")
-EXPORT_FORMATS = ("md", "csv", "json", "html", "latex")  # quickdraw.report.export's formats
+COMMANDS = ("run", "resume", "convert", "download", "report", "predict")
 
 
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a bad flag is one line on stderr (no usage dump) and exit code 2."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,13 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="convert the data once, run the grid, write the summary (default)")
     add_data_flags(run)
     run.add_argument("--lrs", type=float_list, default=SearchConfig.lrs, metavar="LR,...",
-                     help=f"comma-separated learning rates (default {joined(SearchConfig.lrs)})")
+                     help=f"comma-separated learning rates: Adam's, constant for seed, the one-cycle schedule's peak "
+                     f"for vgg-bn (default {joined(SearchConfig.lrs)})")
     run.add_argument("--batch-sizes", type=int_list, default=SearchConfig.batch_sizes, metavar="N,...",
                      help=f"comma-separated batch sizes (default {joined(SearchConfig.batch_sizes)})")
     models = run.add_mutually_exclusive_group()
     models.add_argument("--model", dest="models", type=lambda name: (name,), default=SearchConfig.models,
                         metavar="NAME", help=f"the network and its training recipe: {' or '.join(MODEL_NAMES)} "
-                        f"(default {SearchConfig.models[0]}; see the README's Models)")
+                        f"(default {SearchConfig.models[0]}; see docs/models.md)")
     models.add_argument("--models", dest="models", type=name_list, default=SearchConfig.models, metavar="NAME,...",
                         help="comma-separated models, each trained at every learning rate and batch size")
     run.add_argument("--dropout", type=float, default=SearchConfig.dropout, help="dropout rate (default %(default)s)")
@@ -80,14 +81,17 @@ def build_parser() -> argparse.ArgumentParser:
                      help="restarts of a failed trial, each from its last checkpoint; -1 for no limit (default %(default)s)")
     run.add_argument("--precision", choices=PRECISIONS, default=SearchConfig.precision,
                      help="bf16 autocast or fp32; auto takes bf16 where the GPU or CPU computes it natively (default %(default)s)")
-    run.add_argument("--compile", action="store_true", help="torch.compile each trial's model (slower than eager on a small CPU: see the README's Performance)")
-    run.add_argument("--address", default=None,
-                     help="join the running Ray cluster at host:port, or 'auto' for the one on this machine "
-                     "(default: start Ray here)")
-    run.add_argument("--resume", metavar="EXPERIMENT",
-                     help="continue the search in <storage>/<name> (a path or URI) whose driver stopped; "
-                     "takes no other flag but --address")
-    run.set_defaults(handler=run_command, parser=run)
+    run.add_argument("--compile", action="store_true",
+                     help="torch.compile each trial's model (slower than eager on a small CPU: see benchmarks/README.md)")
+    add_address_flag(run)
+    run.set_defaults(handler=run_command)
+
+    resume = commands.add_parser(
+        "resume", help="continue a search whose driver stopped, with the search's own settings: finished trials "
+        "stay, the others go on from their checkpoints")
+    resume.add_argument("experiment", help="the experiment folder, <storage>/<name> (a path or URI)")
+    add_address_flag(resume)
+    resume.set_defaults(handler=resume_command)
 
     convert = commands.add_parser("convert", help="only convert the data into <storage>/datasets/<fingerprint>/")
     add_data_flags(convert)
@@ -120,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--top", type=int, default=3, help="classes shown per drawing (default %(default)s)")
     predict.set_defaults(handler=predict_command)
     return parser
+
+
+def add_address_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--address", default=None,
+                        help="join the running Ray cluster at host:port, or 'auto' for the one on this machine "
+                        "(default: start Ray here)")
 
 
 def add_source_flags(parser: argparse.ArgumentParser) -> None:
@@ -180,8 +190,6 @@ def data_config(args) -> DataConfig:
 
 
 def run_command(args) -> int:
-    if args.resume is not None:
-        return resume_command(args)
     config = SearchConfig(
         data=data_config(args), models=args.models, lrs=args.lrs, batch_sizes=args.batch_sizes, dropout=args.dropout,
         epochs=args.epochs, storage=args.storage, name=args.name,
@@ -192,34 +200,33 @@ def run_command(args) -> int:
     config.validate()
     from quickdraw.search import run_search  # Ray and torch load only for real work
 
-    return finish(run_search(config))
+    return finish(run_search(config), args.address)
 
 
 def resume_command(args) -> int:
-    flags: dict[str, list[str]] = {}  # dest -> its flags (--model and --models share one)
-    for action in args.parser._actions:
-        if action.dest not in ("help", "resume", "address") and getattr(args, action.dest) != action.default:
-            flags.setdefault(action.dest, []).append(action.option_strings[0])
-    given = ["/".join(names) for names in flags.values()]
-    if given:
-        raise UserError(f"--resume continues with the search's own settings: drop {', '.join(given)}")
-    if not args.resume.strip():
-        raise UserError("--resume needs the experiment folder <storage>/<name> (a path or URI)")
+    if not args.experiment.strip():
+        raise UserError("resume needs the experiment folder <storage>/<name> (a path or URI)")
     from quickdraw.search import resume_search
     from quickdraw.storage import Location
 
-    return finish(resume_search(Location.parse(args.resume, flag="--resume"), args.address))
+    return finish(resume_search(Location.parse(args.experiment, flag="resume"), args.address), args.address)
 
 
-def finish(experiment) -> int:
-    """Write and print the summary; exit code 1 when a trial neither finished nor was stopped by ASHA."""
-    from quickdraw.report import COMPLETE, to_markdown, write_report
+def finish(experiment, address: str | None) -> int:
+    """Write and print the summary; exit code 1, and the command that goes on, when a trial neither finished nor
+    was stopped by ASHA."""
+    from quickdraw.report import write_report
+    from quickdraw.summary import COMPLETE, to_markdown
 
     table = write_report(experiment)
     print(to_markdown(table))
     print(f"Summary: {experiment / 'summary.md'}  Report: {experiment / 'report.html'}  "
           f"TensorBoard: tensorboard --logdir {experiment}")
-    return 0 if table["status"].isin(COMPLETE).all() else 1
+    if table["status"].isin(COMPLETE).all():
+        return 0
+    on_cluster = f" --address {shlex.quote(address)}" if address else ""
+    print(f"Not every trial finished; to go on: python tune_search.py resume {shlex.quote(str(experiment))}{on_cluster}")
+    return 1
 
 
 def convert_command(args) -> int:
@@ -250,63 +257,28 @@ def download_command(args) -> int:
 
 
 def report_command(args) -> int:
-    from quickdraw.storage import Location, first_line
+    from quickdraw.storage import Location, output_file, write_output
 
     experiment = Location.parse(args.experiment, flag="report")
-    output = output_location(args.output) if args.output is not None else None
+    output = output_file(args.output) if args.output is not None else None
     if not experiment.is_dir():
         raise UserError(f"{experiment} is not a folder: give the experiment folder <storage>/<name>")
-    from quickdraw.report import export, write_report
+    from quickdraw.report import write_report
+    from quickdraw.summary import export
 
     text = export(write_report(experiment), args.format)
     if output is None:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
         return 0
-    try:
-        output.write_text(text)
-    except OSError as e:
-        raise UserError(f"--output {output} cannot be written: {e.strerror or first_line(e)}") from None
+    write_output(output, text)
     print(f"{args.format} table written to {output}; report: {experiment / 'report.html'}", file=sys.stderr)
     return 0
 
 
 def predict_command(args) -> int:
-    if args.top < 1:
-        raise UserError(f"--top must be at least 1, got {args.top}")
-    import numpy as np
-
-    from quickdraw.best_model import BestModel
-    from quickdraw.images import read_drawings
+    from quickdraw.predict import predict
     from quickdraw.storage import Location
 
-    model = BestModel.load(Location.parse(args.experiment, flag="predict"))
-    drawings = {path: read_drawings(path) for path in args.drawings}  # every file read before any answer
-    probabilities = iter(model.probabilities(np.concatenate(list(drawings.values()))))
-    for path, bitmaps in drawings.items():
-        for n in range(len(bitmaps)):
-            name = f"{path}[{n}]" if path.suffix.lower() == ".npy" else str(path)
-            print(f"{name}: {top_classes(next(probabilities), model.classes, args.top)}")
+    for line in predict(Location.parse(args.experiment, flag="predict"), args.drawings, args.top):
+        print(line)
     return 0
-
-
-def top_classes(probabilities, classes: list[str], count: int) -> str:
-    best = probabilities.argsort()[::-1][:count]
-    return ", ".join(f"{classes[i]} {100 * probabilities[i]:.2f}%" for i in best)
-
-
-def output_location(text: str):
-    """Where --output goes; a local one is checked before the report is rebuilt."""
-    from quickdraw.storage import Location
-
-    if not text.strip():
-        raise UserError("--output needs a file name")
-    output = Location.parse(text, flag="--output")
-    if output.is_local:
-        folder = os.path.dirname(output.path)
-        if os.path.isdir(output.path):
-            raise UserError(f"--output {text} is a folder: give a file name")
-        if not os.path.isdir(folder):
-            raise UserError(f"--output {text}: there is no folder {folder}; create it or write somewhere else")
-        if not os.access(folder, os.W_OK):
-            raise UserError(f"--output {text}: the folder {folder} is not writable")
-    return output

@@ -52,14 +52,15 @@ def misclassified_figure(drawings: np.ndarray, labels: np.ndarray, predictions: 
     return figure
 
 
-def accuracy_heatmap_figure(accuracy: np.ndarray, row_labels: list[str], batch_sizes, notes: np.ndarray) -> plt.Figure:
+def accuracy_heatmap_figure(accuracy: np.ndarray, row_labels: list[str], batch_sizes, notes: np.ndarray,
+                            best: tuple[int, int] | None = None) -> plt.Figure:
     """Test accuracy (%) with learning rates (per model) down and batch sizes across; grey cells have none and show
-    their text from `notes` (same shape) instead. The best cell (the first in row order on a tie) is
-    outlined in red."""
+    their text from `notes` (same shape) instead. The cell `best` (row, column), the trial chosen on validation,
+    is outlined in red."""
     figure, axes = plt.subplots(figsize=(2.5 + 1.2 * len(batch_sizes), 1.5 + 0.7 * len(row_labels)))
     image = axes.imshow(np.ma.masked_invalid(accuracy), cmap=plt.get_cmap("viridis").with_extremes(bad="lightgrey"))
     axes.set(xticks=range(len(batch_sizes)), yticks=range(len(row_labels)), xlabel="batch size", ylabel="learning rate",
-             title="Test accuracy (%)")
+             title="Test accuracy (%); outlined: the best on validation")
     axes.set_xticklabels(batch_sizes)
     axes.set_yticklabels(row_labels)
     middle = (np.nanmin(accuracy) + np.nanmax(accuracy)) / 2
@@ -69,9 +70,10 @@ def accuracy_heatmap_figure(accuracy: np.ndarray, row_labels: list[str], batch_s
         else:
             axes.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=9,
                       color="white" if value < middle else "black")
-    row, column = np.unravel_index(np.nanargmax(accuracy), accuracy.shape)
-    best = plt.Rectangle((column - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=3, clip_on=False)
-    axes.add_patch(best)
+    if best is not None:
+        row, column = best
+        axes.add_patch(plt.Rectangle((column - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=3,
+                                     clip_on=False))
     figure.colorbar(image, ax=axes)
     figure.tight_layout()
     return figure

@@ -9,13 +9,16 @@ from typing import Callable
 
 from torch import nn
 
+from quickdraw.augment import Augmentation
+
 
 @dataclass(frozen=True)
 class Recipe:
-    """A network and the training that goes with it. The grid's learning rate is the peak of a one-cycle schedule."""
+    """A network and the training that goes with it. The search's learning rate is Adam's constant rate, or with
+    `one_cycle` the peak of the schedule."""
 
     build: Callable[[int, float], nn.Module]  # (number of classes, dropout) -> network
-    augment: bool = False  # random affine transforms of each training batch (quickdraw.augment)
+    augmentation: Augmentation | None = None  # random transforms of each training batch; None: drawings as they are
     one_cycle: bool = False  # torch's OneCycleLR over all the trial's steps instead of a constant rate
 
 
@@ -64,7 +67,7 @@ class VggBN(nn.Module):
 
 MODELS = {
     "seed": Recipe(SeedCNN),
-    "vgg-bn": Recipe(VggBN, augment=True, one_cycle=True),
+    "vgg-bn": Recipe(VggBN, augmentation=Augmentation(), one_cycle=True),
 }
 
 

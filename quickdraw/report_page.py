@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import zipfile
 from dataclasses import dataclass, field
 from html import escape
@@ -19,9 +18,9 @@ import pandas as pd
 from quickdraw import figures
 from quickdraw.dataset import Split, load_split
 from quickdraw.errors import UserError
-from quickdraw.experiment_files import PREDICTIONS_FILE, SEARCH_FILE
-from quickdraw.report import COLUMNS, best_per_model, best_trial, describe, to_html
+from quickdraw.experiment import PREDICTIONS_FILE, SEARCH_FILE, read_search
 from quickdraw.storage import Location, first_line
+from quickdraw.summary import CHOICE, TIE_BREAK, best_per_model, best_sentence, best_trial, describe, to_html
 
 REPORT_DIR = "report"
 PAGE_FILE = "report.html"
@@ -64,14 +63,16 @@ def write_page(experiment: Location, trials: pd.DataFrame, histories: dict[str, 
 
 def heatmap_section(trials: pd.DataFrame) -> Section:
     section = Section("Test accuracy over model, learning rate and batch size",
-                      "One cell per trial: its test accuracy in percent. The best is outlined in red; "
-                      "grey cells are trials without one, stopped early by ASHA or unfinished.")
+                      "One cell per trial: its test accuracy in percent. The best trial, chosen on validation "
+                      "accuracy, is outlined in red; grey cells are trials without one, stopped early by ASHA or "
+                      "unfinished.")
     if trials.test_accuracy.isna().all():
         section.skipped.append("the heatmap: no trial finished, so no trial has a test accuracy")
         return section
     trials = trials.assign(note=[untested_note(row) for row in trials.itertuples()])
     accuracy, notes = grid(trials, "test_accuracy").astype(float), grid(trials, "note")
-    figure = figures.accuracy_heatmap_figure(accuracy, row_labels(trials), sorted(trials.batch_size.unique()), notes)
+    figure = figures.accuracy_heatmap_figure(accuracy, row_labels(trials), sorted(trials.batch_size.unique()), notes,
+                                             best=grid_cell(trials, best_trial(trials)))
     section.figures["test_accuracy_heatmap.png"] = figures.png_bytes(figure)
     return section
 
@@ -81,6 +82,15 @@ def grid(trials: pd.DataFrame, column: str) -> np.ndarray:
     cells = trials.pivot(index=["model", "lr"], columns="batch_size", values=column)
     rows = pd.MultiIndex.from_frame(trials[["model", "lr"]].drop_duplicates())
     return cells.reindex(index=rows, columns=sorted(trials.batch_size.unique())).to_numpy()
+
+
+def grid_cell(trials: pd.DataFrame, index) -> tuple[int, int] | None:
+    """Where the trial at row `index` of the table is in `grid`'s array: (row, column)."""
+    if index is None:
+        return None
+    trial = trials.loc[index]
+    rows = list(trials[["model", "lr"]].drop_duplicates().itertuples(index=False, name=None))
+    return rows.index((trial.model, trial.lr)), sorted(trials.batch_size.unique()).index(trial.batch_size)
 
 
 def row_labels(trials: pd.DataFrame) -> list[str]:
@@ -116,8 +126,8 @@ def curves_section(trials: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> 
 
 def best_trial_sections(experiment: Location, trials: pd.DataFrame) -> list[Section]:
     per_class = Section("Per-class test accuracy of the best trial",
-                        "The share of each class's test drawings that the trial with the highest test accuracy "
-                        "classified right.")
+                        "The share of each class's test drawings that the best trial (chosen on validation "
+                        "accuracy) classified right.")
     drawings = Section(f"{SAMPLE_SIZE} test drawings and their class probabilities (best trial)",
                        "Up to a third of them classified wrong, the rest right, picked with a fixed seed.")
     try:
@@ -139,8 +149,7 @@ def best_trial_sections(experiment: Location, trials: pd.DataFrame) -> list[Sect
 
 
 def best_trial_predictions(experiment: Location, trials: pd.DataFrame) -> tuple[pd.Series, Split, np.ndarray]:
-    """The trial with the highest test accuracy (the table's first on a tie), the split it was tested
-    on, and its test probabilities."""
+    """The best trial (quickdraw.summary.best_trial), the split it was tested on, and its test probabilities."""
     index = best_trial(trials)
     if index is None:
         raise Missing("no trial finished, so there is no best trial")
@@ -148,7 +157,7 @@ def best_trial_predictions(experiment: Location, trials: pd.DataFrame) -> tuple[
     name = f"the best trial ({describe(best)})"
     file = experiment / best.trial_dir / PREDICTIONS_FILE if best.trial_dir else None
     if file is None or not file.is_file():
-        raise Missing(f"{name} has no {PREDICTIONS_FILE} (trials run by older versions have none)")
+        raise Missing(f"{name} has no {PREDICTIONS_FILE}")
     split = stored_split(experiment)
     try:
         with np.load(io.BytesIO(file.read_bytes()), allow_pickle=False) as arrays:
@@ -164,8 +173,7 @@ def best_trial_predictions(experiment: Location, trials: pd.DataFrame) -> tuple[
 def stored_split(experiment: Location) -> Split:
     """The split the search trained on, from where its search.json says it is."""
     try:
-        record = json.loads((experiment / SEARCH_FILE).read_text())
-        return load_split(Location.parse(record["dataset"]))
+        return load_split(Location.parse(read_search(experiment)["dataset"]))
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, UserError) as e:
         raise Missing(
             f"the test drawings cannot be read from the split that {SEARCH_FILE} names ({first_line(e)})"
@@ -190,11 +198,11 @@ def render(title: str, trials: pd.DataFrame, sections: list[Section]) -> str:
     index = best_trial(trials)
     if index is not None:
         best = trials.loc[index]
-        summary += f" Best: {best.test_accuracy:.2f}% test accuracy with {describe(best)}."
+        summary += f" Best: {best_sentence(best)}."
     if per_model := best_per_model(trials):
         summary += " Best of each model: " + "; ".join(per_model) + "."
     body = [f"<h1>Experiment {escape(title)}</h1>", f"<p>{escape(summary)}</p>",
-            "<h2>Every trial</h2>", to_html(trials[COLUMNS])]
+            "<h2>Every trial</h2>", to_html(trials), f"<p>The best trial is {escape(CHOICE)} ({escape(TIE_BREAK)}).</p>"]
     for section in sections:
         body.append(f"<h2>{escape(section.heading)}</h2>")
         if section.figures:

@@ -23,7 +23,7 @@ from quickdraw.config import DataConfig, SearchConfig
 from quickdraw.dataset import Conversion, Split, check_inputs, conversion_fingerprint, load_split, prepare_split
 from quickdraw.download import fetch_missing
 from quickdraw.errors import UserError
-from quickdraw.experiment_files import SEARCH_FILE
+from quickdraw.experiment import SEARCH_FILE, read_search
 from quickdraw.storage import Location, first_line
 from quickdraw.trainable import train_trial
 
@@ -61,12 +61,11 @@ def run_search(config: SearchConfig) -> Location:
 def resume_search(experiment: Location, address: str | None) -> Location:
     """Continue a search whose driver stopped: finished trials stay as they are, the others go on
     from their last checkpoints (errored ones too, with a fresh allowance of failures)."""
-    record_file = experiment / SEARCH_FILE
-    if not record_file.is_file():
-        raise UserError(f"--resume {experiment}: no {SEARCH_FILE} there; give the folder <storage>/<name> of a search")
+    if not (experiment / SEARCH_FILE).is_file():
+        raise UserError(f"resume {experiment}: no {SEARCH_FILE} there; give the folder <storage>/<name> of a search")
     if not tune.Tuner.can_restore(experiment.uri):
-        raise UserError(f"--resume {experiment}: the search stopped before its first trial started; run it again")
-    record = json.loads(record_file.read_text())
+        raise UserError(f"resume {experiment}: the search stopped before its first trial started; run it again")
+    record = read_search(experiment)
     connect(address)
     split = load_split(Location.parse(record["dataset"]))
     print(f"resuming {experiment} with the split in {record['dataset']}")
@@ -231,4 +230,4 @@ def _round_down(share: float) -> float:
 def trial_dirname(trial) -> str:
     """Folder (and TensorBoard run) name that says the trial's learning rate, batch size and model."""
     config = trial.config
-    return f"lr={config['lr']:g}_batch={config['batch_size']}_{config.get('model', 'seed')}_{trial.trial_id}"
+    return f"lr={config['lr']:g}_batch={config['batch_size']}_{config['model']}_{trial.trial_id}"

@@ -146,6 +146,29 @@ class Location:
             raise UserError(f"{flag} {self.uri} cannot be written: {first_line(e)}") from None
 
 
+def output_file(text: str, flag: str = "--output") -> Location:
+    """A file the user asked a command to write; a local one's folder is checked before any work."""
+    if not text.strip():
+        raise UserError(f"{flag} needs a file name")
+    output = Location.parse(text, flag=flag)
+    if output.is_local:
+        folder = os.path.dirname(output.path)
+        if os.path.isdir(output.path):
+            raise UserError(f"{flag} {text} is a folder: give a file name")
+        if not os.path.isdir(folder):
+            raise UserError(f"{flag} {text}: there is no folder {folder}; create it or write somewhere else")
+        if not os.access(folder, os.W_OK):
+            raise UserError(f"{flag} {text}: the folder {folder} is not writable")
+    return output
+
+
+def write_output(output: Location, text: str, flag: str = "--output") -> None:
+    try:
+        output.write_text(text)
+    except OSError as e:
+        raise UserError(f"{flag} {output} cannot be written: {e.strerror or first_line(e)}") from None
+
+
 def first_line(error: BaseException) -> str:
     lines = str(error).strip().splitlines()
     return lines[0] if lines else type(error).__name__

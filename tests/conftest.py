@@ -45,18 +45,42 @@ def write_class_files(folder: Path, classes=SYNTHETIC_CLASSES, count: int = 200)
     return folder
 
 
+def write_confusable_class_files(folder: Path, count: int = 200) -> Path:
+    """Synthetic class files in which every fifth drawing looks like the next class: no model gets them all
+    right, so accuracies are not simply 100%."""
+    folder.mkdir(parents=True)
+    for label, name in enumerate(SYNTHETIC_CLASSES):
+        drawings = synthetic_drawings(label, count)
+        drawings[::5] = synthetic_drawings((label + 1) % len(SYNTHETIC_CLASSES), count, seed=1)[::5]
+        np.save(folder / f"{name}.npy", drawings)
+    return folder
+
+
 @pytest.fixture
 def synthetic_data(tmp_path) -> Path:
     return write_class_files(tmp_path / "data")
 
 
-def cli_command(*args) -> list[str]:
-    return [sys.executable, "tune_search.py", *map(str, args)]
+def cli_command(*args, python_flags: tuple[str, ...] = ()) -> list[str]:
+    return [sys.executable, *python_flags, "tune_search.py", *map(str, args)]
 
 
-def run_cli(*args, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_cli(*args, timeout: int = 300, env: dict | None = None, python_flags: tuple[str, ...] = ()
+            ) -> subprocess.CompletedProcess:
     """`python tune_search.py ARGS` from the repository root, as the README runs it."""
-    return subprocess.run(cli_command(*args), cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(cli_command(*args, python_flags=python_flags), cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def imported_modules(*args) -> tuple[subprocess.CompletedProcess, set[str]]:
+    """`python -X importtime tune_search.py ARGS`, and every module it imported (from importtime's lines)."""
+    result = run_cli(*args, python_flags=("-X", "importtime"))
+    lines = [line for line in result.stderr.splitlines() if line.startswith("import time:")]
+    return result, {line.rsplit("|", 1)[1].strip() for line in lines[1:]}  # the first line is importtime's header
+
+
+def is_ray(module: str) -> bool:
+    return module == "ray" or module.startswith("ray.")
 
 
 def start_cli(*args, env: dict | None = None) -> subprocess.Popen:

@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from quickdraw.experiment_files import PREDICTIONS_FILE
+from quickdraw.experiment import PREDICTIONS_FILE
 from quickdraw.trainable import SCALAR_TAGS
 
 
@@ -84,11 +84,26 @@ def check_tensorboard(trial: Path, history: list[dict]) -> None:
     assert np.allclose(probabilities.sum(1), 1, atol=1e-4)
 
 
+def chosen_trial(table: pd.DataFrame) -> pd.Series:
+    """The one trial summary.csv marks best, after checking that validation chose it: no finished trial has a
+    higher validation accuracy, or the same and a lower validation loss."""
+    (best,) = table[table.best].itertuples()
+    finished = table[table.status == "finished"]
+    assert best.status == "finished"
+    assert not ((finished.best_val_accuracy > best.best_val_accuracy)
+                | ((finished.best_val_accuracy == best.best_val_accuracy)
+                   & (finished.best_val_loss < best.best_val_loss))).any(), table
+    return table.loc[best.Index]
+
+
 def check_markdown(markdown: str, table: pd.DataFrame) -> None:
-    """One `Batch size | Test accuracy` table per learning rate, the best trial in bold."""
+    """One `Batch size | Validation accuracy | Test accuracy` table per learning rate, the best trial in bold."""
     for lr in table.lr.unique():
         assert f"## Learning rate {lr:g}" in markdown
-    assert markdown.count("Batch size") == table.lr.nunique()
-    best = table.loc[table.test_accuracy.idxmax()]
+    assert markdown.count("Batch size |") == table.lr.nunique()
+    best = chosen_trial(table)
+    assert f"Best: **{best.model}, lr {best.lr:g}, batch size {best.batch_size}: validation accuracy " \
+           f"{best.best_val_accuracy:.2f}%, test accuracy {best.test_accuracy:.2f}%**." in markdown
     assert f"**{best.batch_size}**" in markdown
-    assert f"**{best.test_accuracy:.2f}%**" in markdown
+    assert f"**{best.best_val_accuracy:.2f}%**" in markdown and f"**{best.test_accuracy:.2f}%**" in markdown
+    assert "chosen on validation accuracy; test accuracy shown for every trial, never used to choose" in markdown

@@ -9,7 +9,7 @@ from conftest import SYNTHETIC_CLASSES, run_cli, synthetic_tensors, write_class_
 from experiment_checks import check_experiment, trial_dirs
 from quickdraw.compute import Compute, choose, has_native_bf16
 from quickdraw.model import SeedCNN
-from quickdraw.trainable import Training, evaluate, train_epoch
+from quickdraw.training import Training, evaluate, train_epoch
 
 CPU = torch.device("cpu")
 

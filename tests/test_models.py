@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from conftest import synthetic_tensors
-from quickdraw import augment
+from quickdraw.augment import Augmentation
 from quickdraw.compute import Compute
 from quickdraw.config import MODEL_NAMES
 from quickdraw.model import MODELS
-from quickdraw.trainable import Progress, Training, evaluate, load, one_cycle, save, train_epoch
+from quickdraw.training import Hyperparameters, Trainer, evaluate, train_epoch
 
 CPU = torch.device("cpu")
 
@@ -44,7 +44,8 @@ def centre_of_ink(images: torch.Tensor) -> torch.Tensor:
 def test_augmentation_moves_each_drawing_a_little_and_differently():
     torch.manual_seed(0)
     batch = drawing_with_a_dot(8, 8).repeat(400, 1, 1, 1)  # up and left of the centre
-    moved = augment.random_affine(batch)
+    augmentation = MODELS["vgg-bn"].augmentation
+    moved = augmentation(batch)
     assert moved.shape == batch.shape and moved.is_contiguous(memory_format=torch.channels_last)
     centres = centre_of_ink(moved)
     assert len({tuple(c) for c in centres.round(decimals=2).tolist()}) > 390  # a transform per drawing
@@ -52,51 +53,59 @@ def test_augmentation_moves_each_drawing_a_little_and_differently():
     assert 0.35 < mirrored.float().mean() < 0.65
     # Unmirrored, the dot stays within what rotation, scaling and shifting allow.
     distance = (centres[~mirrored] - torch.tensor([8.0, 8.0])).norm(dim=1)
-    reach = 9 * (augment.MAX_ROTATION_DEGREES * np.pi / 180 + augment.MAX_SCALE_CHANGE) + augment.MAX_SHIFT_PIXELS * 2**0.5
+    reach = 9 * (augmentation.max_rotation_degrees * np.pi / 180 + augmentation.max_scale_change) \
+        + augmentation.max_shift_pixels * 2**0.5
     assert distance.max() < reach + 0.5 and distance.mean() > 0.5
     assert torch.allclose(moved.sum((1, 2, 3)).mean(), batch.sum((1, 2, 3)).mean(), rtol=0.15)  # ink is kept
 
 
-def new_training(name: str, epochs: int, train_size: int, lr: float = 0.003, batch_size: int = 32):
+def test_mirroring_is_a_setting_of_the_recipe():
     torch.manual_seed(0)
-    recipe = MODELS[name]
-    model = recipe.build(3, 0.5).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    config = {"epochs": epochs, "batch_size": batch_size, "lr": lr}
-    schedule = one_cycle(optimizer, config, train_size) if recipe.one_cycle else None
-    return model, Training(optimizer, recipe.augment, schedule)
+    batch = drawing_with_a_dot(8, 8).repeat(400, 1, 1, 1)
+    centres = centre_of_ink(Augmentation(mirror=False)(batch))
+    assert (centres[:, 1] < 14).all()  # never mirrored: the dot stays in the left half
+    assert MODELS["vgg-bn"].augmentation.mirror and MODELS["seed"].augmentation is None
+
+
+def new_trainer(name: str, epochs: int, train_size: int, lr: float = 0.003, batch_size: int = 32) -> Trainer:
+    torch.manual_seed(0)
+    hyperparameters = Hyperparameters(lr=lr, batch_size=batch_size, dropout=0.5, epochs=epochs)
+    return Trainer(MODELS[name], 3, hyperparameters, train_size, Compute(CPU))
 
 
 def test_vgg_bn_recipe_learns_and_its_learning_rate_makes_one_cycle():
     train, validation = synthetic_tensors(100, seed=0), synthetic_tensors(30, seed=1)
-    model, training = new_training("vgg-bn", epochs=4, train_size=len(train[1]))
+    trainer = new_trainer("vgg-bn", epochs=4, train_size=len(train[1]))
+    training = trainer.training
     rates = []
     for _ in range(4):
-        train_epoch(model, training, *train, 32, Compute(CPU))
+        train_epoch(trainer.network, training, *train, 32, Compute(CPU))
         rates.append(training.optimizer.param_groups[0]["lr"])
-    assert evaluate(model, *validation, Compute(CPU))[1] > 0.9  # chance is 1/3
+    assert evaluate(trainer.network, *validation, Compute(CPU))[1] > 0.9  # chance is 1/3
     # Warmed up from lr/25 to about the grid's lr within the first epochs, then annealed to almost nothing.
     assert rates[0] > 0.003 / 25 and 0.0025 < max(rates) <= 0.003
     assert rates == sorted(rates, reverse=True) and rates[-1] < 0.01 * max(rates)
 
 
 def test_a_restarted_trial_continues_its_schedule_and_weights(tmp_path):
-    train = synthetic_tensors(40, seed=0)
-    compute = Compute(CPU)
-    straight, training = new_training("vgg-bn", epochs=3, train_size=len(train[1]))
+    data = {"train": synthetic_tensors(40, seed=0), "validation": synthetic_tensors(10, seed=1)}
+    straight = new_trainer("vgg-bn", epochs=3, train_size=len(data["train"][1]))
     for _ in range(2):
-        train_epoch(straight, training, *train, 32, compute)
-    save(tmp_path, straight, training.optimizer, training.schedule, Progress(epoch=2))
-    saved = copy.deepcopy(straight.state_dict())
+        straight.run_epoch(data)
+    straight.save(tmp_path)
+    saved = copy.deepcopy(straight.model.state_dict())
 
-    restarted, fresh = new_training("vgg-bn", epochs=3, train_size=len(train[1]))
-    progress = load(tmp_path, restarted, fresh.optimizer, fresh.schedule, CPU)
-    assert progress.epoch == 2
-    for model, how in ((straight, training), (restarted, fresh)):
+    restarted = new_trainer("vgg-bn", epochs=3, train_size=len(data["train"][1]))
+    restarted.load(tmp_path)
+    assert restarted.progress.epoch == 2 and not restarted.finished
+    assert restarted.progress.best_val_loss == straight.progress.best_val_loss
+    for trainer in (straight, restarted):
         torch.manual_seed(1)
-        train_epoch(model, how, *train, 32, compute)
+        trainer.run_epoch(data)
+        assert trainer.finished
+    fresh, training = restarted.training, straight.training
     assert fresh.schedule.last_epoch == training.schedule.last_epoch == 3 * 4  # steps: 3 epochs of 4 batches
     assert fresh.optimizer.param_groups[0]["lr"] == training.optimizer.param_groups[0]["lr"]
-    for key, value in straight.state_dict().items():
-        assert torch.equal(value, restarted.state_dict()[key]), key
-    assert any(not torch.equal(v, saved[k]) for k, v in straight.state_dict().items())  # it did train on
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(value, restarted.model.state_dict()[key]), key
+    assert any(not torch.equal(v, saved[k]) for k, v in straight.model.state_dict().items())  # it did train on

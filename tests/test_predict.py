@@ -14,25 +14,14 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import SYNTHETIC_CLASSES, run_cli, synthetic_drawings
-from experiment_checks import trial_dirs
+from conftest import SYNTHETIC_CLASSES, imported_modules, is_ray, run_cli, write_confusable_class_files
+from experiment_checks import chosen_trial, trial_dirs
 from quickdraw.dataset import load_split
 from quickdraw.model import MODELS
 from quickdraw.storage import Location
 
 MODEL_NAMES = ("seed", "vgg-bn")
 LINE = re.compile(r"^(?P<name>.+): (?P<top>.+)$")
-
-
-def write_confusable_class_files(folder: Path, count: int = 200) -> Path:
-    """Synthetic class files in which every fifth drawing looks like the next class: no model gets them all
-    right, so the accuracies that predict must reproduce are not simply 100%."""
-    folder.mkdir(parents=True)
-    for label, name in enumerate(SYNTHETIC_CLASSES):
-        drawings = synthetic_drawings(label, count)
-        drawings[::5] = synthetic_drawings((label + 1) % len(SYNTHETIC_CLASSES), count, seed=1)[::5]
-        np.save(folder / f"{name}.npy", drawings)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +70,7 @@ def test_the_best_trial_is_exported_with_its_tested_weights(search):
     folder = experiment / "best_model"
     config = json.loads((folder / "config.json").read_text())
     table = pd.read_csv(experiment / "summary.csv")
-    best = table.loc[table.test_accuracy.idxmax()]
+    best = chosen_trial(table)
     assert (config["model"], config["lr"], config["batch_size"]) == (best.model, best.lr, best.batch_size)
     assert round(100 * config["test_accuracy"], 2) == best.test_accuracy
     assert (folder / "classes.txt").read_text().splitlines() == list(SYNTHETIC_CLASSES)
@@ -117,6 +106,14 @@ def test_predicting_the_test_pngs_gives_the_stored_test_accuracy(search):
     right = [answers[str(f)][0][0].capitalize() == f.parent.name for f in files]
     stored = 100 * json.loads((experiment / "best_model" / "config.json").read_text())["test_accuracy"]
     assert 100 * np.mean(right) == pytest.approx(stored)
+
+
+def test_predict_does_not_import_ray(search, tmp_path):
+    np.save(tmp_path / "one.npy", stored_split(search[2]).x_test[:1])
+    result, modules = imported_modules("predict", search[2], tmp_path / "one.npy")
+    assert result.returncode == 0 and len(result.stdout.splitlines()) == 1, result.stderr[-3000:]
+    assert {"torch", "quickdraw.best_model", "quickdraw.predict"} <= modules  # the log holds what ran
+    assert not [module for module in modules if is_ray(module)]
 
 
 def test_predict_top_flag(search, tmp_path):

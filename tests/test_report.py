@@ -14,12 +14,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import SYNTHETIC_CLASSES, run_cli, write_class_files
+from conftest import SYNTHETIC_CLASSES, imported_modules, is_ray, run_cli, write_class_files
+from experiment_checks import chosen_trial
 
 LRS, BATCH_SIZES, EPOCHS = (0.01, 0.001), (16, 32), 2
 FIGURES = {"test_accuracy_heatmap.png", "per_class_accuracy.png", "test_probabilities.png",
            *(f"curves_lr={lr:g}.png" for lr in LRS)}
-COLUMNS = ["model", "lr", "batch_size", "epochs", "best_val_loss", "best_val_accuracy", "test_accuracy", "train_seconds", "status"]
+COLUMNS = ["model", "lr", "batch_size", "epochs", "best_val_loss", "best_val_accuracy", "test_accuracy", "train_seconds",
+           "status", "best"]
 
 
 @pytest.fixture(scope="module")
@@ -100,9 +102,12 @@ def test_report_html_holds_the_table_and_every_figure(experiment):
         assert base64.b64decode(image["src"][len(prefix):]) == (experiment / "report" / image["alt"]).read_bytes()
     assert "Not shown" not in page.all_text()
     table = pd.read_csv(experiment / "summary.csv")
-    best = table.loc[table.test_accuracy.idxmax()]
-    best_text = f"Best: {best.test_accuracy:.2f}% test accuracy with seed, lr {best.lr:g}, batch size {best.batch_size}."
+    best = chosen_trial(table)
+    best_text = (f"Best: seed, lr {best.lr:g}, batch size {best.batch_size}: validation accuracy "
+                 f"{best.best_val_accuracy:.2f}%, test accuracy {best.test_accuracy:.2f}%.")
     assert best_text in page.all_text() and "Best of each model" not in page.all_text()  # one model: no per-model line
+    assert "The best trial is chosen on validation accuracy; test accuracy shown for every trial, never used to " \
+           "choose" in page.all_text()
 
 
 def test_summary_md_links_the_page_and_the_figures(experiment):
@@ -124,9 +129,19 @@ def test_report_without_format_prints_the_markdown_and_rebuilds_the_page(experim
     assert len(Page((experiment / "report.html").read_text()).images) == len(FIGURES)
 
 
+def test_report_reads_the_experiment_without_ray(experiment):
+    """Tune's stored results are JSON: the report reads them without importing Ray (or un-pickling anything)."""
+    result, modules = imported_modules("report", experiment, "--format", "csv")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert pd.read_csv(io.StringIO(result.stdout)).equals(pd.read_csv(experiment / "summary.csv"))
+    assert {"pandas", "quickdraw.report", "quickdraw.experiment"} <= modules
+    assert not [module for module in modules if is_ray(module)]
+
+
 def check_export(fmt: str, text: str, experiment: Path) -> None:
     if fmt == "csv":
         assert pd.read_csv(io.StringIO(text)).equals(pd.read_csv(experiment / "summary.csv"))
+        chosen_trial(pd.read_csv(io.StringIO(text)))
     elif fmt == "json":
         assert json.loads(text) == json.loads((experiment / "summary.json").read_text())
         assert len(json.loads(text)) == len(LRS) * len(BATCH_SIZES)
@@ -134,9 +149,11 @@ def check_export(fmt: str, text: str, experiment: Path) -> None:
         page = Page(text)
         assert page.tags[0] == "table" and page.tags.count("tr") == 1 + len(LRS) * len(BATCH_SIZES)
         assert page.cells[: len(COLUMNS)] == COLUMNS
+        assert page.cells[len(COLUMNS):].count("True") == 1
     elif fmt == "latex":
         assert text.startswith("\\begin{tabular}") and text.rstrip().endswith("\\end{tabular}")
-        assert "batch\\_size" in text and text.count("finished \\\\") == len(LRS) * len(BATCH_SIZES)
+        assert "batch\\_size" in text and text.count("finished & ") == len(LRS) * len(BATCH_SIZES)
+        assert text.count("& True \\\\") == 1  # the best trial's row
     else:
         for lr in LRS:
             assert f"## Learning rate {lr:g}" in text
@@ -220,7 +237,7 @@ def test_report_of_a_partial_experiment_skips_only_what_is_missing(experiment, t
     page = Page((partial / "report.html").read_text())
     assert {image["alt"] for image in page.images} == kept
     text = page.all_text()
-    best = table.loc[table.test_accuracy.idxmax()]
+    best = chosen_trial(table)
     best_trial = f"the best trial (seed, lr {best.lr:g}, batch size {best.batch_size})"
     assert f"Not shown: the per-class accuracy: {best_trial} has no test_predictions.npz" in text
     assert f"Not shown: the test drawings: {best_trial} has no test_predictions.npz" in text
@@ -267,7 +284,7 @@ def test_report_without_the_best_trials_checkpoint_writes_all_but_best_model(exp
     shutil.copytree(experiment, moved)
     shutil.rmtree(moved / "best_model")
     table = pd.read_csv(moved / "summary.csv")
-    best = table.loc[table.test_accuracy.idxmax()]
+    best = chosen_trial(table)
     for checkpoint in trial_dir(moved, best.lr, best.batch_size).glob("checkpoint_*"):
         shutil.rmtree(checkpoint)
 

@@ -1,4 +1,4 @@
-"""A driver killed with SIGKILL mid-grid, then `--resume <storage>/<name>`: finished trials are left as
+"""A driver killed with SIGKILL mid-grid, then `resume <storage>/<name>`: finished trials are left as
 they were, unfinished ones continue from their checkpoints, and the summary covers every trial."""
 
 import os
@@ -57,7 +57,7 @@ def test_a_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
     before = state(experiment)
     finished_before = {t: (experiment / t / "result.json").read_bytes() for t in finished}
 
-    resumed = run_cli("--resume", experiment, timeout=300)
+    resumed = run_cli("resume", experiment, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
 
     for trial, result_bytes in finished_before.items():

@@ -61,6 +61,7 @@ def test_an_experiment_stopped_early_reports_its_unfinished_trials(tmp_path):
     driver.send_signal(signal.SIGINT)  # a user's Ctrl-C
     output, _ = driver.communicate(timeout=120)
     assert driver.returncode == 1, output[-3000:]
+    assert f"Not every trial finished; to go on: python tune_search.py resume {experiment}\n" in output
     result = subprocess.run([sys.executable, "tune_search.py", "report", experiment],
                             cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

@@ -1,0 +1,62 @@
+"""What an experiment folder, `<storage>/<name>`, holds for the parts that read it, and reading it as data.
+
+The search writes search.json; Ray Tune writes its experiment state (experiment_state-<time>.json) and a folder per
+trial with the trial's result.json; each trial writes test_predictions.npz beside them. Reading them here takes
+plain JSON and NumPy files only, never a pickle (the state's pickled fields stay undecoded hex), and no Ray:
+`report` and `predict` work on folders copied from anywhere."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from quickdraw.errors import UserError
+from quickdraw.storage import Location
+from quickdraw.summary import trial_row, trial_table
+
+SEARCH_FILE = "search.json"  # the settings a search ran with, and where its split is: what `resume` needs
+PREDICTIONS_FILE = "test_predictions.npz"  # in each trial folder: the tested weights' class probabilities
+RESULTS_FILE = "result.json"  # in each trial folder, Tune's: a JSON line per reported result
+STATE_PREFIX, STATE_SUFFIX = "experiment_state-", ".json"  # Tune's experiment state, one file per save
+
+
+def read_search(experiment: Location) -> dict:
+    """search.json: {"config": the SearchConfig as a dict, "dataset": the split's location, "resources": ...}."""
+    return json.loads((experiment / SEARCH_FILE).read_text())
+
+
+def load_trials(experiment: Location) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """The results table (quickdraw.summary's, with each trial's id and folder, trial_id and trial_dir), and each
+    trial's per-epoch results by folder name (trials that never reported have none)."""
+    rows, histories = [], {}
+    for trial in tune_state(experiment)["trial_data"]:
+        state, run = (json.loads(part) for part in trial)
+        folder = state["relative_logdir"]
+        history = read_results(experiment / folder)
+        # The trial's own result log is newer than the experiment state when a driver stopped early.
+        last = history[-1] if history else (run.get("last_result") or {})
+        rows.append({**trial_row(state["config"], last, state["status"]),
+                     "trial_id": state["trial_id"], "trial_dir": folder})
+        if history:
+            histories[folder] = pd.DataFrame(history)
+    return trial_table(rows), histories
+
+
+def tune_state(experiment: Location) -> dict:
+    """Tune's newest experiment state (its file names sort by time) as plain JSON."""
+    states = [f for f in experiment.children() if f.name.startswith(STATE_PREFIX) and f.name.endswith(STATE_SUFFIX)]
+    if not states:
+        raise UserError(
+            f"{experiment} holds no Ray Tune experiment: give the folder <storage>/<name> that a search wrote"
+        )
+    return json.loads(states[-1].read_text())
+
+
+def read_results(trial: Location) -> list[dict]:
+    """The results a trial reported, one per epoch (a restarted trial reports the epochs after its checkpoint
+    again); none when it never reported."""
+    file = trial / RESULTS_FILE
+    if not file.is_file():
+        return []
+    return [json.loads(line) for line in file.read_text().splitlines() if line.strip()]

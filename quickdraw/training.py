@@ -1,0 +1,194 @@
+"""Training one network on Quick Draw bitmaps held as tensors: the epoch loop, evaluation, the learning-rate
+schedule, the best weights so far and the state a checkpoint keeps.
+
+It imports neither Ray nor TensorBoard: quickdraw.trainable runs it as a Tune trial, benchmarks/model_ablation.py
+runs it directly, and quickdraw.best_model predicts with its `predict_logits`."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from quickdraw.augment import Augmentation
+from quickdraw.compute import Compute
+from quickdraw.dataset import PARTS, Split
+from quickdraw.model import Recipe
+
+EVAL_BATCH_SIZE = 2048
+CHECKPOINT_FILE = "trial_state.pt"
+
+Tensors = tuple[torch.Tensor, torch.Tensor]  # (N, 1, 28, 28) uint8 drawings and their int64 labels
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    """What the training of one trial is set by (besides its recipe), as the search's config names them."""
+
+    lr: float  # Adam's learning rate, or the one-cycle schedule's peak when the recipe has one
+    batch_size: int
+    dropout: float
+    epochs: int
+
+    @classmethod
+    def of(cls, config: dict) -> Hyperparameters:
+        """Those of a Tune trial's config, which holds more (model, seed, precision, ...)."""
+        return cls(**{f.name: config[f.name] for f in fields(cls)})
+
+
+@dataclass
+class Progress:
+    """What a trial carries from epoch to epoch, and through a checkpoint into a restart."""
+
+    epoch: int = 0
+    train_seconds: float = 0.0
+    best_val_loss: float = math.inf
+    best_val_accuracy: float = 0.0
+    best_weights: dict = field(default_factory=dict)
+
+    def record(self, val_loss: float, val_accuracy: float, model: torch.nn.Module) -> bool:
+        """Keep the weights if validation improved, and say whether it did."""
+        # The seed kept the weights with the lowest validation loss; a diverged (NaN) epoch never wins.
+        if not (math.isfinite(val_loss) and val_loss < self.best_val_loss):
+            return False
+        self.best_val_loss, self.best_val_accuracy = val_loss, val_accuracy
+        self.best_weights = copy.deepcopy(model.state_dict())
+        return True
+
+
+@dataclass(frozen=True)
+class Training:
+    """How a batch updates the weights: the optimizer, the augmentation and the learning-rate schedule, if any."""
+
+    optimizer: torch.optim.Optimizer
+    augmentation: Augmentation | None = None
+    schedule: torch.optim.lr_scheduler.LRScheduler | None = None
+
+
+class Trainer:
+    """One network with its optimizer, schedule and progress, trained epoch by epoch; saved and loaded whole."""
+
+    def __init__(self, recipe: Recipe, num_classes: int, hyperparameters: Hyperparameters, train_size: int,
+                 compute: Compute):
+        self.hyperparameters, self.compute = hyperparameters, compute
+        self.model = recipe.build(num_classes, hyperparameters.dropout)  # holds the weights that checkpoints keep
+        self.network = compute.prepare(self.model)  # runs the batches (compiled when asked), sharing those weights
+        optimizer = torch.optim.Adam(self.model.parameters(), lr=hyperparameters.lr)
+        schedule = one_cycle(optimizer, hyperparameters, train_size) if recipe.one_cycle else None
+        self.training = Training(optimizer, recipe.augmentation, schedule)
+        self.progress = Progress(best_weights=copy.deepcopy(self.model.state_dict()))
+
+    @property
+    def finished(self) -> bool:
+        return self.progress.epoch >= self.hyperparameters.epochs
+
+    def run_epoch(self, data: dict[str, Tensors]) -> tuple[dict, bool]:
+        """Train one epoch and validate: the metrics of the epoch, and whether validation improved."""
+        started = time.perf_counter()
+        train_loss, train_accuracy = train_epoch(self.network, self.training, *data["train"],
+                                                 self.hyperparameters.batch_size, self.compute)
+        epoch_seconds = time.perf_counter() - started
+        val_loss, val_accuracy = evaluate(self.network, *data["validation"], self.compute)
+        progress = self.progress
+        progress.epoch += 1
+        progress.train_seconds += epoch_seconds
+        improved = progress.record(val_loss, val_accuracy, self.model)
+        metrics = {
+            "epoch": progress.epoch,
+            "train_loss": train_loss,
+            "train_accuracy": train_accuracy,
+            "val_loss": val_loss,
+            "val_accuracy": val_accuracy,
+            "best_val_loss": progress.best_val_loss,
+            "best_val_accuracy": progress.best_val_accuracy,
+            "train_seconds": progress.train_seconds,
+            "epoch_seconds": epoch_seconds,
+            "images_per_second": len(data["train"][1]) / epoch_seconds,
+            "learning_rate": self.training.optimizer.param_groups[0]["lr"],
+        }
+        return metrics, improved
+
+    def test_probabilities(self, drawings: torch.Tensor) -> np.ndarray:
+        """Class probabilities from the best weights so far (the lowest validation loss), which stay loaded."""
+        self.model.load_state_dict(self.progress.best_weights)
+        return predict_logits(self.network, drawings, self.compute).softmax(1).cpu().numpy()
+
+    def save(self, directory: Path) -> None:
+        schedule = self.training.schedule
+        state = {"model": self.model.state_dict(), "optimizer": self.training.optimizer.state_dict(),
+                 "progress": self.progress.__dict__, "schedule": schedule.state_dict() if schedule else None}
+        torch.save(state, directory / CHECKPOINT_FILE)
+
+    def load(self, directory: Path) -> None:
+        """Continue from a state that `save` wrote: weights, optimizer, schedule and progress."""
+        state = torch.load(directory / CHECKPOINT_FILE, map_location=self.compute.device, weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.training.optimizer.load_state_dict(state["optimizer"])
+        if self.training.schedule is not None:
+            self.training.schedule.load_state_dict(state["schedule"])
+        self.progress = Progress(**state["progress"])
+
+
+def one_cycle(optimizer, hyperparameters: Hyperparameters, train_size: int) -> torch.optim.lr_scheduler.OneCycleLR:
+    """Warm up to the search's learning rate, then anneal to nearly zero by the trial's last step."""
+    steps = hyperparameters.epochs * math.ceil(train_size / hyperparameters.batch_size)
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=hyperparameters.lr, total_steps=steps)
+
+
+def split_tensors(split: Split, device: torch.device) -> dict[str, Tensors]:
+    """Every part of the split (train, validation, test) on the device."""
+    return {part: to_device(split.part(part), device) for part in PARTS}
+
+
+def to_device(part: tuple, device: torch.device) -> Tensors:
+    """Drawings stay uint8 (N, 1, 28, 28) on the device; batches become float only when used.
+
+    Copied: the arrays come read-only from Ray's object store, and torch wants its own memory."""
+    drawings, labels = part
+    return torch.tensor(drawings, device=device).unsqueeze(1), torch.tensor(labels, device=device)
+
+
+def train_epoch(network, training: Training, drawings, labels, batch_size: int, compute: Compute) -> tuple[float, float]:
+    """One pass over the drawings in a random order: the mean training loss and accuracy."""
+    network.train()
+    optimizer = training.optimizer
+    total_loss = torch.zeros((), device=drawings.device)
+    correct = torch.zeros((), dtype=torch.long, device=drawings.device)
+    for batch in torch.randperm(len(labels), device=drawings.device).split(batch_size):
+        inputs = compute.inputs(drawings[batch])
+        if training.augmentation is not None:
+            inputs = training.augmentation(inputs)
+        with compute.autocast():
+            logits = network(inputs)
+        loss = F.cross_entropy(logits.float(), labels[batch])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if training.schedule is not None:
+            training.schedule.step()
+        total_loss += loss.detach() * len(batch)
+        correct += (logits.argmax(1) == labels[batch]).sum()
+    return total_loss.item() / len(labels), correct.item() / len(labels)
+
+
+@torch.no_grad()
+def evaluate(network, drawings, labels, compute: Compute) -> tuple[float, float]:
+    """Mean loss and accuracy on drawings the network does not train on."""
+    logits = predict_logits(network, drawings, compute)
+    labels = labels.to(logits.device)
+    return F.cross_entropy(logits, labels).item(), (logits.argmax(1) == labels).float().mean().item()
+
+
+@torch.no_grad()
+def predict_logits(network, drawings, compute: Compute) -> torch.Tensor:
+    """fp32 logits of every drawing, computed in batches of EVAL_BATCH_SIZE."""
+    network.eval()
+    batches = drawings.split(EVAL_BATCH_SIZE)
+    with compute.autocast():
+        return torch.cat([network(compute.inputs(batch)).float() for batch in batches])

@@ -1,0 +1,159 @@
+"""The best trial is chosen on validation data, never on test data, everywhere a single trial is chosen: summary.md,
+summary.csv and .json, every `report --format`, the report page and its best-trial figures, best_model/ and
+`predict`. A real grid, in which the trial with the lowest test accuracy is then given the best validation results,
+so that choosing on test data would pick another trial."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import SYNTHETIC_CLASSES, run_cli, write_confusable_class_files
+from experiment_checks import chosen_trial, results
+from quickdraw.experiment import load_trials
+from quickdraw.report_page import best_trial_predictions, grid_cell, stored_split
+from quickdraw.storage import Location
+from quickdraw.summary import best_per_model, best_trial
+
+# lr 3e-5 for one epoch stays near chance; lr 0.01 learns: their test accuracies differ.
+LRS, BATCH_SIZES = (0.01, 0.00003), (16, 32)
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory) -> tuple[Path, pd.Series, pd.Series]:
+    """(experiment folder, the trial given the best validation results, the trial with the best test accuracy)."""
+    root = tmp_path_factory.mktemp("best")
+    data = write_confusable_class_files(root / "data")
+    result = run_cli("--data-dir", data, "--classes", ",".join(SYNTHETIC_CLASSES), "--split", "300,60,60",
+                     "--lrs", ",".join(map(str, LRS)), "--batch-sizes", ",".join(map(str, BATCH_SIZES)),
+                     "--epochs", "1", "--storage", root / "results", "--name", "grid")
+    assert result.returncode == 0, result.stderr[-3000:]
+    experiment = root / "results" / "grid"
+    table = pd.read_csv(experiment / "summary.csv")
+    test_winner, validation_winner = table.loc[table.test_accuracy.idxmax()], table.loc[table.test_accuracy.idxmin()]
+    assert validation_winner.test_accuracy < test_winner.test_accuracy, table
+    give_best_validation_results(trial_folder(experiment, validation_winner))
+    report = run_cli("report", experiment)
+    assert report.returncode == 0, report.stderr[-3000:]
+    return experiment, validation_winner, test_winner
+
+
+def trial_folder(experiment: Path, row: pd.Series) -> Path:
+    (folder,) = experiment.glob(f"lr={row.lr:g}_batch={row.batch_size}_{row.model}_*")
+    return folder
+
+
+def give_best_validation_results(trial: Path) -> None:
+    """The trial's last reported result, as if its validation had gone better than every other trial's."""
+    history = results(trial)
+    history[-1].update(best_val_accuracy=1.0, best_val_loss=0.001)
+    (trial / "result.json").write_text("".join(json.dumps(row) + "\n" for row in history))
+
+
+def same_trial(row, other) -> bool:
+    return (row.model, row.lr, row.batch_size) == (other.model, other.lr, other.batch_size)
+
+
+def test_the_summary_files_mark_the_validation_winner(experiment):
+    folder, chosen, test_winner = experiment
+    table = pd.read_csv(folder / "summary.csv")
+    best = chosen_trial(table)
+    assert same_trial(best, chosen) and best.best_val_accuracy == 100.0
+    assert not same_trial(best, test_winner) and best.test_accuracy < table.test_accuracy.max()
+    assert table.equals(pd.DataFrame(json.loads((folder / "summary.json").read_text())))
+
+    markdown = (folder / "summary.md").read_text()
+    assert f"Best: **seed, lr {chosen.lr:g}, batch size {chosen.batch_size}: validation accuracy 100.00%, " \
+           f"test accuracy {chosen.test_accuracy:.2f}%**." in markdown
+    bold_rows = [line for line in markdown.splitlines() if line.startswith("|") and "**" in line]
+    assert len(bold_rows) == 1 and f"**{chosen.batch_size}**" in bold_rows[0]
+    assert f"**{chosen.test_accuracy:.2f}%**" in bold_rows[0]
+    heading = markdown[:markdown.index(bold_rows[0])].rsplit("## ", 1)[1].splitlines()[0]
+    assert heading == f"Learning rate {chosen.lr:g}, model seed"
+    assert "The best trial is chosen on validation accuracy; test accuracy shown for every trial, never used to " \
+           "choose (ties go to the lower validation loss, then to the trial that started first)." in markdown
+
+
+@pytest.mark.parametrize("fmt", ["md", "csv", "json", "html", "latex"])
+def test_every_export_format_marks_the_validation_winner(experiment, fmt):
+    folder, chosen, _ = experiment
+    result = run_cli("report", folder, "--format", fmt)
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = result.stdout
+    if fmt == "md":
+        assert f"Best: **seed, lr {chosen.lr:g}, batch size {chosen.batch_size}:" in text
+    elif fmt == "json":
+        (best,) = [row for row in json.loads(text) if row["best"]]
+        assert same_trial(pd.Series(best), chosen)
+    else:
+        lines = text.split("<tr>") if fmt == "html" else text.splitlines()
+        rows = [line for line in lines if "True" in line]
+        assert len(rows) == 1, text
+        assert f"{chosen.lr:g}" in rows[0] and f"{chosen.batch_size}" in rows[0]
+
+
+def test_the_report_page_and_its_figures_show_the_validation_winner(experiment):
+    folder, chosen, test_winner = experiment
+    page = (folder / "report.html").read_text()
+    assert f"Best: seed, lr {chosen.lr:g}, batch size {chosen.batch_size}: validation accuracy 100.00%" in page
+    trials, _ = load_trials(Location.parse(str(folder)))
+    index = best_trial(trials)
+    assert same_trial(trials.loc[index], chosen) and trials.best.sum() == 1 and trials.loc[index].best
+    best, split, probabilities = best_trial_predictions(Location.parse(str(folder)), trials)
+    assert same_trial(best, chosen)
+    assert 100 * np.mean(probabilities.argmax(1) == split.y_test) == pytest.approx(chosen.test_accuracy, abs=0.01)
+    rows = list(trials[["model", "lr"]].drop_duplicates().itertuples(index=False, name=None))
+    assert grid_cell(trials, index) == (rows.index(("seed", chosen.lr)), sorted(BATCH_SIZES).index(chosen.batch_size))
+
+
+def test_best_model_and_predict_use_the_validation_winner(experiment, tmp_path):
+    folder, chosen, test_winner = experiment
+    config = json.loads((folder / "best_model" / "config.json").read_text())
+    assert (config["model"], config["lr"], config["batch_size"]) == (chosen.model, chosen.lr, chosen.batch_size)
+    assert config["best_val_accuracy"] == 1.0 and round(100 * config["test_accuracy"], 2) == chosen.test_accuracy
+
+    split = stored_split(Location.parse(str(folder)))
+    np.save(tmp_path / "test.npy", split.x_test)
+    result = run_cli("predict", folder, tmp_path / "test.npy", "--top", "1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    predicted = [line.split(": ", 1)[1].rsplit(" ", 1)[0] for line in result.stdout.splitlines()]
+    accuracy = 100 * np.mean(np.array(predicted) == np.array(split.classes)[split.y_test])
+    assert accuracy == pytest.approx(chosen.test_accuracy, abs=0.01)  # the chosen trial's weights, tested
+    assert accuracy != pytest.approx(test_winner.test_accuracy, abs=0.01)
+
+
+def trials_table(*rows) -> pd.DataFrame:
+    columns = ["trial_id", "status", "best_val_accuracy", "best_val_loss", "test_accuracy"]
+    return pd.DataFrame([dict(zip(columns, row)) for row in rows])
+
+
+def test_ties_go_to_the_lower_validation_loss_then_to_the_earlier_trial():
+    table = trials_table(
+        ("a_00003", "finished", 90.0, 0.30, 99.0),  # the best test accuracy: never what decides
+        ("a_00002", "finished", 95.0, 0.20, 80.0),
+        ("a_00001", "finished", 95.0, 0.20, 81.0),  # tied with 00002 on both: the earlier trial wins
+        ("a_00000", "finished", 95.0, 0.25, 82.0),
+        ("a_00004", "stopped", 99.0, 0.10, np.nan),  # stopped by ASHA, untested: not a candidate
+        ("a_00005", "unfinished", 99.5, 0.05, np.nan),
+    )
+    assert table.loc[best_trial(table)].trial_id == "a_00001"
+    assert table.loc[best_trial(table.drop(index=2))].trial_id == "a_00002"
+    assert table.loc[best_trial(table.drop(index=[1, 2]))].trial_id == "a_00000"
+    assert best_trial(table[table.status != "finished"]) is None
+
+
+def test_the_best_of_each_model_is_chosen_on_validation_too():
+    rows = [  # model, lr, batch size, validation accuracy, validation loss, test accuracy
+        ("seed", 0.01, 32, 90.0, 0.3, 95.0), ("seed", 0.001, 64, 92.0, 0.2, 91.0),
+        ("vgg-bn", 0.01, 32, 97.0, 0.1, 96.0), ("vgg-bn", 0.001, 64, 96.0, 0.1, 99.0),
+    ]
+    table = pd.DataFrame([{"trial_id": f"a_{n:05d}", "status": "finished", "model": m, "lr": lr, "batch_size": b,
+                           "best_val_accuracy": v, "best_val_loss": loss, "test_accuracy": t}
+                          for n, (m, lr, b, v, loss, t) in enumerate(rows)])
+    assert best_per_model(table) == ["seed lr 0.001, batch size 64 (validation 92.00%, test 91.00%)",
+                                     "vgg-bn lr 0.01, batch size 32 (validation 97.00%, test 96.00%)"]
+    assert table.loc[best_trial(table)].test_accuracy == 96.0  # not the 99% trial

@@ -186,7 +186,9 @@ def build_tuner(config: SearchConfig, trainable, storage: Location, name: str) -
         trainable,
         param_space=param_space,
         tune_config=tune.TuneConfig(
-            metric="val_loss", mode="min", scheduler=scheduler(config), trial_dirname_creator=trial_dirname,
+            # No metric here: Tune's console would name a "current best trial" by its own rule, not the report's
+            # (quickdraw.summary.best_trial); ASHA carries the metric it stops on.
+            scheduler=scheduler(config), trial_dirname_creator=trial_dirname,
             reuse_actors=True,  # a trial after another of the same resources starts in the same process
         ),
         run_config=tune.RunConfig(
@@ -202,12 +204,12 @@ def build_tuner(config: SearchConfig, trainable, storage: Location, name: str) -
 
 
 def scheduler(config: SearchConfig) -> TrialScheduler | None:
-    """ASHA, which stops trials on TuneConfig's metric (validation loss); None is Tune's FIFO."""
+    """ASHA, which stops trials whose validation loss lags; None is Tune's FIFO."""
     if config.scheduler != "asha":
         return None
     # A trial reports once per epoch, so Tune's training_iteration is its epoch (restarts included).
-    return ASHAScheduler(time_attr="training_iteration", max_t=config.epochs, grace_period=config.grace_period,
-                         reduction_factor=config.reduction_factor)
+    return ASHAScheduler(metric="val_loss", mode="min", time_attr="training_iteration", max_t=config.epochs,
+                         grace_period=config.grace_period, reduction_factor=config.reduction_factor)
 
 
 def trial_resources(config: SearchConfig, cluster: dict) -> dict:

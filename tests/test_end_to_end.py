@@ -44,6 +44,7 @@ def test_grid_writes_trials_summaries_checkpoints_and_tensorboard(first_run, wor
     pids = {row["pid"] for row in rows}
     assert len(pids) < len(LRS) * len(BATCH_SIZES)  # Tune reused trial processes (two run at once here)
     assert "## Learning rate 0.01" in first_run.stdout  # the table is printed at the end too
+    assert "Current best trial" not in first_run.stdout  # Tune names no "best" by a rule other than the summary's
     assert table.test_accuracy.max() > 100 / len(SYNTHETIC_CLASSES) + 20  # learnable synthetic classes
 
 

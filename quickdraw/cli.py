@@ -9,11 +9,10 @@ import sys
 from pathlib import Path
 
 from quickdraw.config import (
-    ASHA_GRACE_PERIOD, ASHA_REDUCTION_FACTOR, GOOGLE_BASE_URL, MODEL_NAMES, PRECISIONS, SCHEDULERS, SEED_CLASSES,
-    DataConfig, SearchConfig, SplitSizes,
+    ASHA_GRACE_PERIOD, ASHA_REDUCTION_FACTOR, EXPORT_FORMATS, GOOGLE_BASE_URL, MODEL_NAMES, PRECISIONS, SCHEDULERS,
+    SEED_CLASSES, DataConfig, SearchConfig, SplitSizes,
 )
 from quickdraw.errors import UserError
-from quickdraw.summary import EXPORT_FORMATS
 
 COMMANDS = ("run", "resume", "convert", "download", "report", "predict")
 

@@ -13,6 +13,7 @@ GOOGLE_BASE_URL = "https://storage.googleapis.com/quickdraw_dataset/full/numpy_b
 PRECISIONS = ("auto", "bf16", "fp32")  # of a trial's arithmetic; see quickdraw.compute
 SEED_CLASSES = ("bear", "bee", "camel", "cat", "cow", "crab", "crocodile", "dog", "dolphin", "duck")
 MODEL_NAMES = ("seed", "vgg-bn")  # quickdraw.model.MODELS; named here so the CLI need not import torch
+EXPORT_FORMATS = ("md", "csv", "json", "html", "latex")  # quickdraw.summary.EXPORTERS; the CLI need not import pandas
 SCHEDULERS = ("none", "asha")  # none: Tune's FIFO, every trial runs all its epochs
 ASHA_GRACE_PERIOD = 2
 ASHA_REDUCTION_FACTOR = 3.0

@@ -22,7 +22,6 @@ DECIMALS = {"best_val_loss": 4, "best_val_accuracy": 2, "test_accuracy": 2, "tra
 COMPLETE = ("finished", "stopped")
 CHOICE = "chosen on validation accuracy; test accuracy shown for every trial, never used to choose"
 TIE_BREAK = "ties go to the lower validation loss, then to the trial that started first"
-EXPORT_FORMATS = ("md", "csv", "json", "html", "latex")
 
 
 def trial_row(config: dict, last_result: dict, tune_status: str) -> dict:
@@ -126,21 +125,23 @@ def to_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def export(table: pd.DataFrame, fmt: str) -> str:
-    """The table as md (summary.md's tables), csv, json, html or latex text."""
-    exporters = {
-        "md": to_markdown,
-        "csv": lambda t: rounded(t).to_csv(index=False),
-        "json": lambda t: json.dumps(json.loads(rounded(t).to_json(orient="records")), indent=2) + "\n",  # NaN: null
-        "html": to_html,
-        "latex": lambda t: rounded(t).to_latex(index=False, escape=True, na_rep="--", float_format="{:g}".format),
-    }
-    return exporters[fmt](table)
-
-
 def to_html(table: pd.DataFrame) -> str:
     return rounded(table).to_html(index=False, na_rep="", float_format="{:g}".format, border=0,
                                   classes="summary") + "\n"
+
+
+EXPORTERS = {  # format -> the table as text (summary.md's tables for md); config.EXPORT_FORMATS names them for the CLI
+    "md": to_markdown,
+    "csv": lambda t: rounded(t).to_csv(index=False),
+    "json": lambda t: json.dumps(json.loads(rounded(t).to_json(orient="records")), indent=2) + "\n",  # NaN: null
+    "html": to_html,
+    "latex": lambda t: rounded(t).to_latex(index=False, escape=True, na_rep="--", float_format="{:g}".format),
+}
+
+
+def export(table: pd.DataFrame, fmt: str) -> str:
+    """The table as md, csv, json, html or latex text."""
+    return EXPORTERS[fmt](table)
 
 
 def _test_cell(row: pd.Series) -> str:

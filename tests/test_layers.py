@@ -45,11 +45,23 @@ def test_no_module_of_the_package_imports_itself_back():
         assert cycle_from(module, graph) is None, " -> ".join(cycle_from(module, graph))
 
 
-def test_the_training_core_imports_neither_ray_nor_tensorboard():
-    code = "import sys, quickdraw.training; print('\\n'.join(sys.modules))"
+def modules_after_importing(module: str) -> list[str]:
+    """Every module loaded in a fresh interpreter that imports `module`."""
+    code = f"import sys, {module}; print('\\n'.join(sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    modules = result.stdout.split()
+    return result.stdout.split()
+
+
+def test_the_command_line_starts_without_the_heavy_libraries():
+    """Parsing flags (and refusing bad ones) needs no pandas, torch or Ray: each command imports what it uses."""
+    modules = modules_after_importing("quickdraw.cli")
+    assert "quickdraw.cli" in modules and "argparse" in modules
+    assert not [m for m in modules if m.split(".")[0] in ("pandas", "torch", "ray", "matplotlib")]
+
+
+def test_the_training_core_imports_neither_ray_nor_tensorboard():
+    modules = modules_after_importing("quickdraw.training")
     assert "torch" in modules and "quickdraw.training" in modules
     assert not [m for m in modules if is_ray(m) or m.split(".")[0] in ("tensorboard", "tensorboardX")
                 or m.startswith("torch.utils.tensorboard")]

@@ -16,6 +16,8 @@ from PIL import Image
 
 from conftest import SYNTHETIC_CLASSES, imported_modules, is_ray, run_cli, write_class_files
 from experiment_checks import chosen_trial
+from quickdraw.config import EXPORT_FORMATS
+from quickdraw.summary import EXPORTERS
 
 LRS, BATCH_SIZES, EPOCHS = (0.01, 0.001), (16, 32), 2
 FIGURES = {"test_accuracy_heatmap.png", "per_class_accuracy.png", "test_probabilities.png",
@@ -127,6 +129,10 @@ def test_report_without_format_prints_the_markdown_and_rebuilds_the_page(experim
     assert (experiment / "summary.md").read_text().startswith(result.stdout.rstrip("\n") + "\n")
     assert {p.name for p in (experiment / "report").iterdir()} == FIGURES
     assert len(Page((experiment / "report.html").read_text()).images) == len(FIGURES)
+
+
+def test_the_cli_names_every_export_format_there_is():
+    assert EXPORT_FORMATS == tuple(EXPORTERS)
 
 
 def test_report_reads_the_experiment_without_ray(experiment):

@@ -71,17 +71,27 @@ def heatmap_section(trials: pd.DataFrame) -> Section:
         return section
     trials = trials.assign(note=[untested_note(row) for row in trials.itertuples()])
     accuracy, notes = grid(trials, "test_accuracy").astype(float), grid(trials, "note")
-    figure = figures.accuracy_heatmap_figure(accuracy, row_labels(trials), sorted(trials.batch_size.unique()), notes,
+    figure = figures.accuracy_heatmap_figure(accuracy, row_labels(trials), grid_columns(trials), notes,
                                              best=grid_cell(trials, best_trial(trials)))
     section.figures["test_accuracy_heatmap.png"] = figures.png_bytes(figure)
     return section
 
 
+def grid_rows(trials: pd.DataFrame) -> list[tuple[str, float]]:
+    """The heatmap's rows, top down: the (model, learning rate) pairs in table order."""
+    return list(trials[["model", "lr"]].drop_duplicates().itertuples(index=False, name=None))
+
+
+def grid_columns(trials: pd.DataFrame) -> list[int]:
+    """The heatmap's columns, left to right: the batch sizes, ascending."""
+    return sorted(trials.batch_size.unique())
+
+
 def grid(trials: pd.DataFrame, column: str) -> np.ndarray:
-    """A column of the table as (model, learning rate) rows down (in table order) by batch sizes across."""
+    """A column of the table laid out as the heatmap: grid_rows down by grid_columns across."""
     cells = trials.pivot(index=["model", "lr"], columns="batch_size", values=column)
-    rows = pd.MultiIndex.from_frame(trials[["model", "lr"]].drop_duplicates())
-    return cells.reindex(index=rows, columns=sorted(trials.batch_size.unique())).to_numpy()
+    rows = pd.MultiIndex.from_tuples(grid_rows(trials), names=["model", "lr"])
+    return cells.reindex(index=rows, columns=grid_columns(trials)).to_numpy()
 
 
 def grid_cell(trials: pd.DataFrame, index) -> tuple[int, int] | None:
@@ -89,15 +99,13 @@ def grid_cell(trials: pd.DataFrame, index) -> tuple[int, int] | None:
     if index is None:
         return None
     trial = trials.loc[index]
-    rows = list(trials[["model", "lr"]].drop_duplicates().itertuples(index=False, name=None))
-    return rows.index((trial.model, trial.lr)), sorted(trials.batch_size.unique()).index(trial.batch_size)
+    return grid_rows(trials).index((trial.model, trial.lr)), grid_columns(trials).index(trial.batch_size)
 
 
 def row_labels(trials: pd.DataFrame) -> list[str]:
     """The heatmap's rows: learning rates, with the model's name when the grid had more than one."""
-    rows = trials[["model", "lr"]].drop_duplicates()
-    several = rows.model.nunique() > 1
-    return [f"{model} {lr:g}" if several else f"{lr:g}" for model, lr in rows.itertuples(index=False)]
+    several = trials.model.nunique() > 1
+    return [f"{model} {lr:g}" if several else f"{lr:g}" for model, lr in grid_rows(trials)]
 
 
 def untested_note(trial) -> str:

@@ -9,10 +9,16 @@ import sys
 from pathlib import Path
 
 from quickdraw.config import (
-    ASHA_GRACE_PERIOD, ASHA_REDUCTION_FACTOR, EXPORT_FORMATS, GOOGLE_BASE_URL, MODEL_NAMES, PRECISIONS, SCHEDULERS,
-    SEED_CLASSES, DataConfig, SearchConfig, SplitSizes,
+    ASHA_GRACE_PERIOD, ASHA_REDUCTION_FACTOR, DEFAULT_SAMPLES, EXPORT_FORMATS, GOOGLE_BASE_URL, MODEL_NAMES, PRECISIONS,
+    SCHEDULERS, SEARCHES, SEED_CLASSES, DataConfig, SearchConfig, SplitSizes,
 )
 from quickdraw.errors import UserError
+from quickdraw.space import flag_space, load_space, merge
+
+# The grid flags, and the hyperparameter each sets; given, a --space file must leave that hyperparameter out.
+HYPERPARAMETER_FLAGS = {"models": ("model", "--models"), "lrs": ("lr", "--lrs"),
+                        "batch_sizes": ("batch_size", "--batch-sizes"), "dropout": ("dropout", "--dropout"),
+                        "weight_decay": ("weight_decay", "--weight-decay")}
 
 COMMANDS = ("run", "resume", "convert", "download", "report", "predict")
 
@@ -42,25 +48,38 @@ def main(argv: list[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="tune_search.py",
-        description="Ray Tune learning-rate x batch-size search for a CNN on Quick, Draw! drawings. "
-        "Without a command it runs the search ('run').",
+        description="Ray Tune hyperparameter search for a CNN on Quick, Draw! drawings: by default the seed's "
+        "learning-rate x batch-size grid. Without a command it runs the search ('run').",
     )
     commands = parser.add_subparsers(dest="command", parser_class=OneLineParser)
 
-    run = commands.add_parser("run", help="convert the data once, run the grid, write the summary (default)")
+    run = commands.add_parser("run", help="convert the data once, run the search, write the summary (default)")
     add_data_flags(run)
-    run.add_argument("--lrs", type=float_list, default=SearchConfig.lrs, metavar="LR,...",
-                     help=f"comma-separated learning rates: Adam's, constant for seed, the one-cycle schedule's peak "
+    run.add_argument("--search", choices=SEARCHES, default=SearchConfig.search,
+                     help="grid: every combination of the values; random: Tune's random sampling; optuna: Optuna's "
+                     "TPE (Bayesian) sampler (default %(default)s)")
+    run.add_argument("--space", type=Path, metavar="FILE",
+                     help="YAML or JSON file of the hyperparameters to search and their values or distributions "
+                     "(docs/search-spaces.md); the flags below set the rest")
+    run.add_argument("--num-samples", type=int, metavar="N",
+                     help=f"with --search random or optuna: trials to sample (default {DEFAULT_SAMPLES})")
+    run.add_argument("--max-concurrent-trials", type=int, metavar="N",
+                     help="run at most N trials at once (a Bayesian search learns more when fewer run at once; "
+                     "default: as many as the resources allow)")
+    run.add_argument("--lrs", type=float_list, metavar="LR,...",
+                     help=f"comma-separated learning rates: AdamW's, constant for seed, the one-cycle schedule's peak "
                      f"for vgg-bn (default {joined(SearchConfig.lrs)})")
-    run.add_argument("--batch-sizes", type=int_list, default=SearchConfig.batch_sizes, metavar="N,...",
+    run.add_argument("--batch-sizes", type=int_list, metavar="N,...",
                      help=f"comma-separated batch sizes (default {joined(SearchConfig.batch_sizes)})")
     models = run.add_mutually_exclusive_group()
-    models.add_argument("--model", dest="models", type=lambda name: (name,), default=SearchConfig.models,
+    models.add_argument("--model", dest="models", type=lambda name: (name,),
                         metavar="NAME", help=f"the network and its training recipe: {' or '.join(MODEL_NAMES)} "
                         f"(default {SearchConfig.models[0]}; see docs/models.md)")
-    models.add_argument("--models", dest="models", type=name_list, default=SearchConfig.models, metavar="NAME,...",
+    models.add_argument("--models", dest="models", type=name_list, metavar="NAME,...",
                         help="comma-separated models, each trained at every learning rate and batch size")
-    run.add_argument("--dropout", type=float, default=SearchConfig.dropout, help="dropout rate (default %(default)s)")
+    run.add_argument("--dropout", type=float, help=f"dropout rate (default {SearchConfig.dropout})")
+    run.add_argument("--weight-decay", type=float,
+                     help=f"AdamW's decoupled weight decay; 0 trains as Adam does (default {SearchConfig.weight_decay:g})")
     run.add_argument("--epochs", type=int, default=SearchConfig.epochs, help="epochs per trial (default %(default)s)")
     run.add_argument("--scheduler", choices=SCHEDULERS, default=SearchConfig.scheduler,
                      help="'asha': stop trials whose validation loss lags behind (Ray Tune's ASHA); "
@@ -189,17 +208,34 @@ def data_config(args) -> DataConfig:
 
 
 def run_command(args) -> int:
-    config = SearchConfig(
-        data=data_config(args), models=args.models, lrs=args.lrs, batch_sizes=args.batch_sizes, dropout=args.dropout,
-        epochs=args.epochs, storage=args.storage, name=args.name,
-        gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
-        address=args.address, max_failures=args.max_failures, precision=args.precision, compile=args.compile,
-        scheduler=args.scheduler, grace_period=args.grace_period, reduction_factor=args.reduction_factor,
-    )
+    config = search_config(args)
     config.validate()
     from quickdraw.search import run_search  # Ray and torch load only for real work
 
     return finish(run_search(config), args.address)
+
+
+def search_config(args) -> SearchConfig:
+    """The search that `run`'s flags describe, not yet validated."""
+    given = {field: getattr(args, field) for field in HYPERPARAMETER_FLAGS if getattr(args, field) is not None}
+    return SearchConfig(
+        data=data_config(args), **given, space=search_space(args, given), search=args.search,
+        space_file=args.space and str(args.space), num_samples=args.num_samples,
+        max_concurrent_trials=args.max_concurrent_trials, epochs=args.epochs, storage=args.storage, name=args.name,
+        gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
+        address=args.address, max_failures=args.max_failures, precision=args.precision, compile=args.compile,
+        scheduler=args.scheduler, grace_period=args.grace_period, reduction_factor=args.reduction_factor,
+    )
+
+
+def search_space(args, given: dict):
+    """The whole space when --space names a file (the file's hyperparameters, the flags' for the rest); None for the
+    flags' grid alone."""
+    if args.space is None:
+        return None
+    flags = SearchConfig(**given)
+    defaults = flag_space(flags.models, flags.lrs, flags.batch_sizes, flags.dropout, flags.weight_decay)
+    return merge(defaults, load_space(args.space), {HYPERPARAMETER_FLAGS[f][0]: HYPERPARAMETER_FLAGS[f][1] for f in given})
 
 
 def resume_command(args) -> int:

@@ -8,12 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from quickdraw.errors import UserError
+from quickdraw.space import MODEL_NAMES, Space, flag_space, grid_size
 
 GOOGLE_BASE_URL = "https://storage.googleapis.com/quickdraw_dataset/full/numpy_bitmap/"
 PRECISIONS = ("auto", "bf16", "fp32")  # of a trial's arithmetic; see quickdraw.compute
 SEED_CLASSES = ("bear", "bee", "camel", "cat", "cow", "crab", "crocodile", "dog", "dolphin", "duck")
-MODEL_NAMES = ("seed", "vgg-bn")  # quickdraw.model.MODELS; named here so the CLI need not import torch
 EXPORT_FORMATS = ("md", "csv", "json", "html", "latex")  # quickdraw.summary.EXPORTERS; the CLI need not import pandas
+SEARCHES = ("grid", "random", "optuna")  # every combination of the lists; Tune's random sampling; Optuna's TPE
+DEFAULT_SAMPLES = 15  # trials of a random or Optuna search: the seed grid's budget
 SCHEDULERS = ("none", "asha")  # none: Tune's FIFO, every trial runs all its epochs
 ASHA_GRACE_PERIOD = 2
 ASHA_REDUCTION_FACTOR = 3.0
@@ -77,6 +79,12 @@ class SearchConfig:
     batch_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
     models: tuple[str, ...] = ("seed",)  # more than one: the model is a dimension of the grid
     dropout: float = 0.5
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay; 0 trains exactly as the seed's Adam
+    space: Space | None = None  # every hyperparameter's values (quickdraw.space); None: the flags' grid above
+    space_file: str | None = None  # the --space file that `space` came from, for errors
+    search: str = "grid"  # how trials are drawn from the space: see SEARCHES
+    num_samples: int | None = None  # trials of a random or Optuna search (default DEFAULT_SAMPLES)
+    max_concurrent_trials: int | None = None  # None: as many as the resources allow
     epochs: int = 50
     storage: str = "ray_results"
     name: str | None = None
@@ -91,6 +99,8 @@ class SearchConfig:
     reduction_factor: float | None = None  # ASHA's eta: rungs every eta times as many epochs, 1/eta go on
 
     def __post_init__(self):
+        if self.search != "grid" and self.num_samples is None:
+            object.__setattr__(self, "num_samples", DEFAULT_SAMPLES)
         # ASHA's settings get their defaults only with ASHA, so that one given without it stays visible
         # to validate(); search.json then records the values the search ran with. A default grace period
         # longer than a short run would be an error about a flag nobody gave.
@@ -101,8 +111,20 @@ class SearchConfig:
                 object.__setattr__(self, "reduction_factor", ASHA_REDUCTION_FACTOR)
 
     @property
+    def dimensions(self) -> Space:
+        """Every hyperparameter of the search, from --space where it names one, from the flags otherwise."""
+        if self.space is not None:
+            return self.space
+        return flag_space(self.models, self.lrs, self.batch_sizes, self.dropout, self.weight_decay)
+
+    @property
     def num_trials(self) -> int:
-        return len(self.models) * len(self.lrs) * len(self.batch_sizes)
+        return grid_size(self.dimensions) if self.search == "grid" else self.num_samples
+
+    @property
+    def concurrent_trials(self) -> int:
+        """How many trials run at once when the resources allow."""
+        return min(self.num_trials, self.max_concurrent_trials or self.num_trials)
 
     def validate(self) -> None:
         self.data.validate()
@@ -123,6 +145,8 @@ class SearchConfig:
             raise UserError(f"--batch-sizes: every batch size must be at least 1, got {list(self.batch_sizes)}")
         if not 0 <= self.dropout < 1:
             raise UserError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if not self.weight_decay >= 0:
+            raise UserError(f"--weight-decay must be 0 or more, got {self.weight_decay}")
         if self.epochs < 1:
             raise UserError(f"--epochs must be at least 1, got {self.epochs}")
         if self.gpus_per_trial is not None and self.gpus_per_trial < 0:
@@ -136,6 +160,24 @@ class SearchConfig:
         if self.name is not None and (not self.name or "/" in self.name or self.name in (".", "..")):
             raise UserError(f"--name must be a plain folder name, got {self.name!r}")
         self._validate_scheduler()
+        self._validate_search()
+
+    def _validate_search(self) -> None:
+        if self.search not in SEARCHES:
+            raise UserError(f"--search must be one of {', '.join(SEARCHES)}, got {self.search!r}")
+        if self.max_concurrent_trials is not None and self.max_concurrent_trials < 1:
+            raise UserError(f"--max-concurrent-trials must be at least 1, got {self.max_concurrent_trials}")
+        if self.search != "grid":
+            if self.num_samples < 1:
+                raise UserError(f"--num-samples must be at least 1, got {self.num_samples}")
+            return
+        if self.num_samples is not None:
+            raise UserError(f"--num-samples: a grid runs each of its {self.num_trials} combinations once; "
+                            "drop --num-samples, or add --search random or --search optuna to sample")
+        for dimension in self.dimensions:
+            if dimension.sampled:
+                raise UserError(f"--space {self.space_file}: {dimension.name}: {dimension.kind} is sampled, not a "
+                                "grid; give a list of values, or add --search random or --search optuna")
 
     def _validate_scheduler(self) -> None:
         if self.scheduler not in SCHEDULERS:

@@ -1,9 +1,10 @@
 """The Tuner: Ray (local or a cluster), the conversion once per cluster, the split in the object store,
-the grid, resources, failures, storage, and resuming a stopped search."""
+the search space and algorithm, resources, failures, storage, and resuming a stopped search."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -16,6 +17,7 @@ from ray import tune
 from ray.exceptions import AuthenticationError, RayActorError
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, SearchAlgorithm, Searcher
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 import quickdraw
@@ -24,19 +26,22 @@ from quickdraw.dataset import Conversion, Split, check_inputs, conversion_finger
 from quickdraw.download import fetch_missing
 from quickdraw.errors import UserError
 from quickdraw.experiment import SEARCH_FILE, read_search
+from quickdraw.space import Dimension, Space, space_of_record
 from quickdraw.storage import Location, first_line
 from quickdraw.trainable import train_trial
 
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
 CONNECT_TIMEOUT_S = 5
 CONVERT_ATTEMPTS = 3
+OBJECTIVE = "best_val_accuracy"  # what Optuna maximises: the rule that chooses the best trial (quickdraw.summary)
+DIRNAME_TAGS = {"dropout": "dropout", "weight_decay": "wd"}  # searched, they name a trial's folder too
 # Converters this driver used. Ray ends an actor as soon as no handle to it is left, which would fail
 # another driver's call queued on it; holding them until this driver exits keeps that to the rare case.
 _converters: list = []
 
 
 def run_search(config: SearchConfig) -> Location:
-    """Run the whole grid and return the experiment folder, `<storage>/<name>`."""
+    """Run the whole search and return the experiment folder, `<storage>/<name>`."""
     storage = Location.parse(config.storage)
     name = config.name or datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     experiment = storage / name
@@ -52,9 +57,12 @@ def run_search(config: SearchConfig) -> Location:
     print(f"split {conversion.counts} of {len(data.classes)} classes "
           f"{'reused from' if conversion.reused else 'converted into'} {conversion.directory}")
     resources = trial_resources(config, ray.cluster_resources())
-    record = {"config": dataclasses.asdict(config), "dataset": conversion.directory.uri, "resources": resources}
+    settings = {key: value for key, value in dataclasses.asdict(config).items() if key != "space"}
+    space = config.dimensions
+    record = {"config": settings, "space": {d.name: d.as_spec() for d in space}, "dataset": conversion.directory.uri,
+              "resources": resources}
     (experiment / SEARCH_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
-    build_tuner(config, trainable(split, resources), storage, name).fit()
+    build_tuner(config, trainable(split, resources, space), storage, name).fit()
     return experiment
 
 
@@ -71,7 +79,8 @@ def resume_search(experiment: Location, address: str | None) -> Location:
     print(f"resuming {experiment} with the split in {record['dataset']}")
     quiet_tune()
     tuner = tune.Tuner.restore(
-        experiment.uri, trainable=trainable(split, record["resources"]), resume_unfinished=True, resume_errored=True
+        experiment.uri, trainable=trainable(split, record["resources"], space_of_record(record)),
+        resume_unfinished=True, resume_errored=True,
     )
     tuner.fit()
     return experiment
@@ -158,8 +167,8 @@ def convert_once(data: DataConfig, storage: Location) -> tuple[Conversion, ray.O
         return outcome, split
 
 
-def trainable(split: Split | ray.ObjectRef, resources: dict):
-    return tune.with_resources(tune.with_parameters(train_trial, split=split), resources)
+def trainable(split: Split | ray.ObjectRef, resources: dict, space: Space):
+    return tune.with_resources(tune.with_parameters(train_trial, split=split, space=space), resources)
 
 
 def quiet_tune() -> None:
@@ -171,24 +180,16 @@ def quiet_tune() -> None:
 
 
 def build_tuner(config: SearchConfig, trainable, storage: Location, name: str) -> tune.Tuner:
-    param_space = {
-        "model": tune.grid_search(list(config.models)),
-        "lr": tune.grid_search(list(config.lrs)),
-        "batch_size": tune.grid_search(list(config.batch_sizes)),
-        "dropout": config.dropout,
-        "epochs": config.epochs,
-        "seed": config.data.seed,
-        "precision": config.precision,
-        "compile": config.compile,
-    }
+    searched = tuple(d.name for d in config.dimensions if d.searched and d.name in DIRNAME_TAGS)
     quiet_tune()
     return tune.Tuner(
         trainable,
-        param_space=param_space,
+        param_space=param_space(config),
         tune_config=tune.TuneConfig(
             # No metric here: Tune's console would name a "current best trial" by its own rule, not the report's
-            # (quickdraw.summary.best_trial); ASHA carries the metric it stops on.
-            scheduler=scheduler(config), trial_dirname_creator=trial_dirname,
+            # (quickdraw.summary.best_trial); ASHA and Optuna carry the metrics they use.
+            search_alg=search_algorithm(config), num_samples=config.num_samples or 1, scheduler=scheduler(config),
+            trial_dirname_creator=functools.partial(trial_dirname, tagged=searched),
             reuse_actors=True,  # a trial after another of the same resources starts in the same process
         ),
         run_config=tune.RunConfig(
@@ -201,6 +202,43 @@ def build_tuner(config: SearchConfig, trainable, storage: Location, name: str) -
             verbose=1,
         ),
     )
+
+
+def param_space(config: SearchConfig) -> dict:
+    """Tune's config of every trial: the hyperparameters as Tune's domains, and the settings all trials share."""
+    hyperparameters = {d.name: tune_domain(d, config.search) for d in config.dimensions}
+    return {**hyperparameters, "epochs": config.epochs, "seed": config.data.seed, "precision": config.precision,
+            "compile": config.compile}
+
+
+def tune_domain(dimension: Dimension, search: str):
+    """A fixed value as it is; a list as a grid dimension (grid) or a choice (random, optuna); a range as Tune's
+    distribution over it (the space's ranges include `high`, Tune's integer ones do not)."""
+    kind, args = dimension.kind, dimension.args
+    if kind == "value":
+        return args[0]
+    if kind == "values":
+        return tune.grid_search(list(args)) if search == "grid" else tune.choice(list(args))
+    low, high = args
+    return {"uniform": lambda: tune.uniform(low, high), "loguniform": lambda: tune.loguniform(low, high),
+            "randint": lambda: tune.randint(low, high + 1), "lograndint": lambda: tune.lograndint(low, high + 1)}[kind]()
+
+
+def search_algorithm(config: SearchConfig) -> SearchAlgorithm | Searcher:
+    """Tune's variant generator for grid and random (seeded by --seed), or Optuna's TPE through Tune's
+    OptunaSearch; each holds at most --max-concurrent-trials running."""
+    limit = config.max_concurrent_trials
+    if config.search != "optuna":
+        return BasicVariantGenerator(max_concurrent=limit or 0, random_state=config.data.seed)
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    # Optuna samples its first 10 trials at random by default, most of a 15-trial budget: TPE starts after a third
+    # of it here. The constant liar keeps concurrent trials from being suggested the same point.
+    startup = min(10, max(2, config.num_samples // 3))
+    sampler = optuna.samplers.TPESampler(seed=config.data.seed, n_startup_trials=startup, constant_liar=True)
+    searcher = OptunaSearch(metric=OBJECTIVE, mode="max", sampler=sampler)
+    return ConcurrencyLimiter(searcher, max_concurrent=limit) if limit else searcher
 
 
 def scheduler(config: SearchConfig) -> TrialScheduler | None:
@@ -217,10 +255,10 @@ def trial_resources(config: SearchConfig, cluster: dict) -> dict:
     each) and the CPUs beside them; without GPUs each trial takes one CPU."""
     gpus = config.gpus_per_trial
     if gpus is None:
-        gpus = min(1.0, _round_down(cluster.get("GPU", 0) / config.num_trials))
+        gpus = min(1.0, _round_down(cluster.get("GPU", 0) / config.concurrent_trials))
     cpus = config.cpus_per_trial
     if cpus is None:
-        cpus = min(1.0, _round_down(cluster.get("CPU", 1) / config.num_trials)) if gpus else 1.0
+        cpus = min(1.0, _round_down(cluster.get("CPU", 1) / config.concurrent_trials)) if gpus else 1.0
     return {"cpu": cpus, "gpu": gpus}
 
 
@@ -229,7 +267,9 @@ def _round_down(share: float) -> float:
     return math.floor(share * 10_000) / 10_000
 
 
-def trial_dirname(trial) -> str:
-    """Folder (and TensorBoard run) name that says the trial's learning rate, batch size and model."""
+def trial_dirname(trial, tagged: tuple[str, ...] = ()) -> str:
+    """Folder (and TensorBoard run) name that says the trial's learning rate, batch size and model, and the
+    `tagged` hyperparameters (dropout, weight decay) when they were searched."""
     config = trial.config
-    return f"lr={config['lr']:g}_batch={config['batch_size']}_{config['model']}_{trial.trial_id}"
+    tags = "".join(f"_{DIRNAME_TAGS[name]}={config[name]:.3g}" for name in tagged)
+    return f"lr={config['lr']:.4g}_batch={config['batch_size']}_{config['model']}{tags}_{trial.trial_id}"

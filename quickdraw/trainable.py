@@ -12,14 +12,16 @@ import numpy as np
 import ray
 import torch
 from ray import tune
+from tensorboard.plugins.hparams import summary_v2 as hp
 from torch.utils.tensorboard import SummaryWriter
-from torch.utils.tensorboard.summary import hparams
+from torch.utils.tensorboard.summary import hparams as torch_hparams
 
 from quickdraw.compute import choose
 from quickdraw.dataset import Split
 from quickdraw.experiment import PREDICTIONS_FILE
 from quickdraw.figures import confusion_matrix_figure, misclassified_figure
 from quickdraw.model import MODELS
+from quickdraw.space import INTEGER_RANGES, Dimension, Space
 from quickdraw.training import Hyperparameters, Trainer, split_tensors
 
 SCALAR_TAGS = {  # TensorBoard tag -> the metric reported to Tune
@@ -32,12 +34,12 @@ SCALAR_TAGS = {  # TensorBoard tag -> the metric reported to Tune
     "speed/seconds_per_epoch": "epoch_seconds",
     "speed/images_per_second": "images_per_second",
 }
-HPARAMS = ("model", "lr", "batch_size", "dropout")
 HPARAM_METRICS = ("accuracy/validation_best", "accuracy/test")
 
 
-def train_trial(config: dict, split: Split) -> None:
-    """`config` holds model, lr, batch_size, dropout, epochs, seed, precision and compile (quickdraw.search)."""
+def train_trial(config: dict, split: Split, space: Space) -> None:
+    """`config` holds model, lr, batch_size, dropout, weight_decay, epochs, seed, precision and compile
+    (quickdraw.search); `space` says which of them the search varies, and over what, for TensorBoard."""
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # else a "Checkpoint successfully created" line per epoch
     compute = choose(trial_device(), config["precision"], config["compile"])
     torch.set_num_threads(trial_threads())
@@ -50,7 +52,7 @@ def train_trial(config: dict, split: Split) -> None:
             trainer.load(Path(directory))
 
     with SummaryWriter(tune.get_context().get_trial_dir()) as writer:
-        start_hparams(writer, config)
+        start_hparams(writer, config, space)
         while not trainer.finished:
             metrics, improved = trainer.run_epoch(data)
             log_epoch(writer, metrics)
@@ -63,7 +65,7 @@ def train_trial(config: dict, split: Split) -> None:
                 trainer.save(Path(checkpoint_dir))
                 if trainer.finished:
                     metrics["test_accuracy"] = test(trainer, split, data["test"][0], writer)
-                    end_hparams(writer, config)
+                    end_hparams(writer)
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
 
 
@@ -95,21 +97,32 @@ def test(trainer: Trainer, split: Split, drawings: torch.Tensor, writer: Summary
     return accuracy
 
 
-def start_hparams(writer: SummaryWriter, config: dict) -> None:
-    """Declare the trial to TensorBoard's HParams dashboard: its hyperparameters, and the scalar tags
-    that hold its metrics (written per epoch and at the end), so every trial compares in one table."""
-    experiment, session_start, _ = hparams_summaries(config)
-    for summary in (experiment, session_start):
-        writer.file_writer.add_summary(summary)
-
-
-def end_hparams(writer: SummaryWriter, config: dict) -> None:
-    writer.file_writer.add_summary(hparams_summaries(config)[2])  # marks the trial's session done
+def start_hparams(writer: SummaryWriter, config: dict, space: Space) -> None:
+    """Declare the trial to TensorBoard's HParams dashboard: every searched hyperparameter with its domain (its
+    values, or the interval it was drawn from), its value in this trial, and the scalar tags that hold its metrics,
+    so that every trial compares in one table. Fixed settings are left out: they would be axes of one value."""
+    searched = [d for d in space if d.searched]
+    metrics = [hp.Metric(tag) for tag in HPARAM_METRICS]
+    declared = [hp.HParam(d.name, hparam_domain(d), description=d.describe()) for d in searched]
+    writer.file_writer.add_summary(hp.hparams_config_pb(declared, metrics))
+    run = Path(tune.get_context().get_trial_dir()).name  # one session group per trial, named as its run
+    writer.file_writer.add_summary(hp.hparams_pb({d.name: config[d.name] for d in searched}, trial_id=run))
     writer.flush()
 
 
-def hparams_summaries(config: dict):
-    return hparams({key: config[key] for key in HPARAMS}, metric_dict={tag: 0.0 for tag in HPARAM_METRICS})
+def end_hparams(writer: SummaryWriter) -> None:
+    """Mark the trial's session done (TensorBoard's own API writes no end marker; torch's does)."""
+    writer.file_writer.add_summary(torch_hparams({}, {})[2])
+    writer.flush()
+
+
+def hparam_domain(dimension: Dimension) -> hp.Domain:
+    """TensorBoard's domain of a searched dimension; it has no log scale (its parallel-coordinates view offers one)."""
+    if dimension.kind == "values":
+        return hp.Discrete(list(dimension.args))
+    if dimension.kind in INTEGER_RANGES:
+        return hp.IntInterval(*dimension.args)
+    return hp.RealInterval(*map(float, dimension.args))
 
 
 def log_epoch(writer: SummaryWriter, metrics: dict) -> None:

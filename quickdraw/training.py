@@ -31,15 +31,17 @@ Tensors = tuple[torch.Tensor, torch.Tensor]  # (N, 1, 28, 28) uint8 drawings and
 class Hyperparameters:
     """What the training of one trial is set by (besides its recipe), as the search's config names them."""
 
-    lr: float  # Adam's learning rate, or the one-cycle schedule's peak when the recipe has one
+    lr: float  # AdamW's learning rate, or the one-cycle schedule's peak when the recipe has one
     batch_size: int
     dropout: float
     epochs: int
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay; at 0 AdamW takes exactly Adam's steps
 
     @classmethod
     def of(cls, config: dict) -> Hyperparameters:
-        """Those of a Tune trial's config, which holds more (model, seed, precision, ...)."""
-        return cls(**{f.name: config[f.name] for f in fields(cls)})
+        """Those of a Tune trial's config, which holds more (model, seed, precision, ...); a search from before
+        weight decay was searchable has none."""
+        return cls(**{f.name: config[f.name] for f in fields(cls) if f.name in config})
 
 
 @dataclass
@@ -79,7 +81,8 @@ class Trainer:
         self.hyperparameters, self.compute = hyperparameters, compute
         self.model = recipe.build(num_classes, hyperparameters.dropout)  # holds the weights that checkpoints keep
         self.network = compute.prepare(self.model)  # runs the batches (compiled when asked), sharing those weights
-        optimizer = torch.optim.Adam(self.model.parameters(), lr=hyperparameters.lr)
+        optimizer = torch.optim.AdamW(self.model.parameters(), lr=hyperparameters.lr,
+                                      weight_decay=hyperparameters.weight_decay)
         schedule = one_cycle(optimizer, hyperparameters, train_size) if recipe.one_cycle else None
         self.training = Training(optimizer, recipe.augmentation, schedule)
         self.progress = Progress(best_weights=copy.deepcopy(self.model.state_dict()))

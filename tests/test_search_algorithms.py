@@ -1,0 +1,177 @@
+"""Random and Optuna searches run as users run them: sampled trials within the space, integers kept integers, at most
+--max-concurrent-trials at once, ASHA on top, TensorBoard's HParams domains, and `resume` after a SIGKILLed driver
+going on with the sampler's saved state instead of starting it again."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import metadata as hparams_metadata
+
+from conftest import SYNTHETIC_CLASSES, run_cli, start_cli, write_class_files
+from experiment_checks import results
+from ray_cluster import kill_processes
+
+SPACE = """\
+lr: {loguniform: [1.0e-4, 1.0e-1]}
+batch_size: {lograndint: [16, 64]}
+dropout: {uniform: [0.1, 0.6]}
+weight_decay: {loguniform: [1.0e-6, 1.0e-2]}
+"""
+
+
+def trial_folders(experiment: Path) -> list[Path]:
+    return sorted(p for p in experiment.iterdir() if p.is_dir() and p.name.startswith("lr="))
+
+
+def configs(experiment: Path) -> list[dict]:
+    return [json.loads((trial / "params.json").read_text()) for trial in trial_folders(experiment)]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return write_class_files(tmp_path_factory.mktemp("algorithms") / "data")
+
+
+def search(data: Path, storage: Path, name: str, *flags, space: str = SPACE):
+    (storage.parent / f"{name}.yaml").write_text(space)
+    return run_cli("--data-dir", data, "--classes", ",".join(SYNTHETIC_CLASSES), "--split", "300,60,30",
+                   "--space", storage.parent / f"{name}.yaml", "--storage", storage, "--name", name, *flags)
+
+
+@pytest.fixture(scope="module")
+def random_search(data) -> Path:
+    storage = data.parent / "results"
+    result = search(data, storage, "random", "--search", "random", "--num-samples", 4, "--epochs", 1)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return storage / "random"
+
+
+def test_random_samples_every_trial_within_the_space_and_keeps_batch_size_an_integer(random_search):
+    trials = configs(random_search)
+    assert len(trials) == 4
+    for config in trials:
+        assert 1e-4 <= config["lr"] <= 1e-1 and 0.1 <= config["dropout"] <= 0.6
+        assert 1e-6 <= config["weight_decay"] <= 1e-2 and config["model"] == "seed"
+        assert type(config["batch_size"]) is int and 16 <= config["batch_size"] <= 64
+    assert len({config["lr"] for config in trials}) == 4  # sampled, not one value repeated
+    for folder in trial_folders(random_search):
+        assert "batch=" in folder.name and "." not in folder.name.split("batch=")[1].split("_")[0]
+        assert "_dropout=" in folder.name and "_wd=" in folder.name
+    table = pd.read_csv(random_search / "summary.csv")
+    assert table.batch_size.dtype.kind == "i"
+    assert sorted(table.batch_size) == sorted(config["batch_size"] for config in trials)
+    record = json.loads((random_search / "search.json").read_text())
+    assert record["space"]["lr"] == {"loguniform": [1e-4, 0.1]} and record["config"]["search"] == "random"
+
+
+def hparams_declared(trial: Path) -> dict:
+    """The HParams experiment a trial's event file declares, read with TensorBoard's own reader."""
+    events = EventAccumulator(str(trial), size_guidance={"tensors": 0})
+    events.Reload()
+    content = events.PluginTagToContent(hparams_metadata.PLUGIN_NAME)
+    experiment = hparams_metadata.parse_experiment_plugin_data(content[hparams_metadata.EXPERIMENT_TAG])
+    start = hparams_metadata.parse_session_start_info_plugin_data(content[hparams_metadata.SESSION_START_INFO_TAG])
+    return {"infos": {info.name: info for info in experiment.hparam_infos}, "values": start.hparams}
+
+
+def test_tensorboard_declares_each_searched_hyperparameter_with_its_domain(random_search):
+    for trial, config in zip(trial_folders(random_search), configs(random_search)):
+        declared = hparams_declared(trial)
+        infos = declared["infos"]
+        assert set(infos) == {"lr", "batch_size", "dropout", "weight_decay"}  # model is fixed: no axis of one value
+        assert (infos["lr"].domain_interval.min_value, infos["lr"].domain_interval.max_value) == (1e-4, 1e-1)
+        assert (infos["batch_size"].domain_interval.min_value, infos["batch_size"].domain_interval.max_value) == (16, 64)
+        assert "loguniform" in infos["lr"].description and "lograndint" in infos["batch_size"].description
+        assert declared["values"]["batch_size"].number_value == config["batch_size"]
+        assert declared["values"]["lr"].number_value == pytest.approx(config["lr"])
+
+
+def test_optuna_with_asha_at_most_two_at_once(data):
+    storage = data.parent / "results"
+    result = search(data, storage, "optuna", "--search", "optuna", "--num-samples", 6, "--max-concurrent-trials", 2,
+                    "--scheduler", "asha", "--grace-period", 1, "--epochs", 4,
+                    space="lr: {loguniform: [1.0e-5, 1.0e-1]}\nbatch_size: [16, 64]\n")
+    assert result.returncode == 0, result.stderr[-3000:]
+    experiment = storage / "optuna"
+    trials = configs(experiment)
+    assert len(trials) == 6 and all(type(c["batch_size"]) is int and c["batch_size"] in (16, 64) for c in trials)
+    assert list(experiment.glob("searcher-state-*.pkl")), "Optuna's study was not saved beside the experiment"
+    table = pd.read_csv(experiment / "summary.csv")
+    assert set(table.status) <= {"finished", "stopped"} and (table.status == "stopped").any()
+    spans = [running_span(trial) for trial in trial_folders(experiment)]
+    at_once = max(sum(start <= moment <= end for start, end in spans) for moment, _ in spans)
+    assert at_once <= 2, spans
+
+
+def running_span(trial: Path) -> tuple[float, float]:
+    """When a trial's event file was opened and when it wrote its last scalar (TensorBoard's wall times)."""
+    events = EventAccumulator(str(trial))
+    events.Reload()
+    last = max(event.wall_time for tag in events.Tags()["scalars"] for event in events.Scalars(tag))
+    return events.FirstEventTimestamp(), last
+
+
+def state(experiment: Path) -> dict[str, list[dict]]:
+    found = {}
+    for trial in experiment.glob("lr=*"):
+        try:
+            found[trial.name] = results(trial) if (trial / "result.json").exists() else []
+        except ValueError:  # a line still being written
+            found[trial.name] = []
+    return found
+
+
+@pytest.mark.parametrize("algorithm", ["random", "optuna"])
+def test_a_killed_sampling_search_resumes_with_its_sampler_s_state(tmp_path, algorithm):
+    data = write_class_files(tmp_path / "data", count=1_500)
+    experiment = tmp_path / "results" / algorithm
+    (tmp_path / "space.yaml").write_text("lr: {loguniform: [1.0e-4, 1.0e-2]}\ndropout: {uniform: [0.1, 0.6]}\n")
+    ray_tmp = tempfile.mkdtemp(prefix="qdsam-", dir="/tmp")
+    samples, epochs = 4, 5
+    driver = start_cli(
+        "--data-dir", data, "--classes", ",".join(SYNTHETIC_CLASSES), "--split", "3000,300,150",
+        "--search", algorithm, "--space", tmp_path / "space.yaml", "--num-samples", samples,
+        "--max-concurrent-trials", 1, "--batch-sizes", 256, "--epochs", epochs,
+        "--storage", experiment.parent, "--name", experiment.name, env={**os.environ, "RAY_TMPDIR": ray_tmp},
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            progress = state(experiment)
+            finished = [t for t, rows in progress.items() if rows and "test_accuracy" in rows[-1]]
+            running = [t for t, rows in progress.items() if rows and "test_accuracy" not in rows[-1]]
+            if len(finished) >= 2 and running:
+                break
+            assert time.monotonic() < deadline and driver.poll() is None, f"no moment to kill at: {progress}"
+            time.sleep(0.1)
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+    finally:
+        driver.kill()
+        kill_processes(ray_tmp)
+    finished_before = {t: (experiment / t / "result.json").read_bytes() for t in finished}
+
+    resumed = run_cli("resume", experiment, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+
+    for trial, result_bytes in finished_before.items():
+        assert (experiment / trial / "result.json").read_bytes() == result_bytes, f"{trial} ran again"
+    trials = configs(experiment)
+    assert len(trials) == samples, [t.name for t in trial_folders(experiment)]
+    # A sampler started again from its seed would draw the first trials' settings once more.
+    drawn = {(c["lr"], c["dropout"]) for c in trials}
+    assert len(drawn) == samples
+    assert all(1e-4 <= lr <= 1e-2 and 0.1 <= dropout <= 0.6 for lr, dropout in drawn)
+    table = pd.read_csv(experiment / "summary.csv")
+    assert len(table) == samples and (table.status == "finished").all() and (table.epochs == epochs).all()
+    assert not any(math.isnan(v) for v in table.test_accuracy)

@@ -59,6 +59,7 @@ def export_best_model(experiment: Location, trials: pd.DataFrame,
         return None
     config = {
         **{key: params[key] for key in TRIAL_SETTINGS},
+        "weight_decay": params.get("weight_decay", 0.0),  # searches from before it was searchable had none
         # Fractions, unrounded, as the trial reported them to Tune.
         **{key: float(last_result[key]) for key in ("test_accuracy", "best_val_accuracy", "best_val_loss")},
         "trial": best.trial_dir, "experiment": experiment.uri,

@@ -27,10 +27,10 @@ def cluster():
         cluster.stop()
 
 
-def grid_args(cluster, data, storage, name, split, epochs, batch_size):
+def grid_args(cluster, data, storage, name, split, epochs, batch_size, lrs: str | None = "0.01,0.001,0.0001"):
     return [
         "--address", cluster.address, "--data-dir", data, "--classes", ",".join(SYNTHETIC_CLASSES),
-        "--split", split, "--lrs", "0.01,0.001,0.0001", "--batch-sizes", batch_size, "--epochs", epochs,
+        "--split", split, *(["--lrs", lrs] if lrs else []), "--batch-sizes", batch_size, "--epochs", epochs,
         "--storage", storage, "--name", name,
     ]
 
@@ -93,11 +93,14 @@ def test_drivers_asking_for_the_same_split_at_the_same_moment_convert_it_once(cl
 
 
 def test_a_worker_node_dies_and_its_trial_continues_elsewhere_from_its_checkpoint(cluster, tmp_path):
+    """An Optuna search (the grid spreads over the nodes above): Optuna's trials survive a node as the grid's do."""
     data = write_class_files(tmp_path / "data", count=1_200)
     storage = tmp_path / "results"
     epochs = 10
     experiment = storage / "failover"
-    driver = start_cli(*grid_args(cluster, data, storage, "failover", "3000,300,150", epochs, batch_size=32),
+    (tmp_path / "space.yaml").write_text("lr: {loguniform: [1.0e-4, 1.0e-2]}\n")
+    args = grid_args(cluster, data, storage, "failover", "3000,300,150", epochs, batch_size=32, lrs=None)
+    driver = start_cli(*args, "--search", "optuna", "--num-samples", 3, "--space", tmp_path / "space.yaml",
                        env=cluster.env)
     victim = cluster.worker_ips[0]
     deadline = time.monotonic() + 180
@@ -118,7 +121,8 @@ def test_a_worker_node_dies_and_its_trial_continues_elsewhere_from_its_checkpoin
             assert history[i][0] <= history[i - 1][0] + 1, f"{trial} skipped epochs: {history}"
     assert moved >= 1
     table = pd.read_csv(experiment / "summary.csv")
-    assert (table.status == "finished").all() and (table.epochs == epochs).all()
+    assert len(table) == 3 and (table.status == "finished").all() and (table.epochs == epochs).all()
+    assert table.lr.nunique() == 3 and table.lr.between(1e-4, 1e-2).all()
 
 
 def _latest_results(experiment: Path):

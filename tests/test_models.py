@@ -4,6 +4,7 @@ carried through a checkpoint, and that the stronger recipe learns."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -109,3 +110,22 @@ def test_a_restarted_trial_continues_its_schedule_and_weights(tmp_path):
     for key, value in straight.model.state_dict().items():
         assert torch.equal(value, restarted.model.state_dict()[key]), key
     assert any(not torch.equal(v, saved[k]) for k, v in straight.model.state_dict().items())  # it did train on
+
+
+def trained_weights(hyperparameters: Hyperparameters, optimizer=None) -> torch.Tensor:
+    """The seed network's weights after one epoch on synthetic drawings, by the Trainer's optimizer or `optimizer`."""
+    torch.manual_seed(0)
+    trainer = Trainer(MODELS["seed"], 3, hyperparameters, 120, Compute(CPU))
+    if optimizer is not None:
+        trainer.training = dataclasses.replace(trainer.training, optimizer=optimizer(trainer.model.parameters()))
+    torch.manual_seed(1)
+    trainer.run_epoch({"train": synthetic_tensors(40, seed=0), "validation": synthetic_tensors(10, seed=1)})
+    return torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+
+
+def test_weight_decay_0_is_the_seed_s_adam_bit_for_bit_and_decay_shrinks_the_weights():
+    plain = Hyperparameters(lr=1e-3, batch_size=16, dropout=0.5, epochs=1)
+    adam = trained_weights(plain, optimizer=lambda parameters: torch.optim.Adam(parameters, lr=1e-3))
+    assert torch.equal(trained_weights(plain), adam)
+    decayed = trained_weights(dataclasses.replace(plain, weight_decay=0.5))
+    assert decayed.norm() < adam.norm()

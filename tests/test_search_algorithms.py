@@ -12,12 +12,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
-from conftest import SYNTHETIC_CLASSES, run_cli, start_cli, write_class_files
+from conftest import SYNTHETIC_CLASSES, run_cli, start_cli, synthetic_drawings, write_class_files
 from experiment_checks import results
 from ray_cluster import kill_processes
 
@@ -72,6 +73,18 @@ def test_random_samples_every_trial_within_the_space_and_keeps_batch_size_an_int
     assert sorted(table.batch_size) == sorted(config["batch_size"] for config in trials)
     record = json.loads((random_search / "search.json").read_text())
     assert record["space"]["lr"] == {"loguniform": [1e-4, 0.1]} and record["config"]["search"] == "random"
+
+
+def test_best_model_and_predict_of_a_sampled_search(random_search, tmp_path):
+    best = json.loads((random_search / "best_model" / "config.json").read_text())
+    params = json.loads((random_search / best["trial"] / "params.json").read_text())
+    assert {key: best[key] for key in ("lr", "batch_size", "dropout", "weight_decay")} == \
+        {key: params[key] for key in ("lr", "batch_size", "dropout", "weight_decay")}
+    np.save(tmp_path / "drawings.npy", synthetic_drawings(1, 3))
+    result = run_cli("predict", random_search, tmp_path / "drawings.npy", timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 3 and all(name in line for line in lines for name in SYNTHETIC_CLASSES), lines
 
 
 def hparams_declared(trial: Path) -> dict:

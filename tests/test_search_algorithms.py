@@ -4,6 +4,7 @@ going on with the sampler's saved state instead of starting it again."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -21,6 +22,8 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata
 from conftest import SYNTHETIC_CLASSES, run_cli, start_cli, synthetic_drawings, write_class_files
 from experiment_checks import results
 from ray_cluster import kill_processes
+from test_s3_storage import BUCKET, s3_client, s3_env  # noqa: F401 (s3_env is a fixture)
+from test_s3_storage import keys as s3_keys
 
 SPACE = """\
 lr: {loguniform: [1.0e-4, 1.0e-1]}
@@ -188,3 +191,27 @@ def test_a_killed_sampling_search_resumes_with_its_sampler_s_state(tmp_path, alg
     table = pd.read_csv(experiment / "summary.csv")
     assert len(table) == samples and (table.status == "finished").all() and (table.epochs == epochs).all()
     assert not any(math.isnan(v) for v in table.test_accuracy)
+
+
+def test_an_optuna_search_on_s3_reports_and_resumes_from_the_bucket(s3_env, data):
+    """Storage on an S3-compatible server (tests/test_s3_storage.py's): the study is saved in the bucket, and a
+    `resume` of the finished search restores it from there and runs no trial again."""
+    (data.parent / "s3.yaml").write_text("lr: {loguniform: [1.0e-4, 1.0e-1]}\n")
+    flags = ["--data-dir", data, "--classes", ",".join(SYNTHETIC_CLASSES), "--split", "300,60,30", "--epochs", 2,
+             "--search", "optuna", "--num-samples", 3, "--space", data.parent / "s3.yaml", "--batch-sizes", 32,
+             "--storage", f"s3://{BUCKET}/sampled", "--name", "optuna"]
+    result = run_cli(*flags, env=s3_env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    stored = s3_keys(s3_env, "sampled/optuna/")
+    assert any(key.split("/")[-1].startswith("searcher-state-") for key in stored), stored
+    assert {"sampled/optuna/summary.csv", "sampled/optuna/best_model/config.json"} <= stored
+    trials = {key.split("/")[2] for key in stored if key.startswith("sampled/optuna/lr=")}
+    assert len(trials) == 3
+
+    resumed = run_cli("resume", f"s3://{BUCKET}/sampled/optuna", env=s3_env, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    after = s3_keys(s3_env, "sampled/optuna/")
+    assert {key.split("/")[2] for key in after if key.startswith("sampled/optuna/lr=")} == trials
+    table = pd.read_csv(io.BytesIO(s3_client(s3_env).get_object(Bucket=BUCKET, Key="sampled/optuna/summary.csv")
+                                   ["Body"].read()))
+    assert len(table) == 3 and (table.status == "finished").all() and table.lr.nunique() == 3

@@ -167,7 +167,8 @@ def add_data_flags(parser: argparse.ArgumentParser) -> None:
     add_source_flags(parser)
     parser.add_argument("--no-download", dest="download", action="store_false",
                         help="fail on a missing class file instead of downloading the drawings the split needs")
-    parser.add_argument("--seed", type=int, default=DataConfig.seed, help="seed of the split and of training (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=DataConfig.seed,
+                        help="seed of the split, of training and of the random or Optuna sampler (default %(default)s)")
     parser.add_argument("--storage", default=SearchConfig.storage,
                         help="where datasets and experiments are written (default %(default)s)")
 

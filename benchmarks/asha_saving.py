@@ -49,7 +49,7 @@ def run_grid(config: SearchConfig) -> dict:
     started = time.perf_counter()
     experiment = run_search(config)
     wall = time.perf_counter() - started
-    table = write_report(experiment)
+    table = write_report(experiment).table
     best = table.loc[best_trial(table)]
     return {
         "scheduler": config.scheduler, "trials": len(table), "stopped": int((table.status == "stopped").sum()),

@@ -254,11 +254,11 @@ def finish(experiment, address: str | None) -> int:
     from quickdraw.report import write_report
     from quickdraw.summary import COMPLETE, to_markdown
 
-    table = write_report(experiment)
-    print(to_markdown(table))
+    summary = write_report(experiment)
+    print(to_markdown(summary))
     print(f"Summary: {experiment / 'summary.md'}  Report: {experiment / 'report.html'}  "
           f"TensorBoard: tensorboard --logdir {experiment}")
-    if table["status"].isin(COMPLETE).all():
+    if summary.table["status"].isin(COMPLETE).all():
         return 0
     on_cluster = f" --address {shlex.quote(address)}" if address else ""
     print(f"Not every trial finished; to go on: python tune_search.py resume {shlex.quote(str(experiment))}{on_cluster}")

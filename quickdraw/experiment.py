@@ -12,6 +12,7 @@ import json
 import pandas as pd
 
 from quickdraw.errors import UserError
+from quickdraw.space import HYPERPARAMETERS, Dimension, Space, flag_space, parse_space
 from quickdraw.storage import Location
 from quickdraw.summary import trial_row, trial_table
 
@@ -22,25 +23,58 @@ STATE_PREFIX, STATE_SUFFIX = "experiment_state-", ".json"  # Tune's experiment s
 
 
 def read_search(experiment: Location) -> dict:
-    """search.json: {"config": the SearchConfig as a dict, "dataset": the split's location, "resources": ...}."""
+    """search.json: {"config": the SearchConfig as a dict, "dataset": the split's location, "resources": ...,
+    "space": each hyperparameter as a space file writes it (quickdraw.space)}."""
     return json.loads((experiment / SEARCH_FILE).read_text())
 
 
+def search_space(experiment: Location, trials: pd.DataFrame) -> tuple[str, Space]:
+    """How the search drew its trials ("grid", "random" or "optuna") and the space it drew them from, one dimension
+    per hyperparameter, as search.json records them. A search.json from before spaces ran a grid of its flags
+    (without weight decay). When search.json cannot be read, the report still stands on the trials alone: a grid of
+    the values they took."""
+    try:
+        record = read_search(experiment)
+        config = record["config"]
+        if "space" in record:
+            recorded = parse_space(record["space"], SEARCH_FILE)
+        else:
+            recorded = flag_space(config["models"], config["lrs"], config["batch_sizes"], config["dropout"], 0.0)
+        kind = config.get("search", "grid")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, UserError):
+        recorded, kind = (), "grid"
+    by_name = {dimension.name: dimension for dimension in recorded}
+    return kind, tuple(by_name.get(name) or taken_values(trials, name) for name in HYPERPARAMETERS)
+
+
+def taken_values(trials: pd.DataFrame, name: str) -> Dimension:
+    """A hyperparameter as the values the trials took: a list of them, or the one value."""
+    values = tuple(sorted(trials[name].dropna().unique().tolist()))
+    return Dimension(name, "value", values) if len(values) == 1 else Dimension(name, "values", values)
+
+
 def load_trials(experiment: Location) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
-    """The results table (quickdraw.summary's, with each trial's id and folder, trial_id and trial_dir), and each
-    trial's per-epoch results by folder name (trials that never reported have none)."""
+    """The results table (quickdraw.summary's, with each trial's id, number and folder: trial_id, trial_number and
+    trial_dir), and each trial's per-epoch results by folder name (trials that never reported have none)."""
     rows, histories = [], {}
-    for trial in tune_state(experiment)["trial_data"]:
+    for position, trial in enumerate(tune_state(experiment)["trial_data"], start=1):
         state, run = (json.loads(part) for part in trial)
         folder = state["relative_logdir"]
         history = read_results(experiment / folder)
         # The trial's own result log is newer than the experiment state when a driver stopped early.
         last = history[-1] if history else (run.get("last_result") or {})
         rows.append({**trial_row(state["config"], last, state["status"]),
-                     "trial_id": state["trial_id"], "trial_dir": folder})
+                     "trial_id": state["trial_id"], "trial_number": trial_number(state, position), "trial_dir": folder})
         if history:
             histories[folder] = pd.DataFrame(history)
     return trial_table(rows), histories
+
+
+def trial_number(state: dict, position: int) -> int:
+    """The order in which the search created the trial: Tune's experiment tag starts with it ("3_lr=0.01,..."), for
+    a grid and for a searcher alike, whose trial ids are random. The state lists trials in no such order."""
+    number, _, _ = str(state.get("experiment_tag", "")).partition("_")
+    return int(number) if number.isdigit() else position
 
 
 def tune_state(experiment: Location) -> dict:

@@ -79,10 +79,16 @@ def accuracy_heatmap_figure(accuracy: np.ndarray, row_labels: list[str], batch_s
     return figure
 
 
-def validation_curves_figure(lr: float, histories: dict) -> plt.Figure:
-    """Validation accuracy and loss per epoch, one line per trial (histories: legend label -> Tune's
-    per-epoch results with columns epoch, val_accuracy and val_loss)."""
-    figure, (accuracy_axes, loss_axes) = plt.subplots(1, 2, figsize=(11, 4))
+def validation_curves_figure(title: str, histories: dict, others: list = ()) -> plt.Figure:
+    """Validation accuracy and loss per epoch, one line per trial (histories: legend label -> Tune's per-epoch
+    results with columns epoch, val_accuracy and val_loss); `others`, more trials' results, are thin grey lines
+    under one legend entry, so that the legend of a search with many trials stays readable."""
+    figure, (accuracy_axes, loss_axes) = plt.subplots(1, 2, figsize=(13, 4), layout="constrained")
+    for n, history in enumerate(others):
+        label = f"{len(others)} other trial{'s' if len(others) > 1 else ''}" if n == 0 else None
+        accuracy_axes.plot(history["epoch"], 100 * history["val_accuracy"], color="lightgrey", linewidth=1,
+                           label=label, zorder=1)
+        loss_axes.plot(history["epoch"], history["val_loss"], color="lightgrey", linewidth=1, zorder=1)
     for label, history in histories.items():
         accuracy_axes.plot(history["epoch"], 100 * history["val_accuracy"], marker="o", markersize=3, label=label)
         loss_axes.plot(history["epoch"], history["val_loss"], marker="o", markersize=3, label=label)
@@ -91,8 +97,24 @@ def validation_curves_figure(lr: float, histories: dict) -> plt.Figure:
     for axes in (accuracy_axes, loss_axes):
         axes.grid(alpha=0.3)
         axes.xaxis.get_major_locator().set_params(integer=True)
-    accuracy_axes.legend()
-    figure.suptitle(f"Learning rate {lr:g}")
+    handles, labels = accuracy_axes.get_legend_handles_labels()
+    order = list(range(len(others) > 0, len(labels))) + ([0] if others else [])  # the grey entry last
+    figure.legend([handles[i] for i in order], [labels[i] for i in order], loc="outside right upper", fontsize=8)
+    figure.suptitle(title)
+    return figure
+
+
+def importance_figure(shares: dict[str, float], method: str) -> plt.Figure:
+    """One bar per hyperparameter: its share of the variance in validation accuracy, the largest on top."""
+    figure, axes = plt.subplots(figsize=(8, 1.8 + 0.5 * len(shares)))
+    bars = axes.barh(range(len(shares)), [100 * share for share in shares.values()], color="tab:blue")
+    axes.bar_label(bars, labels=[f"{100 * share:.1f}%" for share in shares.values()], padding=3, fontsize=9)
+    axes.set(yticks=range(len(shares)), xlim=(0, 115), xticks=range(0, 101, 20),
+             xlabel="share of the variance in validation accuracy (%)",
+             title=f"What mattered to validation accuracy\n{method}")
+    axes.title.set_fontsize(10)
+    axes.set_yticklabels(list(shares))
+    axes.invert_yaxis()
     figure.tight_layout()
     return figure
 

@@ -1,27 +1,29 @@
-"""Writing an experiment's results: summary.md, summary.csv and summary.json (quickdraw.summary), the report page
-(quickdraw.report_page) and best_model/ (quickdraw.best_model), all from what the folder holds (quickdraw.experiment)."""
+"""Writing an experiment's results: summary.md, summary.csv and summary.json (quickdraw.summary, with what mattered
+from quickdraw.importance), the report page (quickdraw.report_page) and best_model/ (quickdraw.best_model), all from
+what the folder holds (quickdraw.experiment)."""
 
 from __future__ import annotations
 
-import pandas as pd
-
+from quickdraw import importance
 from quickdraw.best_model import export_best_model
-from quickdraw.experiment import load_trials
+from quickdraw.experiment import load_trials, search_space
 from quickdraw.report_page import PAGE_FILE, write_page
 from quickdraw.storage import Location
-from quickdraw.summary import export, to_markdown
+from quickdraw.summary import Summary, export
 
 
-def write_report(experiment: Location) -> pd.DataFrame:
+def write_report(experiment: Location) -> Summary:
     """Rebuild the summary files, the report page and best_model/ in `experiment`, finished or not; return the
-    results table."""
+    summary (its table, space and what mattered) that they show."""
     trials, histories = load_trials(experiment)
-    (experiment / "summary.csv").write_text(export(trials, "csv"))
-    (experiment / "summary.json").write_text(export(trials, "json"))
-    figures = write_page(experiment, trials, histories)
+    search, space = search_space(experiment, trials)
+    summary = Summary(trials, space, search, importance.evaluate(trials, space))
+    (experiment / "summary.csv").write_text(export(summary, "csv"))
+    (experiment / "summary.json").write_text(export(summary, "json"))
+    figures = write_page(experiment, summary, histories)
     export_best_model(experiment, trials, histories)
     links = ", ".join(f"[{name}]({name})" for name in figures)
     (experiment / "summary.md").write_text(
-        to_markdown(trials) + f"\nReport with every figure: [{PAGE_FILE}]({PAGE_FILE}). Figures: {links or 'none'}.\n"
+        export(summary, "md") + f"\nReport with every figure: [{PAGE_FILE}]({PAGE_FILE}). Figures: {links or 'none'}.\n"
     )
-    return trials
+    return summary

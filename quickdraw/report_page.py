@@ -1,5 +1,6 @@
 """The report beside summary.md: figures as PNGs in report/, and report.html, one self-contained page
-holding the table and every figure (embedded, so it works downloaded from object storage too).
+holding the table and every figure (embedded, so it works downloaded from object storage too): what mattered
+(quickdraw.importance), the test-accuracy heatmap of a grid, the validation curves and the best trial's figures.
 
 A figure whose input is missing (no finished trial, no test_predictions.npz, no stored split) is left
 out, and the page says why; the rest of the report is written all the same."""
@@ -15,16 +16,21 @@ from html import escape
 import numpy as np
 import pandas as pd
 
-from quickdraw import figures
+from quickdraw import figures, importance
 from quickdraw.dataset import Split, load_split
 from quickdraw.errors import UserError
 from quickdraw.experiment import PREDICTIONS_FILE, SEARCH_FILE, read_search
 from quickdraw.storage import Location, first_line
-from quickdraw.summary import CHOICE, TIE_BREAK, best_per_model, best_sentence, best_trial, describe, to_html
+from quickdraw.summary import (CHOICE, LABELS, TIE_BREAK, Summary, best_per_model, best_sentence, best_trial,
+                               describe, to_html)
 
 REPORT_DIR = "report"
 PAGE_FILE = "report.html"
 SAMPLE_SIZE = 12  # test drawings shown with their class probabilities
+CURVE_FIGURES = 6  # at most this many learning rates get a curves figure each; more share one figure
+NAMED_CURVES = 8  # the best ranked trials named in a curves figure's legend; the others are drawn grey
+GRID_CELL = ["model", "lr", "batch_size"]  # a heatmap cell
+SAMPLERS = {"random": "a random search", "optuna": "an Optuna search"}  # searches that draw their trials
 STYLE = "body{font-family:sans-serif;max-width:75em;margin:2em auto;padding:0 1em} img{max-width:100%} " \
         "table.summary{border-collapse:collapse} table.summary td,table.summary th{padding:.2em .8em;" \
         "border-bottom:1px solid #ccc;text-align:right} .skipped{color:#a33}"
@@ -42,12 +48,13 @@ class Section:
     skipped: list[str] = field(default_factory=list)  # why a figure is not there
 
 
-def write_page(experiment: Location, trials: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> list[str]:
+def write_page(experiment: Location, summary: Summary, histories: dict[str, pd.DataFrame]) -> list[str]:
     """Write report/*.png and report.html; return the figures' paths relative to the experiment.
 
-    `trials` is the summary table with each trial's folder name (trial_dir), `histories` each
-    trial's per-epoch results by folder name."""
-    sections = [heatmap_section(trials), curves_section(trials, histories), *best_trial_sections(experiment, trials)]
+    `summary.table` has each trial's folder name (trial_dir), `histories` each trial's per-epoch results by folder
+    name."""
+    sections = [what_mattered_section(summary), heatmap_section(summary), curves_section(summary, histories),
+                *best_trial_sections(experiment, summary)]
     folder = experiment / REPORT_DIR
     written = []
     for section in sections:
@@ -57,15 +64,48 @@ def write_page(experiment: Location, trials: pd.DataFrame, histories: dict[str, 
     for old in folder.children():
         if old.name.endswith(".png") and f"{REPORT_DIR}/{old.name}" not in written:
             old.delete()  # an earlier report's figure whose input is gone
-    (experiment / PAGE_FILE).write_text(render(experiment.name, trials, sections))
+    (experiment / PAGE_FILE).write_text(render(experiment.name, summary, sections))
     return written
 
 
-def heatmap_section(trials: pd.DataFrame) -> Section:
+def what_mattered_section(summary: Summary) -> Section:
+    result = summary.importance
+    shares = ", ".join(f"{name} {100 * share:.0f}%" for name, share in result.shares.items())
+    section = Section("What mattered",
+                      f"Each searched hyperparameter's share of the variance in validation accuracy: {shares} "
+                      f"({result.method}; the numbers are in summary.json). Trials stopped by ASHA count with the "
+                      "best validation accuracy they reached. Then every trial as a line from its validation "
+                      "accuracy across its hyperparameters, and validation accuracy against each hyperparameter, "
+                      "on a log axis where the space is logarithmic.")
+    if not result.shares:
+        section.skipped.append(f"the hyperparameter importance, parallel coordinates and scatters: {result.reason}")
+        return section
+    table, space = summary.table, summary.space
+    section.figures["hyperparameter_importance.png"] = figures.png_bytes(
+        figures.importance_figure(result.shares, result.method))
+    section.figures["parallel_coordinates.png"] = figures.png_bytes(
+        importance.parallel_coordinates_figure(table, space))
+    for dimension in importance.assessed_dimensions(table, space):
+        section.figures[f"scatter_{dimension.name}.png"] = figures.png_bytes(
+            importance.scatter_figure(table, space, dimension.name))
+    return section
+
+
+def heatmap_section(summary: Summary) -> Section:
     section = Section("Test accuracy over model, learning rate and batch size",
                       "One cell per trial: its test accuracy in percent. The best trial, chosen on validation "
                       "accuracy, is outlined in red; grey cells are trials without one, stopped early by ASHA or "
                       "unfinished.")
+    trials = summary.table
+    if summary.search != "grid":
+        section.skipped.append(f"the heatmap: {SAMPLERS.get(summary.search, 'this search')} samples its trials "
+                               "instead of filling a grid of learning rate and batch size (What mattered compares them)")
+        return section
+    if trials.duplicated(GRID_CELL).any():
+        others = [LABELS[name].lower() for name in summary.shown if name not in GRID_CELL]
+        section.skipped.append("the heatmap: trials share a cell of model, learning rate and batch size, differing "
+                               f"in {' and '.join(others) or 'nothing searched'} (What mattered compares them)")
+        return section
     if trials.test_accuracy.isna().all():
         section.skipped.append("the heatmap: no trial finished, so no trial has a test accuracy")
         return section
@@ -78,8 +118,10 @@ def heatmap_section(trials: pd.DataFrame) -> Section:
 
 
 def grid_rows(trials: pd.DataFrame) -> list[tuple[str, float]]:
-    """The heatmap's rows, top down: the (model, learning rate) pairs in table order."""
-    return list(trials[["model", "lr"]].drop_duplicates().itertuples(index=False, name=None))
+    """The heatmap's rows, top down: the (model, learning rate) pairs, by model, then learning rate high to low
+    (whatever order the table ranks its trials in)."""
+    pairs = set(trials[["model", "lr"]].itertuples(index=False, name=None))
+    return sorted(pairs, key=lambda pair: (pair[0], -pair[1]))
 
 
 def grid_columns(trials: pd.DataFrame) -> list[int]:
@@ -113,39 +155,66 @@ def untested_note(trial) -> str:
     return f"stopped at\nepoch {trial.epochs}" if trial.status == "stopped" else "not\nfinished"
 
 
-def curves_section(trials: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> Section:
-    section = Section("Validation accuracy and loss per epoch",
-                      "One figure per learning rate, one line per batch size (and model).")
-    for lr, group in trials.groupby("lr", sort=False):
-        lines = {}  # legend label -> per-epoch results
-        several_models = trials.model.nunique() > 1
-        for row in group.itertuples():
-            history = histories.get(row.trial_dir)
-            if history is not None and {"epoch", "val_accuracy", "val_loss"} <= set(history.columns):
-                label = (f"{row.model} " if several_models else "") + f"batch {row.batch_size}" + ("" if row.status == "finished" else f" ({row.status})")
-                # A trial restarted from a checkpoint reports the epochs after it again: keep the last.
-                lines[label] = history.drop_duplicates("epoch", keep="last").sort_values("epoch")
-        if lines:
-            section.figures[f"curves_lr={lr:g}.png"] = figures.png_bytes(figures.validation_curves_figure(lr, lines))
+def curves_section(summary: Summary, histories: dict[str, pd.DataFrame]) -> Section:
+    """A figure per learning rate when there are few of them (a grid's), else one figure of every trial (a sampled
+    search draws a learning rate per trial)."""
+    trials, shown = summary.table, summary.shown
+    named = (f"one line per trial, labelled with its rank in the table; past {NAMED_CURVES} trials in a figure, the "
+             "best ranked are named and the others drawn grey")
+    if trials.lr.nunique() > CURVE_FIGURES:
+        section = Section("Validation accuracy and loss per epoch", f"Every trial in one figure, {named}.")
+        if lines := curve_lines(trials, histories, shown):
+            section.figures["curves.png"] = figures.png_bytes(figures.validation_curves_figure("Every trial", *lines))
+        else:
+            section.skipped.append("the curves: no trial reported an epoch")
+        return section
+    section = Section("Validation accuracy and loss per epoch", f"One figure per learning rate, {named}.")
+    others = [name for name in shown if name != "lr"] or ["batch_size"]
+    for lr in sorted(trials.lr.unique(), reverse=True):
+        if lines := curve_lines(trials[trials.lr == lr], histories, others):
+            figure = figures.validation_curves_figure(f"Learning rate {lr:g}", *lines)
+            section.figures[f"curves_lr={lr:g}.png"] = figures.png_bytes(figure)
         else:
             section.skipped.append(f"the curves of learning rate {lr:g}: none of its trials reported an epoch")
     return section
 
 
-def best_trial_sections(experiment: Location, trials: pd.DataFrame) -> list[Section]:
+def curve_lines(trials: pd.DataFrame, histories: dict[str, pd.DataFrame], names) -> tuple[dict, list] | None:
+    """The per-epoch results of the trials that reported any, in rank order: the first NAMED_CURVES by legend label
+    (rank and the hyperparameters `names`), the rest in a list; None when no trial reported."""
+    curves = []
+    for row in trials.itertuples():
+        history = histories.get(row.trial_dir)
+        if history is not None and {"epoch", "val_accuracy", "val_loss"} <= set(history.columns):
+            # A trial restarted from a checkpoint reports the epochs after it again: keep the last.
+            curves.append((curve_label(row, names), history.drop_duplicates("epoch", keep="last").sort_values("epoch")))
+    if not curves:
+        return None
+    return dict(curves[:NAMED_CURVES]), [history for _, history in curves[NAMED_CURVES:]]
+
+
+def curve_label(row, names) -> str:
+    """`#rank` and the trial's hyperparameters `names`, briefly, and its status unless it finished."""
+    words = {"model": f"{row.model}", "lr": f"lr {row.lr:.3g}", "batch_size": f"batch {row.batch_size}",
+             "dropout": f"dropout {row.dropout:.3g}", "weight_decay": f"wd {row.weight_decay:.3g}"}
+    status = "" if row.status == "finished" else f" ({row.status})"
+    return " ".join([f"#{row.rank}"] + [words[name] for name in names]) + status
+
+
+def best_trial_sections(experiment: Location, summary: Summary) -> list[Section]:
     per_class = Section("Per-class test accuracy of the best trial",
                         "The share of each class's test drawings that the best trial (chosen on validation "
                         "accuracy) classified right.")
     drawings = Section(f"{SAMPLE_SIZE} test drawings and their class probabilities (best trial)",
                        "Up to a third of them classified wrong, the rest right, picked with a fixed seed.")
     try:
-        best, split, probabilities = best_trial_predictions(experiment, trials)
+        best, split, probabilities = best_trial_predictions(experiment, summary.table, summary.shown)
     except Missing as e:
         per_class.skipped.append(f"the per-class accuracy: {e}")
         drawings.skipped.append(f"the test drawings: {e}")
         return [per_class, drawings]
     predictions = probabilities.argmax(1)
-    title = f"Per-class test accuracy, best trial: {describe(best)}"
+    title = f"Per-class test accuracy, best trial: {describe(best, summary.shown)}"
     figure = figures.per_class_accuracy_figure(split.y_test, predictions, split.classes, title)
     per_class.figures["per_class_accuracy.png"] = figures.png_bytes(figure)
     chosen = sample_drawings(split.y_test, predictions)
@@ -156,13 +225,14 @@ def best_trial_sections(experiment: Location, trials: pd.DataFrame) -> list[Sect
     return [per_class, drawings]
 
 
-def best_trial_predictions(experiment: Location, trials: pd.DataFrame) -> tuple[pd.Series, Split, np.ndarray]:
-    """The best trial (quickdraw.summary.best_trial), the split it was tested on, and its test probabilities."""
+def best_trial_predictions(experiment: Location, trials: pd.DataFrame, shown=()) -> tuple[pd.Series, Split, np.ndarray]:
+    """The best trial (quickdraw.summary.best_trial), the split it was tested on, and its test probabilities;
+    `shown` as quickdraw.summary.describe takes it, for messages."""
     index = best_trial(trials)
     if index is None:
         raise Missing("no trial finished, so there is no best trial")
     best = trials.loc[index]
-    name = f"the best trial ({describe(best)})"
+    name = f"the best trial ({describe(best, shown)})"
     file = experiment / best.trial_dir / PREDICTIONS_FILE if best.trial_dir else None
     if file is None or not file.is_file():
         raise Missing(f"{name} has no {PREDICTIONS_FILE}")
@@ -198,7 +268,8 @@ def sample_drawings(labels: np.ndarray, predictions: np.ndarray, count: int = SA
     return np.sort(np.concatenate(chosen))
 
 
-def render(title: str, trials: pd.DataFrame, sections: list[Section]) -> str:
+def render(title: str, result: Summary, sections: list[Section]) -> str:
+    trials, shown = result.table, result.shown
     summary = f"{(trials.status == 'finished').sum()} of {len(trials)} trials finished."
     stopped = (trials.status == "stopped").sum()
     if stopped:
@@ -206,11 +277,12 @@ def render(title: str, trials: pd.DataFrame, sections: list[Section]) -> str:
     index = best_trial(trials)
     if index is not None:
         best = trials.loc[index]
-        summary += f" Best: {best_sentence(best)}."
-    if per_model := best_per_model(trials):
+        summary += f" Best: {best_sentence(best, shown)}."
+    if per_model := best_per_model(trials, shown):
         summary += " Best of each model: " + "; ".join(per_model) + "."
     body = [f"<h1>Experiment {escape(title)}</h1>", f"<p>{escape(summary)}</p>",
-            "<h2>Every trial</h2>", to_html(trials), f"<p>The best trial is {escape(CHOICE)} ({escape(TIE_BREAK)}).</p>"]
+            "<h2>Every trial, ranked by validation accuracy</h2>", to_html(trials),
+            f"<p>The best trial is {escape(CHOICE)} ({escape(TIE_BREAK)}).</p>"]
     for section in sections:
         body.append(f"<h2>{escape(section.heading)}</h2>")
         if section.figures:

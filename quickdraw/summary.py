@@ -1,21 +1,29 @@
-"""The results table, pure pandas: a row per trial, the trial chosen as best, and the table's formats (summary.md,
-csv, json, html, latex). It reads and writes no files; quickdraw.report does.
+"""The results table, pure pandas: a row per trial ranked by validation accuracy, with every hyperparameter the
+search could vary as a column (quickdraw.space.HYPERPARAMETERS), the trial chosen as best, and the summary's formats
+(summary.md, csv, json, html, latex). It reads and writes no files; quickdraw.report does.
 
 The best trial is chosen on validation data, never on test data: of the trials that finished, the one with the
 highest best-validation accuracy; on a tie the lower best-validation loss, then the earlier trial in the search's
-order (its Tune trial id). Test accuracy is reported for every trial and used for nothing else."""
+order (its trial number, from Tune's experiment tag: trial ids of searchers such as Optuna's are random). Test accuracy is reported for every trial and used for nothing else."""
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass, field
 
 import pandas as pd
 
+from quickdraw.space import HYPERPARAMETERS, Space
+
 COLUMNS = [
-    "model", "lr", "batch_size", "epochs", "best_val_loss", "best_val_accuracy", "test_accuracy", "train_seconds",
+    "rank", *HYPERPARAMETERS, "epochs", "best_val_loss", "best_val_accuracy", "test_accuracy", "train_seconds",
     "status", "best",
 ]
+# trial_number: the order the search created its trials in (quickdraw.experiment.trial_number)
+RANKING = (["best_val_accuracy", "best_val_loss", "trial_number"], [False, True, True])  # columns, ascending
+LABELS = {"model": "Model", "lr": "Learning rate", "batch_size": "Batch size", "dropout": "Dropout",
+          "weight_decay": "Weight decay"}  # the hyperparameters in words
 DECIMALS = {"best_val_loss": 4, "best_val_accuracy": 2, "test_accuracy": 2, "train_seconds": 1}
 # A trial's status: finished (tested), stopped (by ASHA, untested), error, or unfinished (its driver stopped).
 # The first two ran as far as the search let them.
@@ -31,6 +39,8 @@ def trial_row(config: dict, last_result: dict, tune_status: str) -> dict:
         "model": config["model"],
         "lr": config["lr"],
         "batch_size": config["batch_size"],
+        "dropout": config["dropout"],
+        "weight_decay": config.get("weight_decay", 0.0),  # searches before weight decay trained without it
         "epochs": int(last_result.get("epoch", 0)),
         "best_val_loss": last_result.get("best_val_loss", math.nan),
         "best_val_accuracy": 100 * last_result.get("best_val_accuracy", math.nan),
@@ -49,13 +59,56 @@ def status(tune_status: str, tested: bool) -> str:
 
 
 def trial_table(rows: list[dict]) -> pd.DataFrame:
-    """The rows (trial_row's, each with the trial's `trial_id` and folder, `trial_dir`) sorted by model, learning
-    rate (high to low) and batch size; accuracies in percent, unrounded; `best` marks the best trial."""
-    table = pd.DataFrame(rows, columns=[c for c in COLUMNS if c != "best"] + ["trial_id", "trial_dir"])
-    table = table.sort_values(["model", "lr", "batch_size", "trial_id"], ascending=[True, False, True, True],
-                              ignore_index=True)
+    """The rows (trial_row's, each with the trial's `trial_id`, `trial_number` and folder, `trial_dir`) ranked by
+    validation: the
+    highest best-validation accuracy first, ties to the lower best-validation loss, then to the earlier trial, trials
+    without a validation result last; `rank` numbers them from 1, `best` marks the best trial. Accuracies in percent,
+    unrounded."""
+    table = pd.DataFrame(rows, columns=[c for c in COLUMNS if c not in ("rank", "best")]
+                         + ["trial_id", "trial_number", "trial_dir"])
+    columns, ascending = RANKING
+    table = table.sort_values(columns, ascending=ascending, na_position="last", kind="stable", ignore_index=True)
+    table.insert(0, "rank", range(1, len(table) + 1))
     table.insert(len(COLUMNS) - 1, "best", table.index == best_trial(table))
     return table
+
+
+@dataclass(frozen=True)
+class Importance:
+    """What mattered (quickdraw.importance computes it): each assessed hyperparameter's share of the variance in
+    validation accuracy (shares sum to 1, largest first) and the method that gave them; no shares and the reason
+    when they cannot be computed."""
+
+    shares: dict[str, float] = field(default_factory=dict)
+    method: str = ""
+    reason: str = ""  # why there are no shares
+
+    def record(self) -> dict:
+        """The fields summary.json holds."""
+        method = self.method if self.shares else f"not computed: {self.reason}"
+        return {"hyperparameter_importance": self.shares, "importance_method": method}
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What the summary files say about a search: the ranked table, the space its trials were drawn from, how they
+    were drawn ("grid", "random" or "optuna") and what mattered (quickdraw.importance)."""
+
+    table: pd.DataFrame
+    space: Space
+    search: str
+    importance: Importance
+
+    @property
+    def shown(self) -> list[str]:
+        """The hyperparameters that tell trials apart: searched, or different between trials."""
+        return shown_hyperparameters(self.table, self.space)
+
+
+def shown_hyperparameters(table: pd.DataFrame, space: Space = ()) -> list[str]:
+    """The hyperparameters the space searched or that differ between the table's trials, in HYPERPARAMETERS order."""
+    searched = {d.name for d in space if d.searched}
+    return [name for name in HYPERPARAMETERS if name in searched or table[name].nunique() > 1]
 
 
 def rounded(table: pd.DataFrame) -> pd.DataFrame:
@@ -69,43 +122,53 @@ def best_trial(table: pd.DataFrame):
     finished = table[table.status == "finished"]
     if finished.empty:
         return None
-    order = finished.sort_values(["best_val_accuracy", "best_val_loss", "trial_id"], ascending=[False, True, True],
-                                 kind="stable")
+    columns, ascending = RANKING
+    order = finished.sort_values(columns, ascending=ascending, kind="stable")
     return order.index[0]
 
 
-def describe(row: pd.Series) -> str:
-    """How the summary names a trial: its model, learning rate and batch size."""
-    return f"{row.model}, lr {row.lr:g}, batch size {row.batch_size}"
+def describe(row: pd.Series, shown=()) -> str:
+    """How the summary names a trial: its model, learning rate and batch size, and its dropout and weight decay when
+    they are among the `shown` hyperparameters (searched, or different between trials), so the name tells it apart."""
+    return f"{row.model}, {settings(row, shown)}"
 
 
-def best_sentence(row: pd.Series) -> str:
+def settings(row: pd.Series, shown=()) -> str:
+    """A trial's learning rate and batch size, and its dropout and weight decay when `shown`."""
+    words = [f"lr {row.lr:.4g}", f"batch size {row.batch_size}"]
+    words += [f"{LABELS[name].lower()} {row[name]:.4g}" for name in ("dropout", "weight_decay") if name in shown]
+    return ", ".join(words)
+
+
+def best_sentence(row: pd.Series, shown=()) -> str:
     """The best trial in words: what chose it, and its test accuracy."""
-    return (f"{describe(row)}: validation accuracy {row.best_val_accuracy:.2f}%, "
+    return (f"{describe(row, shown)}: validation accuracy {row.best_val_accuracy:.2f}%, "
             f"test accuracy {row.test_accuracy:.2f}%")
 
 
-def best_per_model(table: pd.DataFrame) -> list[str]:
+def best_per_model(table: pd.DataFrame, shown=()) -> list[str]:
     """Each model's best trial in words (chosen as the best overall is), when the search had more than one model."""
     if table["model"].nunique() < 2:
         return []
     bests = []
-    for model, group in table.groupby("model", sort=False):
+    for model, group in table.groupby("model"):
         index = best_trial(group)
         if index is not None:
             row = group.loc[index]
-            bests.append(f"{model} lr {row.lr:g}, batch size {row.batch_size} (validation {row.best_val_accuracy:.2f}%, "
+            bests.append(f"{model} {settings(row, shown)} (validation {row.best_val_accuracy:.2f}%, "
                          f"test {row.test_accuracy:.2f}%)")
     return bests
 
 
-def to_markdown(table: pd.DataFrame) -> str:
-    """One `Batch size | Validation | Test accuracy` table per model and learning rate, the best trial in bold."""
+def to_markdown(summary: Summary) -> str:
+    """The best trial in words, then one table of every trial ranked by validation accuracy (the best in bold) with
+    the hyperparameters that tell them apart, and a line for those that were the same for every trial."""
+    table, shown = summary.table, summary.shown
     best = best_trial(table)
     lines = ["# Test accuracy", ""]
     if best is not None:
-        lines += [f"Best: **{best_sentence(table.loc[best])}**.", ""]
-    if per_model := best_per_model(table):
+        lines += [f"Best: **{best_sentence(table.loc[best], shown)}**.", ""]
+    if per_model := best_per_model(table, shown):
         lines += ["Best of each model: " + "; ".join(per_model) + ".", ""]
     stopped = (table["status"] == "stopped").sum()
     if stopped:
@@ -113,16 +176,28 @@ def to_markdown(table: pd.DataFrame) -> str:
     unfinished = (~table["status"].isin(COMPLETE)).sum()
     if unfinished:
         lines += [f"{unfinished} of {len(table)} trials did not finish.", ""]
-    for (model, lr), group in table.groupby(["model", "lr"], sort=False):
-        cells = pd.DataFrame({
-            "Batch size": [_bold(str(b), i == best) for i, b in group["batch_size"].items()],
-            "Validation accuracy": [_bold(_percent(r.best_val_accuracy), i == best) for i, r in group.iterrows()],
-            "Test accuracy": [_bold(_test_cell(r), i == best) for i, r in group.iterrows()],
-        })
-        table_text = cells.to_markdown(index=False, colalign=("right", "right", "right"))
-        lines += [f"## Learning rate {lr:g}, model {model}", "", table_text, ""]
+    lines += ["## Every trial, ranked by validation accuracy", "", ranked_markdown(table, shown), ""]
+    if constant := [name for name in HYPERPARAMETERS if name not in shown and not table.empty]:
+        values = ", ".join(f"{LABELS[name].lower()} {_value(table[name].iloc[0])}" for name in constant)
+        lines += [f"Same for every trial: {values}.", ""]
     lines += [f"The best trial is {CHOICE} ({TIE_BREAK}).", ""]
     return "\n".join(lines)
+
+
+def ranked_markdown(table: pd.DataFrame, shown: list[str]) -> str:
+    """`Rank | <shown hyperparameters> | Validation accuracy | Test accuracy`, a row per trial, the best in bold."""
+    best = best_trial(table)
+    cells = {"Rank": [str(rank) for rank in table["rank"]]}
+    cells |= {LABELS[name]: [_value(value) for value in table[name]] for name in shown}
+    cells["Validation accuracy"] = [_percent(value) for value in table.best_val_accuracy]
+    cells["Test accuracy"] = [_test_cell(row) for row in table.itertuples()]
+    frame = pd.DataFrame(cells, index=table.index)
+    if best is not None:
+        frame.loc[best] = [_bold(text, True) for text in frame.loc[best]]
+    align = ["right"] * len(frame.columns)
+    if "model" in shown:
+        align[1] = "left"
+    return frame.to_markdown(index=False, colalign=align, disable_numparse=True)
 
 
 def to_html(table: pd.DataFrame) -> str:
@@ -130,25 +205,38 @@ def to_html(table: pd.DataFrame) -> str:
                                   classes="summary") + "\n"
 
 
-EXPORTERS = {  # format -> the table as text (summary.md's tables for md); config.EXPORT_FORMATS names them for the CLI
+def to_json(summary: Summary) -> str:
+    """{"trials": the rows, ranked; "hyperparameter_importance": {name: share}; "importance_method": how}. Numbers
+    keep every digit (pandas' to_json would cut a sampled learning rate to 10 decimals); NaN is null."""
+    rows = [{name: None if isinstance(value, float) and math.isnan(value) else value for name, value in row.items()}
+            for row in rounded(summary.table).to_dict(orient="records")]
+    return json.dumps({"trials": rows, **summary.importance.record()}, indent=2) + "\n"
+
+
+EXPORTERS = {  # format -> the summary as text; config.EXPORT_FORMATS names them for the CLI
     "md": to_markdown,
-    "csv": lambda t: rounded(t).to_csv(index=False),
-    "json": lambda t: json.dumps(json.loads(rounded(t).to_json(orient="records")), indent=2) + "\n",  # NaN: null
-    "html": to_html,
-    "latex": lambda t: rounded(t).to_latex(index=False, escape=True, na_rep="--", float_format="{:g}".format),
+    "csv": lambda s: rounded(s.table).to_csv(index=False),
+    "json": to_json,
+    "html": lambda s: to_html(s.table),
+    "latex": lambda s: rounded(s.table).to_latex(index=False, escape=True, na_rep="--", float_format="{:g}".format),
 }
 
 
-def export(table: pd.DataFrame, fmt: str) -> str:
-    """The table as md, csv, json, html or latex text."""
-    return EXPORTERS[fmt](table)
+def export(summary: Summary, fmt: str) -> str:
+    """The summary as md (summary.md's text), csv, json (with what mattered), html or latex (the table)."""
+    return EXPORTERS[fmt](summary)
 
 
-def _test_cell(row: pd.Series) -> str:
+def _test_cell(row) -> str:
     if row.status == "finished":
         return _percent(row.test_accuracy)
     status_text = "stopped by ASHA" if row.status == "stopped" else row.status
     return f"{status_text} ({row.epochs} epoch{'' if row.epochs == 1 else 's'})"
+
+
+def _value(value) -> str:
+    """A hyperparameter's value as the summary writes it."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _percent(value: float) -> str:

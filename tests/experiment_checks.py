@@ -44,7 +44,7 @@ def check_experiment(experiment: Path, lrs, batch_sizes, epochs: int) -> pd.Data
     assert (table.status == "finished").all()
     assert (table.epochs == epochs).all()
     assert sorted(zip(table.lr, table.batch_size, table.test_accuracy)) == sorted(expected_rows)
-    assert table.equals(pd.DataFrame(json.loads((experiment / "summary.json").read_text())))
+    assert table.equals(pd.DataFrame(json.loads((experiment / "summary.json").read_text())["trials"]))
     check_markdown((experiment / "summary.md").read_text(), table)
     return table
 
@@ -96,14 +96,40 @@ def chosen_trial(table: pd.DataFrame) -> pd.Series:
     return table.loc[best.Index]
 
 
+def ranked_rows(markdown: str) -> list[dict[str, str]]:
+    """summary.md's table of every trial, a dict per row (header -> cell, bold marks kept)."""
+    lines = markdown.split("## Every trial, ranked by validation accuracy\n\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    header, _, *rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+    return [dict(zip(header, row)) for row in rows]
+
+
+def check_ranking(table: pd.DataFrame) -> None:
+    """summary.csv's rows in rank order: validation accuracy high to low, ties to the lower validation loss."""
+    assert list(table["rank"]) == list(range(1, len(table) + 1))
+    scored = table.dropna(subset=["best_val_accuracy"])
+    assert list(scored.index) == list(range(len(scored)))  # trials without a validation result come last
+    for upper, lower in zip(scored.itertuples(), scored.iloc[1:].itertuples()):
+        assert (upper.best_val_accuracy, -upper.best_val_loss) >= (lower.best_val_accuracy, -lower.best_val_loss), table
+
+
 def check_markdown(markdown: str, table: pd.DataFrame) -> None:
-    """One `Batch size | Validation accuracy | Test accuracy` table per learning rate, the best trial in bold."""
-    for lr in table.lr.unique():
-        assert f"## Learning rate {lr:g}" in markdown
-    assert markdown.count("Batch size |") == table.lr.nunique()
+    """One table of every trial in summary.csv's rank order, the best trial's row (and only it) in bold."""
+    check_ranking(table)
+    rows = ranked_rows(markdown)
+    assert [row["Rank"].strip("*") for row in rows] == [str(rank) for rank in table["rank"]]
+    assert [row["Validation accuracy"].strip("*") for row in rows] == [f"{v:.2f}%" for v in table.best_val_accuracy]
+    for column, name in (("Learning rate", "lr"), ("Batch size", "batch_size")):
+        if table[name].nunique() > 1:  # a grid shows what it varied
+            assert [row[column].strip("*") for row in rows] == [f"{value:.4g}" for value in table[name]]
     best = chosen_trial(table)
+    (bold,) = [n for n, row in enumerate(rows) if row["Rank"].startswith("**")]
+    assert bold == best.name and all(cell.startswith("**") for cell in rows[bold].values())
+    assert rows[bold]["Test accuracy"] == f"**{best.test_accuracy:.2f}%**"
     assert f"Best: **{best.model}, lr {best.lr:g}, batch size {best.batch_size}: validation accuracy " \
            f"{best.best_val_accuracy:.2f}%, test accuracy {best.test_accuracy:.2f}%**." in markdown
-    assert f"**{best.batch_size}**" in markdown
-    assert f"**{best.best_val_accuracy:.2f}%**" in markdown and f"**{best.test_accuracy:.2f}%**" in markdown
+    words = {"model": "model", "lr": "learning rate", "batch_size": "batch size", "dropout": "dropout",
+             "weight_decay": "weight decay"}
+    same = [f"{word} {table[name][0]:g}" if name != "model" else f"model {table.model[0]}"
+            for name, word in words.items() if table[name].nunique() == 1]  # a grid's single values
+    assert f"Same for every trial: {', '.join(same)}." in markdown
     assert "chosen on validation accuracy; test accuracy shown for every trial, never used to choose" in markdown

@@ -82,7 +82,13 @@ def test_summary_and_report_say_which_trials_asha_stopped(asha_run):
     assert f"{len(table) - stopped} of {len(table)} trials finished. {stopped} {verb} stopped early by ASHA." in page
     figures = {p.name for p in (experiment / "report").iterdir()}
     assert figures == {"test_accuracy_heatmap.png", "per_class_accuracy.png", "test_probabilities.png",
-                       *(f"curves_lr={lr:g}.png" for lr in LRS)}
+                       *(f"curves_lr={lr:g}.png" for lr in LRS), "hyperparameter_importance.png",
+                       "parallel_coordinates.png", "scatter_lr.png", "scatter_batch_size.png"}
+
+    # What mattered counts the stopped trials too, with the validation accuracy they reached.
+    summary = json.loads((experiment / "summary.json").read_text())
+    assert f"on {len(table)} trials ({stopped} of them stopped by ASHA)" in summary["importance_method"]
+    assert max(summary["hyperparameter_importance"], key=summary["hyperparameter_importance"].get) == "lr"
 
 
 def test_report_rebuilds_the_same_summary(asha_run):

@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 
 from conftest import SYNTHETIC_CLASSES, run_cli, write_confusable_class_files
-from experiment_checks import chosen_trial, results
+from experiment_checks import chosen_trial, ranked_rows, results
 from quickdraw.experiment import load_trials
 from quickdraw.report_page import best_trial_predictions, grid_cell, stored_split
 from quickdraw.storage import Location
-from quickdraw.summary import best_per_model, best_trial
+from quickdraw.summary import best_per_model, best_trial, trial_row, trial_table
 
 # lr 3e-5 for one epoch stays near chance; lr 0.01 learns: their test accuracies differ.
 LRS, BATCH_SIZES = (0.01, 0.00003), (16, 32)
@@ -64,7 +64,7 @@ def test_the_summary_files_mark_the_validation_winner(experiment):
     best = chosen_trial(table)
     assert same_trial(best, chosen) and best.best_val_accuracy == 100.0
     assert not same_trial(best, test_winner) and best.test_accuracy < table.test_accuracy.max()
-    assert table.equals(pd.DataFrame(json.loads((folder / "summary.json").read_text())))
+    assert table.equals(pd.DataFrame(json.loads((folder / "summary.json").read_text())["trials"]))
 
     markdown = (folder / "summary.md").read_text()
     assert f"Best: **seed, lr {chosen.lr:g}, batch size {chosen.batch_size}: validation accuracy 100.00%, " \
@@ -72,8 +72,10 @@ def test_the_summary_files_mark_the_validation_winner(experiment):
     bold_rows = [line for line in markdown.splitlines() if line.startswith("|") and "**" in line]
     assert len(bold_rows) == 1 and f"**{chosen.batch_size}**" in bold_rows[0]
     assert f"**{chosen.test_accuracy:.2f}%**" in bold_rows[0]
-    heading = markdown[:markdown.index(bold_rows[0])].rsplit("## ", 1)[1].splitlines()[0]
-    assert heading == f"Learning rate {chosen.lr:g}, model seed"
+    first, *others = ranked_rows(markdown)  # ranked by validation: the chosen trial first, in bold
+    assert first == {"Rank": "**1**", "Learning rate": f"**{chosen.lr:g}**", "Batch size": f"**{chosen.batch_size}**",
+                     "Validation accuracy": "**100.00%**", "Test accuracy": f"**{chosen.test_accuracy:.2f}%**"}
+    assert f"{test_winner.test_accuracy:.2f}%" in [row["Test accuracy"] for row in others]
     assert "The best trial is chosen on validation accuracy; test accuracy shown for every trial, never used to " \
            "choose (ties go to the lower validation loss, then to the trial that started first)." in markdown
 
@@ -87,7 +89,7 @@ def test_every_export_format_marks_the_validation_winner(experiment, fmt):
     if fmt == "md":
         assert f"Best: **seed, lr {chosen.lr:g}, batch size {chosen.batch_size}:" in text
     elif fmt == "json":
-        (best,) = [row for row in json.loads(text) if row["best"]]
+        (best,) = [row for row in json.loads(text)["trials"] if row["best"]]
         assert same_trial(pd.Series(best), chosen)
     else:
         lines = text.split("<tr>") if fmt == "html" else text.splitlines()
@@ -106,8 +108,8 @@ def test_the_report_page_and_its_figures_show_the_validation_winner(experiment):
     best, split, probabilities = best_trial_predictions(Location.parse(str(folder)), trials)
     assert same_trial(best, chosen)
     assert 100 * np.mean(probabilities.argmax(1) == split.y_test) == pytest.approx(chosen.test_accuracy, abs=0.01)
-    rows = list(trials[["model", "lr"]].drop_duplicates().itertuples(index=False, name=None))
-    assert grid_cell(trials, index) == (rows.index(("seed", chosen.lr)), sorted(BATCH_SIZES).index(chosen.batch_size))
+    # The heatmap's rows go by learning rate, high to low, whatever the table's (ranked) order.
+    assert grid_cell(trials, index) == (LRS.index(chosen.lr), sorted(BATCH_SIZES).index(chosen.batch_size))
 
 
 def test_best_model_and_predict_use_the_validation_winner(experiment, tmp_path):
@@ -127,8 +129,10 @@ def test_best_model_and_predict_use_the_validation_winner(experiment, tmp_path):
 
 
 def trials_table(*rows) -> pd.DataFrame:
+    """Rows (trial id, status, validation accuracy and loss, test accuracy); the trial number is the id's, as the
+    search made them (an Optuna search's ids are random: the number decides)."""
     columns = ["trial_id", "status", "best_val_accuracy", "best_val_loss", "test_accuracy"]
-    return pd.DataFrame([dict(zip(columns, row)) for row in rows])
+    return pd.DataFrame([{**dict(zip(columns, row)), "trial_number": int(row[0][-5:])} for row in rows])
 
 
 def test_ties_go_to_the_lower_validation_loss_then_to_the_earlier_trial():
@@ -144,6 +148,14 @@ def test_ties_go_to_the_lower_validation_loss_then_to_the_earlier_trial():
     assert table.loc[best_trial(table.drop(index=2))].trial_id == "a_00002"
     assert table.loc[best_trial(table.drop(index=[1, 2]))].trial_id == "a_00000"
     assert best_trial(table[table.status != "finished"]) is None
+    # An Optuna search's trial ids are random: the trial number (the order they were created in) breaks the tie.
+    optuna_like = pd.DataFrame([
+        {"trial_id": "0b1c2d3e", "trial_number": 2, "status": "finished", "best_val_accuracy": 95.0,
+         "best_val_loss": 0.2, "test_accuracy": 90.0},
+        {"trial_id": "f9e8d7c6", "trial_number": 1, "status": "finished", "best_val_accuracy": 95.0,
+         "best_val_loss": 0.2, "test_accuracy": 80.0},
+    ])
+    assert optuna_like.loc[best_trial(optuna_like)].trial_id == "f9e8d7c6"
 
 
 def test_the_best_of_each_model_is_chosen_on_validation_too():
@@ -151,9 +163,34 @@ def test_the_best_of_each_model_is_chosen_on_validation_too():
         ("seed", 0.01, 32, 90.0, 0.3, 95.0), ("seed", 0.001, 64, 92.0, 0.2, 91.0),
         ("vgg-bn", 0.01, 32, 97.0, 0.1, 96.0), ("vgg-bn", 0.001, 64, 96.0, 0.1, 99.0),
     ]
-    table = pd.DataFrame([{"trial_id": f"a_{n:05d}", "status": "finished", "model": m, "lr": lr, "batch_size": b,
+    table = pd.DataFrame([{"trial_id": f"a_{n:05d}", "trial_number": n, "status": "finished", "model": m, "lr": lr, "batch_size": b,
                            "best_val_accuracy": v, "best_val_loss": loss, "test_accuracy": t}
                           for n, (m, lr, b, v, loss, t) in enumerate(rows)])
     assert best_per_model(table) == ["seed lr 0.001, batch size 64 (validation 92.00%, test 91.00%)",
                                      "vgg-bn lr 0.01, batch size 32 (validation 97.00%, test 96.00%)"]
     assert table.loc[best_trial(table)].test_accuracy == 96.0  # not the 99% trial
+
+
+def test_the_table_ranks_every_trial_by_validation_accuracy():
+    """Highest validation accuracy first, ties to the lower validation loss, then to the earlier trial; trials
+    without a validation result last. The best trial is the first that finished, not merely the first row."""
+    config = {"model": "seed", "batch_size": 32, "dropout": 0.5}  # no weight_decay: a search from before it
+    results = [  # trial id, lr, Tune's status, last result
+        ("a_00000", 0.1, "TERMINATED", {"epoch": 2, "best_val_accuracy": 0.90, "best_val_loss": 0.3}),  # ASHA
+        ("a_00001", 0.01, "TERMINATED", {"epoch": 4, "best_val_accuracy": 0.80, "best_val_loss": 0.4,
+                                         "test_accuracy": 0.99}),
+        ("a_00002", 0.001, "RUNNING", {}),
+        ("a_00003", 0.002, "TERMINATED", {"epoch": 4, "best_val_accuracy": 0.85, "best_val_loss": 0.2,
+                                          "test_accuracy": 0.5}),
+        ("a_00004", 0.003, "TERMINATED", {"epoch": 4, "best_val_accuracy": 0.85, "best_val_loss": 0.2,
+                                          "test_accuracy": 0.6}),
+        ("a_00005", 0.004, "TERMINATED", {"epoch": 4, "best_val_accuracy": 0.85, "best_val_loss": 0.1,
+                                          "test_accuracy": 0.7}),
+    ]
+    table = trial_table([{**trial_row({**config, "lr": lr}, last, status), "trial_id": trial_id,
+                          "trial_number": int(trial_id[-5:]), "trial_dir": trial_id} for trial_id, lr, status, last in results])
+    assert list(table.trial_id) == ["a_00000", "a_00005", "a_00003", "a_00004", "a_00001", "a_00002"]
+    assert list(table["rank"]) == [1, 2, 3, 4, 5, 6]
+    assert list(table.status) == ["stopped", "finished", "finished", "finished", "finished", "unfinished"]
+    assert list(table.best) == [False, True, False, False, False, False]  # rank 1 was stopped by ASHA, untested
+    assert (table.weight_decay == 0.0).all() and (table.dropout == 0.5).all()

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from conftest import SYNTHETIC_CLASSES, run_cli, write_class_files
-from experiment_checks import check_experiment, results, trial_dirs
+from experiment_checks import check_experiment, ranked_rows, results, trial_dirs
 
 LRS, BATCH_SIZES, EPOCHS = (0.01, 0.001), (16, 32), 3
 
@@ -43,7 +43,8 @@ def test_grid_writes_trials_summaries_checkpoints_and_tensorboard(first_run, wor
     assert any(row["checkpoint_dir_name"] is None for row in rows)  # an epoch that did not improve: no checkpoint
     pids = {row["pid"] for row in rows}
     assert len(pids) < len(LRS) * len(BATCH_SIZES)  # Tune reused trial processes (two run at once here)
-    assert "## Learning rate 0.01" in first_run.stdout  # the table is printed at the end too
+    printed = ranked_rows(first_run.stdout)  # the table is printed at the end too
+    assert [row["Validation accuracy"].strip("*") for row in printed] == [f"{v:.2f}%" for v in table.best_val_accuracy]
     assert "Current best trial" not in first_run.stdout  # Tune names no "best" by a rule other than the summary's
     assert table.test_accuracy.max() > 100 / len(SYNTHETIC_CLASSES) + 20  # learnable synthetic classes
 

@@ -21,6 +21,8 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 from conftest import SYNTHETIC_CLASSES, run_cli, start_cli, synthetic_drawings, write_class_files
 from experiment_checks import results
+from quickdraw.experiment import load_trials
+from quickdraw.storage import Location
 from ray_cluster import kill_processes
 from test_s3_storage import BUCKET, s3_client, s3_env  # noqa: F401 (s3_env is a fixture)
 from test_s3_storage import keys as s3_keys
@@ -124,6 +126,8 @@ def test_optuna_with_asha_at_most_two_at_once(data):
     assert list(experiment.glob("searcher-state-*.pkl")), "Optuna's study was not saved beside the experiment"
     table = pd.read_csv(experiment / "summary.csv")
     assert set(table.status) <= {"finished", "stopped"} and (table.status == "stopped").any()
+    trials, _ = load_trials(Location.parse(str(experiment)))  # Optuna's trial ids are random; their numbers are not
+    assert sorted(trials.trial_number) == list(range(1, 7))
     spans = [running_span(trial) for trial in trial_folders(experiment)]
     at_once = max(sum(start <= moment <= end for start, end in spans) for moment, _ in spans)
     assert at_once <= 2, spans

@@ -1,0 +1,116 @@
+"""What a search algorithm buys for the same budget of trials: the seed's grid (15 trials) against Tune's random
+search, Optuna's TPE sampler and Optuna with ASHA, 15 trials each, sampling the space of spaces/example.yaml (learning
+rate, batch size, dropout, weight decay), on the six real classes, repeated with different seeds (the seed sets
+the split, the training and the sampler). For each run: the best validation accuracy reached (the trial chosen as
+the summary chooses it), that trial's test accuracy, the trial-epochs spent and the wall time.
+
+    python benchmarks/search_efficiency.py [--data-dir ../shared/quickdraw] [--epochs 8] [--repeats 3]
+                                           [--lrs 0.01,0.001,0.0001] [--batch-sizes 32,64,128,256,512]
+
+The grid's size (--lrs x --batch-sizes, the seed's 15 by default) is every method's budget of trials.
+
+Writes benchmarks/results/search_efficiency.json, one row per method and repeat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tempfile
+import time
+
+import common
+import pandas as pd
+import ray
+
+from quickdraw.cli import float_list, int_list
+from quickdraw.config import DataConfig, SearchConfig
+from quickdraw.experiment import load_trials
+from quickdraw.search import run_search
+from quickdraw.space import flag_space, load_space, merge
+from quickdraw.summary import best_trial
+
+SPACE_FILE = common.REPO / "spaces" / "example.yaml"
+METHODS = {  # name -> the settings that differ from the seed's grid
+    "grid": {},
+    "random": {"search": "random"},
+    "optuna": {"search": "optuna"},
+    "optuna + asha": {"search": "optuna", "scheduler": "asha"},
+}
+
+
+def main() -> None:
+    args = parse_args()
+    ray.init(logging_level="WARNING")
+    rows = []
+    with tempfile.TemporaryDirectory() as storage:
+        for repeat in range(args.repeats):
+            data = DataConfig(data_dir=args.data_dir, classes=args.classes, split=args.split, seed=repeat)
+            for method, settings in METHODS.items():
+                config = method_config(data, {"lrs": args.lrs, "batch_sizes": args.batch_sizes, **settings},
+                                       args.epochs, storage, f"{method}-{repeat}")
+                rows.append({"method": method, "repeat": repeat, **run(config)})
+                print(rows[-1], flush=True)
+    common.save(args.output, rows, summarise(pd.DataFrame(rows)),
+                f"{len(args.lrs) * len(args.batch_sizes)} trials x {args.epochs} epochs per method, {args.repeats} seeds "
+                "(mean, and min-max in brackets)",
+                floatfmt="")
+
+
+def method_config(data: DataConfig, settings: dict, epochs: int, storage: str, name: str) -> SearchConfig:
+    config = SearchConfig(data=data, epochs=epochs, storage=storage, name=name.replace(" + ", "-"), **settings)
+    if config.search == "grid":
+        return config
+    space = merge(config.dimensions, load_space(SPACE_FILE), {})
+    budget = len(config.lrs) * len(config.batch_sizes)  # the grid's trials
+    return dataclasses.replace(config, space=space, space_file=str(SPACE_FILE), num_samples=budget)
+
+
+def run(config: SearchConfig) -> dict:
+    started = time.perf_counter()
+    experiment = run_search(config)
+    wall = time.perf_counter() - started
+    table, _ = load_trials(experiment)
+    best = table.loc[best_trial(table)]
+    return {"trials": len(table), "trial_epochs": int(table.epochs.sum()),
+            "best_val_accuracy": float(best.best_val_accuracy), "test_accuracy": float(best.test_accuracy),
+            "wall_seconds": wall, "best_lr": float(best.lr), "best_batch_size": int(best.batch_size)}
+
+
+def summarise(rows: pd.DataFrame) -> pd.DataFrame:
+    """One line per method: mean and range over the repeats, and trial-epochs and wall time over the grid's."""
+    grid = rows[rows.method == "grid"].set_index("repeat")
+    rows = rows.assign(epochs_ratio=rows.trial_epochs / rows.repeat.map(grid.trial_epochs),
+                       wall_ratio=rows.wall_seconds / rows.repeat.map(grid.wall_seconds),
+                       reached_grid=rows.best_val_accuracy >= rows.repeat.map(grid.best_val_accuracy))
+    lines = []
+    for method, group in rows.groupby("method", sort=False):
+        lines.append({
+            "method": method,
+            "best validation accuracy (%)": spread(group.best_val_accuracy),
+            "its test accuracy (%)": spread(group.test_accuracy),
+            "trial-epochs": spread(group.trial_epochs, "{:.0f}"),
+            "trial-epochs / grid's": spread(group.epochs_ratio),
+            "wall / grid's": spread(group.wall_ratio),
+            "reached the grid's best": f"{group.reached_grid.sum()} of {len(group)}",
+        })
+    return pd.DataFrame(lines)
+
+
+def spread(values: pd.Series, fmt: str = "{:.2f}") -> str:
+    return f"{fmt.format(values.mean())} [{fmt.format(values.min())}-{fmt.format(values.max())}]"
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    common.add_data_flags(parser, "search_efficiency")
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--lrs", type=float_list, default=SearchConfig.lrs, help="the grid's (default: the seed's)")
+    parser.add_argument("--batch-sizes", type=int_list, default=SearchConfig.batch_sizes,
+                        help="the grid's (default: the seed's)")
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    main()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import textwrap
 
 import matplotlib
 
@@ -111,7 +112,7 @@ def importance_figure(shares: dict[str, float], method: str) -> plt.Figure:
     axes.bar_label(bars, labels=[f"{100 * share:.1f}%" for share in shares.values()], padding=3, fontsize=9)
     axes.set(yticks=range(len(shares)), xlim=(0, 115), xticks=range(0, 101, 20),
              xlabel="share of the variance in validation accuracy (%)",
-             title=f"What mattered to validation accuracy\n{method}")
+             title="What mattered to validation accuracy\n" + textwrap.fill(method, 70))
     axes.title.set_fontsize(10)
     axes.set_yticklabels(list(shares))
     axes.invert_yaxis()

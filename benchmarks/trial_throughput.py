@@ -2,7 +2,8 @@
 
   (a) ceiling         the same model with the same compute settings (precision, channels_last, compile, threads),
                       forward, backward and step on float tensors already in memory, in a tight loop;
-  (b) trial           our trial's training loop (quickdraw.training.train_epoch) on the uint8 split in memory;
+  (b) trial           our trial's training loop (quickdraw.training.train_epoch) on the uint8 split, viewed where a
+                      trial finds it: in Ray's object store (read-only shared memory, not copied);
   (c) seed pipeline   the seed's way: PNG files decoded per drawing by PIL into 3-channel tensors, a torch
                       DataLoader, the same CNN in fp32 (0 loader workers by default: a trial has one CPU).
 
@@ -22,6 +23,7 @@ from pathlib import Path
 import common  # noqa: F401  (puts this checkout's package on the path)
 import numpy as np
 import pandas as pd
+import ray
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -41,6 +43,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     config = DataConfig(data_dir=args.data_dir, classes=args.classes, split=args.split)
     split = split_drawings(config, find_class_files(config.data_dir, config.classes))
+    ray.init(num_cpus=1, include_dashboard=False, logging_level="WARNING")
+    split = ray.get(ray.put(split))  # as a trial gets it: arrays in the object store's shared memory
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     compute = choose(device, args.precision, args.compile)
     drawings, labels = to_device(split.part("train"), device)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import zlib
 from dataclasses import dataclass
@@ -119,10 +118,16 @@ def split_drawings(config: DataConfig, sources: list[BitmapFile]) -> Split:
     return Split(classes=tuple(config.classes), **arrays)
 
 
-def load_split(directory: Location) -> Split:
+def load_split(directory: Location, parts: tuple[str, ...] = PARTS) -> Split:
+    """The stored split, or only its `parts` (the others empty): the archive is opened for random access, locally or
+    on object storage, so only those parts are read, straight into their arrays (not through a copy of the file)."""
     manifest = json.loads((directory / MANIFEST_FILE).read_text())
-    with np.load(io.BytesIO((directory / ARRAYS_FILE).read_bytes()), allow_pickle=False) as arrays:
-        return Split(classes=tuple(manifest["classes"]), **{k: arrays[k] for k in arrays.files})
+    archive = directory / ARRAYS_FILE
+    with archive.filesystem.open_input_file(archive.path) as file, np.load(file, allow_pickle=False) as arrays:
+        loaded = {name: arrays[name] for part in parts for name in (f"x_{part}", f"y_{part}")}
+    empty = {"x": np.empty((0, 28, 28), np.uint8), "y": np.empty(0, np.int64)}
+    return Split(classes=tuple(manifest["classes"]),
+                 **{name: loaded.get(name, empty[name[0]]) for part in PARTS for name in (f"x_{part}", f"y_{part}")})
 
 
 def _write_split(directory: Path, split: Split, config: DataConfig, sources: list[BitmapFile]) -> None:

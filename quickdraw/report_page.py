@@ -249,9 +249,10 @@ def best_trial_predictions(experiment: Location, trials: pd.DataFrame, shown=())
 
 
 def stored_split(experiment: Location) -> Split:
-    """The split the search trained on, from where its search.json says it is."""
+    """The test part of the split the search trained on (the only part the report shows; the others stay unread),
+    from where its search.json says it is."""
     try:
-        return load_split(Location.parse(read_search(experiment)["dataset"]))
+        return load_split(Location.parse(read_search(experiment)["dataset"]), parts=("test",))
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, UserError) as e:
         raise Missing(
             f"the test drawings cannot be read from the split that {SEARCH_FILE} names ({first_line(e)})"

@@ -75,7 +75,8 @@ def resume_search(experiment: Location, address: str | None) -> Location:
         raise UserError(f"resume {experiment}: the search stopped before its first trial started; run it again")
     record = read_search(experiment)
     connect(address)
-    split = load_split(Location.parse(record["dataset"]))
+    # Into the object store at once: the trials share its copy, and the driver keeps none of its own.
+    split = ray.put(load_split(Location.parse(record["dataset"])))
     print(f"resuming {experiment} with the split in {record['dataset']}")
     quiet_tune()
     tuner = tune.Tuner.restore(

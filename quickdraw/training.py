@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -152,9 +153,16 @@ def split_tensors(split: Split, device: torch.device) -> dict[str, Tensors]:
 def to_device(part: tuple, device: torch.device) -> Tensors:
     """Drawings stay uint8 (N, 1, 28, 28) on the device; batches become float only when used.
 
-    Copied: the arrays come read-only from Ray's object store, and torch wants its own memory."""
+    On the CPU the tensors are views of the arrays, not copies: a trial's split is Ray's object-store copy, shared by
+    every trial on the node, so memory grows by one split per node rather than per trial. Those arrays are read-only,
+    and nothing here writes to a part (a batch is gathered by indexing, a new tensor, and made float out of place),
+    so torch's warning that it cannot protect a non-writable array is silenced here on purpose. On a GPU the part is
+    copied there once, with no second copy on the host."""
     drawings, labels = part
-    return torch.tensor(drawings, device=device).unsqueeze(1), torch.tensor(labels, device=device)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+        drawings, labels = torch.from_numpy(drawings), torch.from_numpy(labels)
+    return drawings.unsqueeze(1).to(device), labels.to(device)
 
 
 def train_epoch(network, training: Training, drawings, labels, batch_size: int, compute: Compute) -> tuple[float, float]:

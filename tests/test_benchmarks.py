@@ -79,3 +79,22 @@ def test_search_efficiency_runs_every_method_with_the_grid_s_budget(tmp_path):
         assert row["trials"] == 2 and 0 <= row["test_accuracy"] <= 100 and row["wall_seconds"] > 0
     assert [row["trial_epochs"] for row in rows[:3]] == [4, 4, 4]
     assert rows[0]["best_lr"] == 0.01 and rows[1]["best_lr"] != 0.01  # the grid's values, then sampled ones
+
+
+def test_memory_scaling_measures_each_case(tmp_path):
+    output = tmp_path / "memory.json"
+    data = write_class_files(tmp_path / "data")  # 200 drawings a class, tiled to 1,000 for the 3,000-drawing split
+    run_benchmark("memory_scaling", "--data-dir", data, "--classes", ",".join(SYNTHETIC_CLASSES), "--sizes", "3000",
+                  "--trials", "1,2", "--output", output)
+    rows = json.loads(output.read_text())
+    assert [(row["drawings"], row["trials"]) for row in rows] == [(3000, 1), (3000, 2)]
+    for row in rows:
+        assert {"drawings", "trials", "split_bytes", "peak_pss_bytes", "conversion_seconds",
+                "images_per_second"} <= set(row)
+        assert row["split_bytes"] == 3000 * (784 + 8)  # uint8 drawings and int64 labels
+        assert all(row[key] > 0 for key in ("peak_pss_bytes", "conversion_seconds", "images_per_second",
+                                            "trial_own_bytes"))
+        assert row["trials_at_once"] == row["trials"]  # --cpus-per-trial 2/k let all k run together
+        assert row["peak_pss_bytes"] > row["split_bytes"]
+        assert row["object_store_bytes"] >= row["split_bytes"]  # the split sits in Ray's object store (shared memory)
+    assert rows[0]["added_per_extra_trial_bytes"] is None and rows[1]["added_per_extra_trial_bytes"] is not None

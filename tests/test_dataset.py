@@ -93,3 +93,11 @@ def test_a_conversion_that_lost_the_race_keeps_the_winner_and_cleans_up(syntheti
     winner_location.write_folder(lambda tmp: (tmp / "late.txt").write_text("the slower run's copy"))
     assert sorted(p.name for p in winner.iterdir()) == before
     assert [p.name for p in winner.parent.iterdir()] == [winner.name]  # no temporary folder left
+
+
+def test_the_report_reads_only_the_test_part_of_a_stored_split(synthetic_data, tmp_path):
+    split, conversion = convert(config(synthetic_data), tmp_path / "storage")
+    test_only = load_split(conversion.directory, parts=("test",))
+    assert np.array_equal(test_only.x_test, split.x_test) and np.array_equal(test_only.y_test, split.y_test)
+    assert test_only.classes == split.classes
+    assert test_only.counts() == {"train": 0, "validation": 0, "test": len(split.y_test)}

@@ -13,7 +13,7 @@ from quickdraw.config import (
     SCHEDULERS, SEARCHES, SEED_CLASSES, DataConfig, SearchConfig, SplitSizes,
 )
 from quickdraw.errors import UserError
-from quickdraw.space import flag_space, load_space, merge
+from quickdraw.space import load_space, merge
 
 # The grid flags, and the hyperparameter each sets; given, a --space file must leave that hyperparameter out.
 HYPERPARAMETER_FLAGS = {"models": ("model", "--models"), "lrs": ("lr", "--lrs"),
@@ -234,9 +234,8 @@ def search_space(args, given: dict):
     flags' grid alone."""
     if args.space is None:
         return None
-    flags = SearchConfig(**given)
-    defaults = flag_space(flags.models, flags.lrs, flags.batch_sizes, flags.dropout, flags.weight_decay)
-    return merge(defaults, load_space(args.space), {HYPERPARAMETER_FLAGS[f][0]: HYPERPARAMETER_FLAGS[f][1] for f in given})
+    flags = {HYPERPARAMETER_FLAGS[field][0]: HYPERPARAMETER_FLAGS[field][1] for field in given}
+    return merge(SearchConfig(**given).dimensions, load_space(args.space), flags)
 
 
 def resume_command(args) -> int:

@@ -12,7 +12,7 @@ import json
 import pandas as pd
 
 from quickdraw.errors import UserError
-from quickdraw.space import HYPERPARAMETERS, Dimension, Space, flag_space, parse_space
+from quickdraw.space import HYPERPARAMETERS, Dimension, Space, space_of_record
 from quickdraw.storage import Location
 from quickdraw.summary import trial_row, trial_table
 
@@ -35,12 +35,7 @@ def search_space(experiment: Location, trials: pd.DataFrame) -> tuple[str, Space
     the values they took."""
     try:
         record = read_search(experiment)
-        config = record["config"]
-        if "space" in record:
-            recorded = parse_space(record["space"], SEARCH_FILE)
-        else:
-            recorded = flag_space(config["models"], config["lrs"], config["batch_sizes"], config["dropout"], 0.0)
-        kind = config.get("search", "grid")
+        recorded, kind = space_of_record(record), record["config"].get("search", "grid")
     except (OSError, ValueError, KeyError, TypeError, AttributeError, UserError):
         recorded, kind = (), "grid"
     by_name = {dimension.name: dimension for dimension in recorded}

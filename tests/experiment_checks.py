@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from quickdraw.experiment import PREDICTIONS_FILE
 from quickdraw.trainable import SCALAR_TAGS
+from ray_cluster import kill_processes
 
 
 def trial_dirs(experiment: Path) -> list[Path]:
@@ -133,3 +136,34 @@ def check_markdown(markdown: str, table: pd.DataFrame) -> None:
             for name, word in words.items() if table[name].nunique() == 1]  # a grid's single values
     assert f"Same for every trial: {', '.join(same)}." in markdown
     assert "chosen on validation accuracy; test accuracy shown for every trial, never used to choose" in markdown
+
+
+def reported(experiment: Path) -> dict[str, list[dict]]:
+    """Each trial's reported results so far by folder name, skipping a line still being written."""
+    found = {}
+    for trial in experiment.glob("lr=*"):
+        try:
+            found[trial.name] = results(trial) if (trial / "result.json").exists() else []
+        except ValueError:
+            found[trial.name] = []
+    return found
+
+
+def kill_driver_when(driver, experiment: Path, ray_tmp: str, moment, timeout: float, poll: float) -> dict:
+    """SIGKILL a running search's driver once `moment(reported(experiment))` holds, then end the Ray processes it
+    leaves behind (those under `ray_tmp`); return what the trials had reported when it was killed."""
+    try:
+        deadline = time.monotonic() + timeout
+        while not moment(progress := reported(experiment)):
+            assert time.monotonic() < deadline and driver.poll() is None, f"no moment to kill at: {progress}"
+            time.sleep(poll)
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+    finally:
+        driver.kill()
+        kill_processes(ray_tmp)
+    return progress
+
+
+def finished_trials(progress: dict[str, list[dict]]) -> list[str]:
+    return [trial for trial, rows in progress.items() if rows and "test_accuracy" in rows[-1]]

@@ -2,29 +2,14 @@
 they were, unfinished ones continue from their checkpoints, and the summary covers every trial."""
 
 import os
-import signal
 import tempfile
-import time
-from pathlib import Path
 
 import pandas as pd
 
 from conftest import SYNTHETIC_CLASSES, run_cli, start_cli, write_class_files
-from experiment_checks import results, trial_dirs
-from ray_cluster import kill_processes
+from experiment_checks import finished_trials, kill_driver_when, reported, results, trial_dirs
 
 EPOCHS = 8
-
-
-def state(experiment: Path) -> dict[str, list[dict]]:
-    """Each trial's reported results by folder name, skipping a line still being written."""
-    found = {}
-    for trial in experiment.glob("lr=*"):
-        try:
-            found[trial.name] = results(trial) if (trial / "result.json").exists() else []
-        except ValueError:
-            found[trial.name] = []
-    return found
 
 
 def test_a_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
@@ -39,22 +24,13 @@ def test_a_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
         "--lrs", "0.001", "--batch-sizes", "16,512", "--epochs", EPOCHS,
         "--storage", experiment.parent, "--name", experiment.name, env=env,
     )
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            progress = state(experiment)
-            finished = [t for t, rows in progress.items() if rows and "test_accuracy" in rows[-1]]
-            running = [t for t, rows in progress.items() if 2 <= len(rows) and "test_accuracy" not in rows[-1]]
-            if finished and running:
-                break
-            assert time.monotonic() < deadline and driver.poll() is None, f"no moment to kill at: {progress}"
-            time.sleep(0.2)
-        driver.send_signal(signal.SIGKILL)
-        driver.wait(timeout=30)
-    finally:
-        driver.kill()
-        kill_processes(ray_tmp)
-    before = state(experiment)
+
+    def moment(progress):  # a trial finished, another has run at least two epochs
+        running = [t for t, rows in progress.items() if 2 <= len(rows) and "test_accuracy" not in rows[-1]]
+        return finished_trials(progress) and running
+
+    finished = finished_trials(kill_driver_when(driver, experiment, ray_tmp, moment, timeout=180, poll=0.2))
+    before = reported(experiment)
     finished_before = {t: (experiment / t / "result.json").read_bytes() for t in finished}
 
     resumed = run_cli("resume", experiment, timeout=300)

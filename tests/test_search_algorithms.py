@@ -8,9 +8,7 @@ import io
 import json
 import math
 import os
-import signal
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +18,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 from conftest import SYNTHETIC_CLASSES, run_cli, start_cli, synthetic_drawings, write_class_files
-from experiment_checks import results
+from experiment_checks import finished_trials, kill_driver_when, results
 from quickdraw.experiment import load_trials
 from quickdraw.storage import Location
-from ray_cluster import kill_processes
 from test_s3_storage import BUCKET, s3_client, s3_env  # noqa: F401 (s3_env is a fixture)
 from test_s3_storage import keys as s3_keys
 
@@ -141,16 +138,6 @@ def running_span(trial: Path) -> tuple[float, float]:
     return events.FirstEventTimestamp(), last
 
 
-def state(experiment: Path) -> dict[str, list[dict]]:
-    found = {}
-    for trial in experiment.glob("lr=*"):
-        try:
-            found[trial.name] = results(trial) if (trial / "result.json").exists() else []
-        except ValueError:  # a line still being written
-            found[trial.name] = []
-    return found
-
-
 @pytest.mark.parametrize("algorithm", ["random", "optuna"])
 def test_a_killed_sampling_search_resumes_with_its_sampler_s_state(tmp_path, algorithm):
     data = write_class_files(tmp_path / "data", count=1_500)
@@ -164,21 +151,12 @@ def test_a_killed_sampling_search_resumes_with_its_sampler_s_state(tmp_path, alg
         "--max-concurrent-trials", 1, "--batch-sizes", 256, "--epochs", epochs,
         "--storage", experiment.parent, "--name", experiment.name, env={**os.environ, "RAY_TMPDIR": ray_tmp},
     )
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            progress = state(experiment)
-            finished = [t for t, rows in progress.items() if rows and "test_accuracy" in rows[-1]]
-            running = [t for t, rows in progress.items() if rows and "test_accuracy" not in rows[-1]]
-            if len(finished) >= 2 and running:
-                break
-            assert time.monotonic() < deadline and driver.poll() is None, f"no moment to kill at: {progress}"
-            time.sleep(0.1)
-        driver.send_signal(signal.SIGKILL)
-        driver.wait(timeout=30)
-    finally:
-        driver.kill()
-        kill_processes(ray_tmp)
+
+    def moment(progress):  # two trials finished, another one running
+        running = [t for t, rows in progress.items() if rows and "test_accuracy" not in rows[-1]]
+        return len(finished_trials(progress)) >= 2 and running
+
+    finished = finished_trials(kill_driver_when(driver, experiment, ray_tmp, moment, timeout=240, poll=0.1))
     finished_before = {t: (experiment / t / "result.json").read_bytes() for t in finished}
 
     resumed = run_cli("resume", experiment, timeout=300)

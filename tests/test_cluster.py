@@ -96,7 +96,9 @@ def test_a_worker_node_dies_and_its_trial_continues_elsewhere_from_its_checkpoin
     """An Optuna search (the grid spreads over the nodes above): Optuna's trials survive a node as the grid's do."""
     data = write_class_files(tmp_path / "data", count=1_200)
     storage = tmp_path / "results"
-    epochs = 10
+    # Epochs of about half a second: 20 of them keep a trial on the victim long enough for its results to reach the
+    # experiment folder (and this test) and the node to be killed before the trial ends (with 10, it ended first once).
+    epochs = 20
     experiment = storage / "failover"
     (tmp_path / "space.yaml").write_text("lr: {loguniform: [1.0e-4, 1.0e-2]}\n")
     args = grid_args(cluster, data, storage, "failover", "3000,300,150", epochs, batch_size=32, lrs=None)

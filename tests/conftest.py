@@ -1,4 +1,5 @@
-"""Shared test helpers: synthetic class files, the real drawings, and running the command as a user would."""
+"""Shared test helpers: synthetic class files, the real drawings, running the command as a user would, and a real
+browser (Debian's Chromium driven by Playwright) for what only a browser shows."""
 
 from __future__ import annotations
 
@@ -98,3 +99,24 @@ needs_shared_drawings = pytest.mark.skipif(
     not all((SHARED_DRAWINGS / f"{c}.npy").is_file() for c in SHARED_CLASSES),
     reason=f"real drawings not found in {SHARED_DRAWINGS} (set QUICKDRAW_DATA)",
 )
+
+
+CHROMIUM = Path(os.environ.get("QUICKDRAW_CHROMIUM", "/usr/bin/chromium"))
+INSTALL_CHROMIUM = "apt-get install -y chromium"
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Chromium, headless, through Playwright. Without it the browser tests skip, saying how to install it, unless
+    QUICKDRAW_REQUIRE_BROWSER=1 (as .ci/run sets): CI never skips them silently."""
+    if not CHROMIUM.is_file():
+        message = f"no Chromium at {CHROMIUM}: install it with `{INSTALL_CHROMIUM}` (as root) to run the browser tests"
+        if os.environ.get("QUICKDRAW_REQUIRE_BROWSER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        yield chromium
+        chromium.close()

@@ -253,6 +253,9 @@ def finish(experiment, address: str | None) -> int:
     from quickdraw.report import write_report
     from quickdraw.summary import COMPLETE, to_markdown
 
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()  # prints the trials' log lines it still holds now, not after the last line below
     summary = write_report(experiment)
     print(to_markdown(summary))
     print(f"Summary: {experiment / 'summary.md'}  Report: {experiment / 'report.html'}  "

@@ -26,6 +26,7 @@ from quickdraw.dataset import Conversion, Split, check_inputs, conversion_finger
 from quickdraw.download import fetch_missing
 from quickdraw.errors import UserError
 from quickdraw.experiment import SEARCH_FILE, read_search
+from quickdraw.progress import console_reporter, use_on_restored
 from quickdraw.space import Dimension, Space, space_of_record
 from quickdraw.storage import Location, first_line
 from quickdraw.trainable import train_trial
@@ -83,6 +84,7 @@ def resume_search(experiment: Location, address: str | None) -> Location:
         experiment.uri, trainable=trainable(split, record["resources"], space_of_record(record)),
         resume_unfinished=True, resume_errored=True,
     )
+    use_on_restored(tuner, space_of_record(record))
     tuner.fit()
     return experiment
 
@@ -200,6 +202,7 @@ def build_tuner(config: SearchConfig, trainable, storage: Location, name: str) -
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=config.max_failures),
             sync_config=tune.SyncConfig(sync_artifacts=True),
+            progress_reporter=console_reporter(config.dimensions),  # a status table, no per-trial boxes
             verbose=1,
         ),
     )

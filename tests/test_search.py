@@ -1,5 +1,6 @@
-"""Resources per trial, a (pretend) GPU cluster, and an experiment stopped early."""
+"""Resources per trial, a (pretend) GPU cluster, and an experiment stopped early: its console, and its resume."""
 
+import re
 import signal
 import subprocess
 import sys
@@ -8,7 +9,8 @@ import time
 import pytest
 import ray
 
-from conftest import REPO, SYNTHETIC_CLASSES, write_class_files
+from conftest import REPO, SYNTHETIC_CLASSES, start_cli, write_class_files
+from experiment_checks import reported
 from quickdraw.config import DataConfig, SearchConfig, SplitSizes
 from quickdraw.search import run_search, trial_resources
 
@@ -61,7 +63,7 @@ def test_an_experiment_stopped_early_reports_its_unfinished_trials(tmp_path):
     driver.send_signal(signal.SIGINT)  # a user's Ctrl-C
     output, _ = driver.communicate(timeout=120)
     assert driver.returncode == 1, output[-3000:]
-    assert f"Not every trial finished; to go on: python tune_search.py resume {experiment}\n" in output
+    check_console(output, experiment)
     result = subprocess.run([sys.executable, "tune_search.py", "report", experiment],
                             cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -71,3 +73,31 @@ def test_an_experiment_stopped_early_reports_its_unfinished_trials(tmp_path):
     table = pd.read_csv(experiment / "summary.csv")
     assert len(table) == 2 and (table.status == "unfinished").all()
     assert table.test_accuracy.isna().all() and (table.epochs < 500).all()
+
+    # The line's command goes on, with the same console, until a second Ctrl-C once a trial has gone on.
+    epochs = {name: len(history) for name, history in reported(experiment).items()}
+    resumed = start_cli("resume", experiment)
+    deadline = time.monotonic() + 120
+    while not any(len(history) > epochs.get(name, 0) for name, history in reported(experiment).items()):
+        assert time.monotonic() < deadline and resumed.poll() is None, "no trial went on after resume"
+        time.sleep(0.5)
+    resumed.send_signal(signal.SIGINT)
+    output, _ = resumed.communicate(timeout=120)
+    assert resumed.returncode == 1, output[-3000:]
+    assert f"resuming {experiment} " in output
+    check_console(output, experiment)
+
+
+def check_console(output: str, experiment) -> None:
+    """Ray's legacy status table with this search's columns and the progress line under it; none of the per-trial
+    boxes of Ray's newer output; and, last, the one command that goes on (not Ray's `Tuner.restore(...)`)."""
+    assert output.splitlines()[-1] == f"Not every trial finished; to go on: python tune_search.py resume {experiment}"
+    assert "Tuner.restore" not in output and "Resume experiment with" not in output
+    assert not re.search(r"^.*Trial \S+ (config|result)\b|Trial status:", output, re.M), output[-3000:]
+    assert re.search(r"^\| trial +\| status +\| +lr \| +batch \| +epoch \| +val acc % \| +best val % \|$",
+                     output, re.M), output[-3000:]
+    # A row of a trial that reported: its epoch out of 500, its accuracies in percent with two decimals.
+    assert re.search(r"^\| \d+ +\| \w+ +\| +0\.001 \| +(16|32) \| +\d+/500 \| +\d+\.\d\d \| +\d+\.\d\d \|$",
+                     output, re.M), output[-3000:]
+    assert re.search(r"^Progress +\d+%\|[ #\d]*\| \d+/1000 trial-epochs \[elapsed \d\d:\d\d, ETA (\d[\d:]*|\?)\]$",
+                     output, re.M), output[-3000:]

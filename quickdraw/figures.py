@@ -29,39 +29,56 @@ def confusion_matrix_figure(labels: np.ndarray, predictions: np.ndarray, classes
     axes.set_yticklabels(classes)
     for (row, column), count in np.ndenumerate(counts):
         axes.text(column, row, count, ha="center", va="center",
-                  color="white" if count > counts.max() / 2 else "black", fontsize=8)
+                  color="white" if count > counts.max() / 2 else "black", fontsize=9)
     figure.colorbar(image, ax=axes)
     figure.tight_layout()
     return figure
 
 
 def misclassified_figure(drawings: np.ndarray, labels: np.ndarray, predictions: np.ndarray, classes,
-                         limit: int = 36) -> plt.Figure:
-    """A grid of wrongly classified test drawings (black on white), each titled true -> predicted."""
-    wrong = np.flatnonzero(labels != predictions)[:limit]
-    columns = 6
+                         limit: int = 10, columns: int = 5) -> plt.Figure:
+    """Up to `limit` wrongly classified test drawings (black on white), spread evenly over the test set's mistakes
+    (the set is ordered by class), each captioned with its true class and, below, the predicted one. Sized for
+    TensorBoard's image cards, which scale an image, pixel for pixel, to fit their width (350 px in Images, a little
+    more in Time Series) and, in Time Series, their height (about 215 px): two rows of five, 350 x 212 px, show
+    there at their own size, captions 10 px high."""
+    mistakes = np.flatnonzero(labels != predictions)
+    wrong = mistakes[np.unique(np.linspace(0, len(mistakes) - 1, min(limit, len(mistakes))).round().astype(int))]
     rows = max(1, -(-len(wrong) // columns))
-    figure, grid = plt.subplots(rows, columns, figsize=(columns * 1.6, rows * 1.8), squeeze=False)
-    for axes in grid.flat:
-        axes.axis("off")
-    for axes, index in zip(grid.flat, wrong):
+    width, title, caption, cell = 3.5, 0.24, 0.32, 0.6  # inches: the title's two lines, a caption's, a drawing
+    height = title + rows * (caption + cell) + 0.04
+    figure = plt.figure(figsize=(width, height), dpi=100)
+
+    def cut(name: str) -> str:  # what fits under a drawing
+        return name if len(name) <= 11 else name[:10] + "\u2026"
+
+    for n, index in enumerate(wrong):
+        row, column = divmod(n, columns)
+        bottom = height - title - (row + 1) * (caption + cell)
+        axes = figure.add_axes(((column + 0.5) / columns - cell / 2 / width, bottom / height, cell / width,
+                                cell / height))
         show_drawing(axes, drawings[index])
-        axes.set_title(f"{classes[labels[index]]}\n-> {classes[predictions[index]]}", fontsize=8)
-    figure.suptitle(f"Misclassified test drawings: {np.sum(labels != predictions)} of {len(labels)}"
-                    + (f", first {len(wrong)}" if len(wrong) < np.sum(labels != predictions) else ""))
-    figure.tight_layout()
+        axes.set(xticks=[], yticks=[])
+        axes.spines[:].set_color("lightgrey")
+        axes.set_title(f"{cut(classes[labels[index]])}\n\u2192 {cut(classes[predictions[index]])}", fontsize=7.5,
+                       pad=2, linespacing=1.1)
+    shown = f"; {len(wrong)} shown" if len(wrong) < len(mistakes) else ""
+    figure.text(0.5, 1, f"Misclassified: {len(mistakes)} of {len(labels)} test drawings{shown}", ha="center",
+                va="top", fontsize=8)
+    figure.text(0.5, 1 - 0.13 / height, "true class, \u2192 predicted", ha="center", va="top", fontsize=7,
+                color="dimgrey")
     return figure
 
 
 def accuracy_heatmap_figure(accuracy: np.ndarray, row_labels: list[str], batch_sizes, notes: np.ndarray,
-                            best: tuple[int, int] | None = None) -> plt.Figure:
+                            best: tuple[int, int] | None = None, tied: bool = False) -> plt.Figure:
     """Test accuracy (%) with learning rates (per model) down and batch sizes across; grey cells have none and show
     their text from `notes` (same shape) instead. The cell `best` (row, column), the trial chosen on validation,
-    is outlined in red."""
+    is outlined in red; `tied`: it tied with another on validation accuracy (the title says how that was broken)."""
     figure, axes = plt.subplots(figsize=(2.5 + 1.2 * len(batch_sizes), 1.5 + 0.7 * len(row_labels)))
     image = axes.imshow(np.ma.masked_invalid(accuracy), cmap=plt.get_cmap("viridis").with_extremes(bad="lightgrey"))
     axes.set(xticks=range(len(batch_sizes)), yticks=range(len(row_labels)), xlabel="batch size", ylabel="learning rate",
-             title="Test accuracy (%); outlined: the best on validation")
+             title="Test accuracy (%)\noutlined: the best on validation" + ("\n(tied, see the text)" if tied else ""))
     axes.set_xticklabels(batch_sizes)
     axes.set_yticklabels(row_labels)
     middle = (np.nanmin(accuracy) + np.nanmax(accuracy)) / 2

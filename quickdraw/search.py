@@ -35,7 +35,7 @@ FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
 CONNECT_TIMEOUT_S = 5
 CONVERT_ATTEMPTS = 3
 OBJECTIVE = "best_val_accuracy"  # what Optuna maximises: the rule that chooses the best trial (quickdraw.summary)
-DIRNAME_TAGS = {"dropout": "dropout", "weight_decay": "wd"}  # searched, they name a trial's folder too
+DIRNAME_TAGS = {"model": "model", "dropout": "dropout", "weight_decay": "wd"}  # searched, they name trials' folders too
 # Converters this driver used. Ray ends an actor as soon as no handle to it is left, which would fail
 # another driver's call queued on it; holding them until this driver exits keeps that to the rare case.
 _converters: list = []
@@ -272,8 +272,15 @@ def _round_down(share: float) -> float:
 
 
 def trial_dirname(trial, tagged: tuple[str, ...] = ()) -> str:
-    """Folder (and TensorBoard run) name that says the trial's learning rate, batch size and model, and the
-    `tagged` hyperparameters (dropout, weight decay) when they were searched."""
+    """Folder (and TensorBoard run) name: the trial's learning rate and batch size, the `tagged` hyperparameters
+    (model, dropout, weight decay) when the search varies them, and the trial's number, which makes it unique:
+    lr=0.001_batch=64_00003, lr=0.001_batch=64_model=vgg-bn_00003. Short, so that TensorBoard's run lists show it
+    whole. The number is the one Tune's experiment tag starts with: the searcher's count of the trials it created,
+    kept across `resume` (from 0 in a grid or a random search, whose Tune trial ids end in it; from 1 under Optuna);
+    Tune's trial id where a tag has none."""
     config = trial.config
-    tags = "".join(f"_{DIRNAME_TAGS[name]}={config[name]:.3g}" for name in tagged)
-    return f"lr={config['lr']:.4g}_batch={config['batch_size']}_{config['model']}{tags}_{trial.trial_id}"
+    tags = "".join(f"_{DIRNAME_TAGS[name]}={config[name]:.3g}" if isinstance(config[name], float)
+                   else f"_{DIRNAME_TAGS[name]}={config[name]}" for name in tagged)
+    number, _, _ = str(trial.experiment_tag).partition("_")
+    unique = f"{int(number):05d}" if number.isdigit() else trial.trial_id
+    return f"lr={config['lr']:.4g}_batch={config['batch_size']}{tags}_{unique}"

@@ -35,6 +35,12 @@ SCALAR_TAGS = {  # TensorBoard tag -> the metric reported to Tune
     "speed/images_per_second": "images_per_second",
 }
 HPARAM_METRICS = ("accuracy/validation_best", "accuracy/test")
+# TensorBoard's Custom Scalars dashboard: train and validation of each quantity as lines of one chart (its Scalars and
+# Time Series dashboards give every tag a card of its own). Each chart takes the tags its regular expression matches.
+CUSTOM_SCALARS = {"Train and validation": {
+    "loss: train and validation": ["Multiline", [r"^loss/(train|validation)$"]],
+    "accuracy: train and validation": ["Multiline", [r"^accuracy/(train|validation)$"]],
+}}
 
 
 def train_trial(config: dict, split: Split, space: Space) -> None:
@@ -52,6 +58,7 @@ def train_trial(config: dict, split: Split, space: Space) -> None:
             trainer.load(Path(directory))
 
     with SummaryWriter(tune.get_context().get_trial_dir()) as writer:
+        writer.add_custom_scalars(CUSTOM_SCALARS)
         start_hparams(writer, config, space)
         while not trainer.finished:
             metrics, improved = trainer.run_epoch(data)
@@ -105,9 +112,19 @@ def start_hparams(writer: SummaryWriter, config: dict, space: Space) -> None:
     metrics = [hp.Metric(tag) for tag in HPARAM_METRICS]
     declared = [hp.HParam(d.name, hparam_domain(d), description=d.describe()) for d in searched]
     writer.file_writer.add_summary(hp.hparams_config_pb(declared, metrics))
-    run = Path(tune.get_context().get_trial_dir()).name  # one session group per trial, named as its run
-    writer.file_writer.add_summary(hp.hparams_pb({d.name: config[d.name] for d in searched}, trial_id=run))
+    values = {d.name: hparam_value(d, config[d.name]) for d in searched}
+    context = tune.get_context()
+    label = trial_label(Path(context.get_trial_dir()).name, context.get_experiment_name())
+    writer.file_writer.add_summary(hp.hparams_pb(values, trial_id=label))
     writer.flush()
+
+
+def trial_label(folder: str, experiment: str) -> str:
+    """The trial's name in the HParams table ("Trial ID"): the number its folder name ends with (quickdraw.search.
+    trial_dirname), then its experiment: "00003 (grid1)". The table shows some 15 characters of it, so the number
+    comes first; the experiment keeps it unique under a --logdir above several experiments, where TensorBoard would
+    merge rows of the same name (its run names are the folders' paths, and their hyperparameters are columns)."""
+    return f"{folder.rpartition('_')[2]} ({experiment})"
 
 
 def end_hparams(writer: SummaryWriter) -> None:
@@ -117,12 +134,29 @@ def end_hparams(writer: SummaryWriter) -> None:
 
 
 def hparam_domain(dimension: Dimension) -> hp.Domain:
-    """TensorBoard's domain of a searched dimension; it has no log scale (its parallel-coordinates view offers one)."""
+    """TensorBoard's domain of a searched dimension. A list of values is a discrete domain of the values as written
+    (text), which TensorBoard shows as they are and puts on a categorical axis; it would show a number as a double
+    (64.000, 0.0010000) on a linear axis. A range stays a numeric interval, a numeric axis; TensorBoard's domains
+    have no log scale (its parallel-coordinates view offers one)."""
     if dimension.kind == "values":
-        return hp.Discrete(list(dimension.args))
+        return hp.Discrete([as_written(value) for value in dimension.args])
     if dimension.kind in INTEGER_RANGES:
         return hp.IntInterval(*dimension.args)
     return hp.RealInterval(*map(float, dimension.args))
+
+
+def hparam_value(dimension: Dimension, value):
+    """The trial's value in its dimension's TensorBoard domain: as written from a list, a number from a range."""
+    return as_written(value) if dimension.kind == "values" else value
+
+
+def as_written(value) -> str:
+    """A value of a space's list as its file or flag writes it: 64, 0.001, 1e-05, seed (the shortest form that reads
+    back as the same number)."""
+    if isinstance(value, float):
+        short = f"{value:g}"
+        return short if float(short) == value else repr(value)
+    return str(value)
 
 
 def log_epoch(writer: SummaryWriter, metrics: dict) -> None:

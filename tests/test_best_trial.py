@@ -43,7 +43,7 @@ def experiment(tmp_path_factory) -> tuple[Path, pd.Series, pd.Series]:
 
 
 def trial_folder(experiment: Path, row: pd.Series) -> Path:
-    (folder,) = experiment.glob(f"lr={row.lr:g}_batch={row.batch_size}_{row.model}_*")
+    (folder,) = experiment.glob(f"lr={row.lr:g}_batch={row.batch_size}_[0-9]*")  # one model: not in the name
     return folder
 
 

@@ -232,7 +232,7 @@ def cut_to_first_epoch(trial: Path) -> None:
     (trial / "result.json").write_text((trial / "result.json").read_text().splitlines()[0] + "\n")
     (snapshot,) = trial.parent.glob("experiment_state-*.json")
     state = json.loads(snapshot.read_text())
-    (entry,) = [entry for entry in state["trial_data"] if trial.name.endswith(json.loads(entry[0])["trial_id"])]
+    (entry,) = [entry for entry in state["trial_data"] if json.loads(entry[0])["relative_logdir"] == trial.name]
     entry[0] = json.dumps({**json.loads(entry[0]), "status": "RUNNING"})
     snapshot.write_text(json.dumps(state))
 

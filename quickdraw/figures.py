@@ -99,25 +99,31 @@ def accuracy_heatmap_figure(accuracy: np.ndarray, row_labels: list[str], batch_s
 
 def validation_curves_figure(title: str, histories: dict, others: list = ()) -> plt.Figure:
     """Validation accuracy and loss per epoch, one line per trial (histories: legend label -> Tune's per-epoch
-    results with columns epoch, val_accuracy and val_loss); `others`, more trials' results, are thin grey lines
-    under one legend entry, so that the legend of a search with many trials stays readable."""
-    figure, (accuracy_axes, loss_axes) = plt.subplots(1, 2, figsize=(13, 4), layout="constrained")
+    results with columns epoch, val_accuracy and val_loss), and the training ones dashed in the same colour where the
+    results have them (train_accuracy, train_loss); `others`, more trials' results, are thin grey lines under one
+    legend entry, so that the legend of a search with many trials stays readable."""
+    figure, (accuracy_axes, loss_axes) = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
     for n, history in enumerate(others):
         label = f"{len(others)} other trial{'s' if len(others) > 1 else ''}" if n == 0 else None
         accuracy_axes.plot(history["epoch"], 100 * history["val_accuracy"], color="lightgrey", linewidth=1,
                            label=label, zorder=1)
         loss_axes.plot(history["epoch"], history["val_loss"], color="lightgrey", linewidth=1, zorder=1)
     for label, history in histories.items():
-        accuracy_axes.plot(history["epoch"], 100 * history["val_accuracy"], marker="o", markersize=3, label=label)
-        loss_axes.plot(history["epoch"], history["val_loss"], marker="o", markersize=3, label=label)
-    accuracy_axes.set(xlabel="epoch", ylabel="validation accuracy (%)", title="Validation accuracy")
-    loss_axes.set(xlabel="epoch", ylabel="validation loss", title="Validation loss")
+        line, = accuracy_axes.plot(history["epoch"], 100 * history["val_accuracy"], marker="o", markersize=3,
+                                   label=label)
+        loss_axes.plot(history["epoch"], history["val_loss"], marker="o", markersize=3, color=line.get_color())
+        if {"train_accuracy", "train_loss"} <= set(history.columns):
+            accuracy_axes.plot(history["epoch"], 100 * history["train_accuracy"], linestyle="--", linewidth=1,
+                               color=line.get_color())
+            loss_axes.plot(history["epoch"], history["train_loss"], linestyle="--", linewidth=1, color=line.get_color())
+    accuracy_axes.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy: validation solid, training dashed")
+    loss_axes.set(xlabel="epoch", ylabel="loss", title="Loss: validation solid, training dashed")
     for axes in (accuracy_axes, loss_axes):
         axes.grid(alpha=0.3)
         axes.xaxis.get_major_locator().set_params(integer=True)
     handles, labels = accuracy_axes.get_legend_handles_labels()
     order = list(range(len(others) > 0, len(labels))) + ([0] if others else [])  # the grey entry last
-    figure.legend([handles[i] for i in order], [labels[i] for i in order], loc="outside right upper", fontsize=8)
+    figure.legend([handles[i] for i in order], [labels[i] for i in order], loc="outside right upper", fontsize=9)
     figure.suptitle(title)
     return figure
 
@@ -142,26 +148,26 @@ def per_class_accuracy_figure(labels: np.ndarray, predictions: np.ndarray, class
     matrix = confusion_matrix(labels, predictions, len(classes))
     counts, correct = matrix.sum(1), matrix.diagonal()
     accuracy = 100 * correct / np.maximum(counts, 1)
-    figure, axes = plt.subplots(figsize=(8, 1.2 + 0.4 * len(classes)))
-    bars = axes.barh(range(len(classes)), accuracy, color="tab:blue")
-    axes.bar_label(bars, labels=[f"{a:.1f}% of {n}" for a, n in zip(accuracy, counts)], padding=3, fontsize=8)
+    figure, axes = plt.subplots(figsize=(8, 1.6 + 0.4 * len(classes)), layout="constrained")
+    axes.barh(range(len(classes)), accuracy, color="tab:blue")
+    for row, (share, count) in enumerate(zip(accuracy, counts)):  # right of 100%, where no bar or line reaches
+        axes.text(102, row, f"{share:.1f}% of {count}", va="center", fontsize=9)
     axes.axvline(100 * np.mean(labels == predictions), color="black", linestyle="--",
                  label=f"all classes: {np.mean(labels == predictions):.2%}")
     axes.set(yticks=range(len(classes)), xlim=(0, 125), xticks=range(0, 101, 20), xlabel="test accuracy (%)",
-             title=title)
+             title=textwrap.fill(title, 80))
     axes.set_yticklabels(classes)
     axes.invert_yaxis()
-    axes.legend(loc="lower right")
-    figure.tight_layout()
+    figure.legend(loc="outside lower center")  # below the axes: inside, it would cover a bar's label
     return figure
 
 
 def probabilities_figure(drawings: np.ndarray, labels: np.ndarray, probabilities: np.ndarray, classes,
-                         columns: int = 3) -> plt.Figure:
+                         columns: int = 2) -> plt.Figure:
     """Each drawing (black on white, framed and titled green when classified right, red when wrong)
     beside bars of its class probabilities: the predicted class's bar green or red, the true one blue."""
     rows = max(1, -(-len(labels) // columns))
-    figure = plt.figure(figsize=(4.8 * columns, rows * (0.9 + 0.2 * len(classes))), layout="constrained")
+    figure = plt.figure(figsize=(4.6 * columns, rows * (1.0 + 0.25 * len(classes))), layout="constrained")
     grid = figure.add_gridspec(rows, 2 * columns, width_ratios=[1, 1.6] * columns)
     for n, (drawing, label, shares) in enumerate(zip(drawings, labels, probabilities)):
         predicted = int(shares.argmax())
@@ -171,15 +177,15 @@ def probabilities_figure(drawings: np.ndarray, labels: np.ndarray, probabilities
         image_axes.set(xticks=[], yticks=[])
         image_axes.spines[:].set(color=colour, linewidth=3)
         verdict = "right" if predicted == label else f"wrong: {classes[predicted]}"
-        image_axes.set_title(f"{classes[label]}\n{verdict}", color=colour, fontsize=9)
+        image_axes.set_title(f"{classes[label]}\n{verdict}", color=colour, fontsize=10)
         bar_colours = ["lightgrey"] * len(classes)
         bar_colours[label] = "tab:blue"
         bar_colours[predicted] = colour
         bar_axes = figure.add_subplot(grid[n // columns, 2 * (n % columns) + 1])
         bar_axes.barh(range(len(classes)), shares, color=bar_colours)
         bar_axes.set(xlim=(0, 1), yticks=range(len(classes)))
-        bar_axes.set_yticklabels(classes, fontsize=7)
-        bar_axes.tick_params(axis="x", labelsize=7)
+        bar_axes.set_yticklabels(classes, fontsize=9)
+        bar_axes.tick_params(axis="x", labelsize=9)
         bar_axes.invert_yaxis()
     figure.suptitle(f"{len(labels)} test drawings and their class probabilities, "
                     f"{np.sum(probabilities.argmax(1) != labels)} classified wrong\n"

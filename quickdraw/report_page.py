@@ -7,45 +7,50 @@ out, and the page says why; the rest of the report is written all the same."""
 
 from __future__ import annotations
 
-import base64
 import io
 import zipfile
 from dataclasses import dataclass, field
-from html import escape
 
 import numpy as np
 import pandas as pd
 
-from quickdraw import figures, importance
+from quickdraw import figures, html_page, importance
 from quickdraw.dataset import Split, load_split
 from quickdraw.errors import UserError
 from quickdraw.experiment import PREDICTIONS_FILE, SEARCH_FILE, read_search
 from quickdraw.storage import Location, first_line
-from quickdraw.summary import (CHOICE, LABELS, TIE_BREAK, Summary, best_per_model, best_sentence, best_trial,
-                               describe, to_html)
+from quickdraw.summary import LABELS, Summary, best_trial, describe, tie_sentence
 
 REPORT_DIR = "report"
 PAGE_FILE = "report.html"
 SAMPLE_SIZE = 12  # test drawings shown with their class probabilities
 CURVE_FIGURES = 6  # at most this many learning rates get a curves figure each; more share one figure
 NAMED_CURVES = 8  # the best ranked trials named in a curves figure's legend; the others are drawn grey
+CURVE_STYLE = "validation solid, training dashed"
 GRID_CELL = ["model", "lr", "batch_size"]  # a heatmap cell
 SAMPLERS = {"random": "a random search", "optuna": "an Optuna search"}  # searches that draw their trials
-STYLE = "body{font-family:sans-serif;max-width:75em;margin:2em auto;padding:0 1em} img{max-width:100%} " \
-        "table.summary{border-collapse:collapse} table.summary td,table.summary th{padding:.2em .8em;" \
-        "border-bottom:1px solid #ccc;text-align:right} .skipped{color:#a33}"
 
 
 class Missing(Exception):
     """An input a figure needs is not there; the message says which, for the page."""
 
 
+@dataclass(frozen=True)
+class Picture:
+    png: bytes
+    alt: str  # what it shows, in words, for the page
+
+
 @dataclass
 class Section:
     heading: str
     text: str  # what the figures show
-    figures: dict[str, bytes] = field(default_factory=dict)  # file name in report/ -> PNG
+    figures: dict[str, Picture] = field(default_factory=dict)  # file name in report/ -> the figure
     skipped: list[str] = field(default_factory=list)  # why a figure is not there
+
+    def add(self, name: str, figure, alt: str) -> None:
+        """A matplotlib figure, as a PNG named `name` in report/."""
+        self.figures[name] = Picture(figures.png_bytes(figure), alt)
 
 
 def write_page(experiment: Location, summary: Summary, histories: dict[str, pd.DataFrame]) -> list[str]:
@@ -58,13 +63,14 @@ def write_page(experiment: Location, summary: Summary, histories: dict[str, pd.D
     folder = experiment / REPORT_DIR
     written = []
     for section in sections:
-        for name, png in section.figures.items():
-            (folder / name).write_bytes(png)
+        for name, image in section.figures.items():
+            (folder / name).write_bytes(image.png)
             written.append(f"{REPORT_DIR}/{name}")
     for old in folder.children():
         if old.name.endswith(".png") and f"{REPORT_DIR}/{old.name}" not in written:
             old.delete()  # an earlier report's figure whose input is gone
-    (experiment / PAGE_FILE).write_text(render(experiment.name, summary, sections))
+    (experiment / PAGE_FILE).write_text(html_page.render(experiment.name, summary, sections, search_record(experiment),
+                                                         experiment.uri))
     return written
 
 
@@ -81,13 +87,15 @@ def what_mattered_section(summary: Summary) -> Section:
         section.skipped.append(f"the hyperparameter importance, parallel coordinates and scatters: {result.reason}")
         return section
     table, space = summary.table, summary.space
-    section.figures["hyperparameter_importance.png"] = figures.png_bytes(
-        figures.importance_figure(result.shares, result.method))
-    section.figures["parallel_coordinates.png"] = figures.png_bytes(
-        importance.parallel_coordinates_figure(table, space))
+    section.add("hyperparameter_importance.png", figures.importance_figure(result.shares, result.method),
+                "Bar chart: each searched hyperparameter's share of the variance in validation accuracy")
+    section.add("parallel_coordinates.png", importance.parallel_coordinates_figure(table, space),
+                "Parallel coordinates: every trial as a line through its hyperparameters, coloured by its validation "
+                "accuracy")
     for dimension in importance.assessed_dimensions(table, space):
-        section.figures[f"scatter_{dimension.name}.png"] = figures.png_bytes(
-            importance.scatter_figure(table, space, dimension.name))
+        label = LABELS[dimension.name].lower()
+        section.add(f"scatter_{dimension.name}.png", importance.scatter_figure(table, space, dimension.name),
+                    f"Scatter plot: validation accuracy of each trial against its {label}")
     return section
 
 
@@ -111,9 +119,14 @@ def heatmap_section(summary: Summary) -> Section:
         return section
     trials = trials.assign(note=[untested_note(row) for row in trials.itertuples()])
     accuracy, notes = grid(trials, "test_accuracy").astype(float), grid(trials, "note")
+    tie = tie_sentence(trials)
     figure = figures.accuracy_heatmap_figure(accuracy, row_labels(trials), grid_columns(trials), notes,
-                                             best=grid_cell(trials, best_trial(trials)))
-    section.figures["test_accuracy_heatmap.png"] = figures.png_bytes(figure)
+                                             best=grid_cell(trials, best_trial(trials)), tied=bool(tie))
+    if tie:
+        section.text += f" The outlined trial {tie.split(' ', 1)[1]}."
+    section.add("test_accuracy_heatmap.png", figure,
+                "Heatmap: test accuracy in percent for each learning rate (rows) and batch size (columns), the trial "
+                "chosen on validation outlined")
     return section
 
 
@@ -162,18 +175,20 @@ def curves_section(summary: Summary, histories: dict[str, pd.DataFrame]) -> Sect
     named = (f"one line per trial, labelled with its rank in the table; past {NAMED_CURVES} trials in a figure, the "
              "best ranked are named and the others drawn grey")
     if trials.lr.nunique() > CURVE_FIGURES:
-        section = Section("Validation accuracy and loss per epoch", f"Every trial in one figure, {named}.")
+        section = Section("Accuracy and loss per epoch", f"Every trial in one figure, {named}; {CURVE_STYLE}.")
         if lines := curve_lines(trials, histories, shown):
-            section.figures["curves.png"] = figures.png_bytes(figures.validation_curves_figure("Every trial", *lines))
+            section.add("curves.png", figures.validation_curves_figure("Every trial", *lines),
+                        "Line charts: validation and training accuracy and loss of every trial, per epoch")
         else:
             section.skipped.append("the curves: no trial reported an epoch")
         return section
-    section = Section("Validation accuracy and loss per epoch", f"One figure per learning rate, {named}.")
+    section = Section("Accuracy and loss per epoch", f"One figure per learning rate, {named}; {CURVE_STYLE}.")
     others = [name for name in shown if name != "lr"] or ["batch_size"]
     for lr in sorted(trials.lr.unique(), reverse=True):
         if lines := curve_lines(trials[trials.lr == lr], histories, others):
-            figure = figures.validation_curves_figure(f"Learning rate {lr:g}", *lines)
-            section.figures[f"curves_lr={lr:g}.png"] = figures.png_bytes(figure)
+            section.add(f"curves_lr={lr:g}.png", figures.validation_curves_figure(f"Learning rate {lr:g}", *lines),
+                        f"Line charts: validation and training accuracy and loss per epoch of the trials with learning "
+                        f"rate {lr:g}")
         else:
             section.skipped.append(f"the curves of learning rate {lr:g}: none of its trials reported an epoch")
     return section
@@ -204,24 +219,29 @@ def curve_label(row, names) -> str:
 def best_trial_sections(experiment: Location, summary: Summary) -> list[Section]:
     per_class = Section("Per-class test accuracy of the best trial",
                         "The share of each class's test drawings that the best trial (chosen on validation "
-                        "accuracy) classified right.")
+                        "accuracy) classified right, and which classes it took for which.")
     drawings = Section(f"{SAMPLE_SIZE} test drawings and their class probabilities (best trial)",
                        "Up to a third of them classified wrong, the rest right, picked with a fixed seed.")
     try:
         best, split, probabilities = best_trial_predictions(experiment, summary.table, summary.shown)
     except Missing as e:
-        per_class.skipped.append(f"the per-class accuracy: {e}")
+        per_class.skipped.append(f"the per-class accuracy and confusion matrix: {e}")
         drawings.skipped.append(f"the test drawings: {e}")
         return [per_class, drawings]
     predictions = probabilities.argmax(1)
     title = f"Per-class test accuracy, best trial: {describe(best, summary.shown)}"
-    figure = figures.per_class_accuracy_figure(split.y_test, predictions, split.classes, title)
-    per_class.figures["per_class_accuracy.png"] = figures.png_bytes(figure)
+    per_class.add("per_class_accuracy.png", figures.per_class_accuracy_figure(split.y_test, predictions, split.classes,
+                                                                              title),
+                  "Bar chart: the best trial's test accuracy for each class, and over all classes")
+    per_class.add("confusion_matrix.png", figures.confusion_matrix_figure(split.y_test, predictions, split.classes),
+                  "Confusion matrix of the best trial: test drawings counted by true class (rows) and predicted class "
+                  "(columns)")
     chosen = sample_drawings(split.y_test, predictions)
     figure = figures.probabilities_figure(
         split.x_test[chosen], split.y_test[chosen], probabilities[chosen], split.classes
     )
-    drawings.figures["test_probabilities.png"] = figures.png_bytes(figure)
+    drawings.add("test_probabilities.png", figure,
+                 f"{len(chosen)} test drawings, each beside bars of the class probabilities the best trial gave it")
     return [per_class, drawings]
 
 
@@ -248,6 +268,14 @@ def best_trial_predictions(experiment: Location, trials: pd.DataFrame, shown=())
     return best, split, probabilities
 
 
+def search_record(experiment: Location) -> dict | None:
+    """search.json, for the page's settings; None when it cannot be read (the page says so)."""
+    try:
+        return read_search(experiment)
+    except (OSError, ValueError):
+        return None
+
+
 def stored_split(experiment: Location) -> Split:
     """The test part of the split the search trained on (the only part the report shows; the others stay unread),
     from where its search.json says it is."""
@@ -267,30 +295,3 @@ def sample_drawings(labels: np.ndarray, predictions: np.ndarray, count: int = SA
     n_wrong = min(len(wrong), count - n_right)
     chosen = [rng.choice(wrong, n_wrong, replace=False), rng.choice(right, n_right, replace=False)]
     return np.sort(np.concatenate(chosen))
-
-
-def render(title: str, result: Summary, sections: list[Section]) -> str:
-    trials, shown = result.table, result.shown
-    summary = f"{(trials.status == 'finished').sum()} of {len(trials)} trials finished."
-    stopped = (trials.status == "stopped").sum()
-    if stopped:
-        summary += f" {stopped} {'was' if stopped == 1 else 'were'} stopped early by ASHA."
-    index = best_trial(trials)
-    if index is not None:
-        best = trials.loc[index]
-        summary += f" Best: {best_sentence(best, shown)}."
-    if per_model := best_per_model(trials, shown):
-        summary += " Best of each model: " + "; ".join(per_model) + "."
-    body = [f"<h1>Experiment {escape(title)}</h1>", f"<p>{escape(summary)}</p>",
-            "<h2>Every trial, ranked by validation accuracy</h2>", to_html(trials),
-            f"<p>The best trial is {escape(CHOICE)} ({escape(TIE_BREAK)}).</p>"]
-    for section in sections:
-        body.append(f"<h2>{escape(section.heading)}</h2>")
-        if section.figures:
-            body.append(f"<p>{escape(section.text)}</p>")
-        for name, png in section.figures.items():
-            body.append(f'<p><img src="data:image/png;base64,{base64.b64encode(png).decode()}" alt="{escape(name)}" '
-                        f'title="{escape(name)}"></p>')
-        body += [f'<p class="skipped">Not shown: {escape(note)}.</p>' for note in section.skipped]
-    head = f'<head>\n<meta charset="utf-8">\n<title>{escape(title)}: report</title>\n<style>{STYLE}</style>\n</head>'
-    return f'<!DOCTYPE html>\n<html lang="en">\n{head}\n<body>\n' + "\n".join(body) + "\n</body>\n</html>\n"

@@ -26,6 +26,7 @@ from quickdraw.dataset import Conversion, Split, check_inputs, conversion_finger
 from quickdraw.download import fetch_missing
 from quickdraw.errors import UserError
 from quickdraw.experiment import SEARCH_FILE, read_search
+from quickdraw.provenance import run_record
 from quickdraw.progress import console_reporter, use_on_restored
 from quickdraw.space import Dimension, Space, space_of_record
 from quickdraw.storage import Location, first_line
@@ -60,8 +61,9 @@ def run_search(config: SearchConfig) -> Location:
     resources = trial_resources(config, ray.cluster_resources())
     settings = {key: value for key, value in dataclasses.asdict(config).items() if key != "space"}
     space = config.dimensions
+    nodes = sum(node["Alive"] for node in ray.nodes())
     record = {"config": settings, "space": {d.name: d.as_spec() for d in space}, "dataset": conversion.directory.uri,
-              "resources": resources}
+              "resources": resources, "run": run_record(ray.cluster_resources(), nodes)}
     (experiment / SEARCH_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
     build_tuner(config, trainable(split, resources, space), storage, name).fit()
     return experiment

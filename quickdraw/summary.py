@@ -127,6 +127,28 @@ def best_trial(table: pd.DataFrame):
     return order.index[0]
 
 
+def tie_sentence(table: pd.DataFrame) -> str:
+    """How a tie for the best validation accuracy was broken, in words; "" when the best trial had none."""
+    index = best_trial(table)
+    if index is None:
+        return ""
+    best, finished = table.loc[index], table[table.status == "finished"]
+    tied = finished[(finished.best_val_accuracy == best.best_val_accuracy) & (finished.index != index)]
+    if tied.empty:
+        return ""
+    ranks = ", ".join(f"#{rank}" for rank in tied["rank"])
+    if (tied.best_val_loss > best.best_val_loss).all():
+        rule = f"its lower validation loss ({best.best_val_loss:.4f}, against {_join(tied.best_val_loss, '{:.4f}')})"
+    else:
+        rule = "its lower validation loss or, where the losses are equal too, for starting first"
+    return (f"#{best['rank']} tied with {ranks} on validation accuracy ({best.best_val_accuracy:.2f}%) and was "
+            f"chosen for {rule}")
+
+
+def _join(values, form: str) -> str:
+    return ", ".join(form.format(value) for value in values)
+
+
 def describe(row: pd.Series, shown=()) -> str:
     """How the summary names a trial: its model, learning rate and batch size, and its dropout and weight decay when
     they are among the `shown` hyperparameters (searched, or different between trials), so the name tells it apart."""
@@ -180,8 +202,10 @@ def to_markdown(summary: Summary) -> str:
     if constant := [name for name in HYPERPARAMETERS if name not in shown and not table.empty]:
         values = ", ".join(f"{LABELS[name].lower()} {_value(table[name].iloc[0])}" for name in constant)
         lines += [f"Same for every trial: {values}.", ""]
-    lines += [f"The best trial is {CHOICE} ({TIE_BREAK}).", ""]
-    return "\n".join(lines)
+    lines += [f"The best trial is {CHOICE} ({TIE_BREAK})."]
+    if tie := tie_sentence(table):
+        lines[-1] += f" Here {tie}."
+    return "\n".join(lines + [""])
 
 
 def ranked_markdown(table: pd.DataFrame, shown: list[str]) -> str:

@@ -81,7 +81,8 @@ def test_summary_and_report_say_which_trials_asha_stopped(asha_run):
     page = (experiment / "report.html").read_text()
     assert f"{len(table) - stopped} of {len(table)} trials finished. {stopped} {verb} stopped early by ASHA." in page
     figures = {p.name for p in (experiment / "report").iterdir()}
-    assert figures == {"test_accuracy_heatmap.png", "per_class_accuracy.png", "test_probabilities.png",
+    assert figures == {"test_accuracy_heatmap.png", "per_class_accuracy.png", "confusion_matrix.png",
+                       "test_probabilities.png",
                        *(f"curves_lr={lr:g}.png" for lr in LRS), "hyperparameter_importance.png",
                        "parallel_coordinates.png", "scatter_lr.png", "scatter_batch_size.png"}
 

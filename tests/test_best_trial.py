@@ -17,7 +17,7 @@ from experiment_checks import chosen_trial, ranked_rows, results
 from quickdraw.experiment import load_trials
 from quickdraw.report_page import best_trial_predictions, grid_cell, stored_split
 from quickdraw.storage import Location
-from quickdraw.summary import best_per_model, best_trial, trial_row, trial_table
+from quickdraw.summary import best_per_model, best_trial, tie_sentence, trial_row, trial_table
 
 # lr 3e-5 for one epoch stays near chance; lr 0.01 learns: their test accuracies differ.
 LRS, BATCH_SIZES = (0.01, 0.00003), (16, 32)
@@ -156,6 +156,22 @@ def test_ties_go_to_the_lower_validation_loss_then_to_the_earlier_trial():
          "best_val_loss": 0.2, "test_accuracy": 80.0},
     ])
     assert optuna_like.loc[best_trial(optuna_like)].trial_id == "f9e8d7c6"
+
+
+def test_a_tie_for_the_best_says_how_it_was_broken():
+    table = trials_table(
+        ("a_00000", "finished", 95.0, 0.25, 82.0),
+        ("a_00001", "finished", 95.0, 0.20, 81.0),
+        ("a_00002", "finished", 90.0, 0.10, 99.0),
+        ("a_00003", "stopped", 95.0, 0.15, np.nan),  # untested: not a candidate, so not a tie either
+    ).assign(rank=[2, 1, 3, 4])
+    assert tie_sentence(table) == ("#1 tied with #2 on validation accuracy (95.00%) and was chosen for its lower "
+                                   "validation loss (0.2000, against 0.2500)")
+    equal_losses = table.assign(best_val_loss=[0.2, 0.2, 0.1, 0.15])
+    assert tie_sentence(equal_losses).endswith("chosen for its lower validation loss or, where the losses are equal "
+                                               "too, for starting first")
+    assert tie_sentence(table.drop(index=0)) == ""  # no tie: no sentence
+    assert tie_sentence(table[table.status != "finished"]) == ""  # no best trial
 
 
 def test_the_best_of_each_model_is_chosen_on_validation_too():

@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import shutil
+from importlib.metadata import version as package_version
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from PIL import Image
 from conftest import SYNTHETIC_CLASSES, imported_modules, is_ray, run_cli, write_confusable_class_files
 from experiment_checks import chosen_trial, ranked_rows
 from quickdraw.config import EXPORT_FORMATS
+from quickdraw.html_page import MIN_SCALE
 from quickdraw.summary import EXPORTERS
 
 # lr 3e-5 stays near chance for two epochs, lr 0.01 learns all but the confusable fifth: validation accuracy
@@ -24,10 +27,12 @@ from quickdraw.summary import EXPORTERS
 LRS, BATCH_SIZES, EPOCHS = (0.01, 0.00003), (16, 32), 2
 WHAT_MATTERED = {"hyperparameter_importance.png", "parallel_coordinates.png", "scatter_lr.png",
                  "scatter_batch_size.png"}
-FIGURES = {"test_accuracy_heatmap.png", "per_class_accuracy.png", "test_probabilities.png",
+FIGURES = {"test_accuracy_heatmap.png", "per_class_accuracy.png", "confusion_matrix.png", "test_probabilities.png",
            *(f"curves_lr={lr:g}.png" for lr in LRS), *WHAT_MATTERED}
 COLUMNS = ["rank", "model", "lr", "batch_size", "dropout", "weight_decay", "epochs", "best_val_loss",
            "best_val_accuracy", "test_accuracy", "train_seconds", "status", "best"]
+PAGE_HEADERS = ["Rank", "Validation accuracy", "Test accuracy", "Learning rate", "Batch size", "Epochs",
+                "Validation loss", "Training time", "Status"]  # report.html's table: searched hyperparameters only
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +67,8 @@ class Page(HTMLParser):
         self.tags.append(tag)
         if tag == "img":
             self.images.append(dict(attrs))
-        self._in_cell = tag in ("td", "th")
+        if tag in ("td", "th"):
+            self._in_cell = True
 
     def handle_endtag(self, tag):
         if tag in ("td", "th"):
@@ -98,27 +104,80 @@ def test_every_figure_is_a_png_that_is_not_blank(experiment):
 def test_report_html_holds_the_table_and_every_figure(experiment):
     page = Page((experiment / "report.html").read_text())
     assert page.tags[0] == "html" and "table" in page.tags
-    for name in COLUMNS:
-        assert name in page.cells
+    for header in PAGE_HEADERS:
+        assert header in page.cells
     assert page.tags.count("tr") == 1 + len(LRS) * len(BATCH_SIZES)  # header and a row per trial
-    assert {image["alt"] for image in page.images} == FIGURES
-    for image in page.images:  # embedded, the same PNG as the file beside it
+    assert {image["data-file"] for image in page.images} == FIGURES
+    for image in page.images:  # embedded, the same PNG as the file beside it, with words for what it shows
         prefix = "data:image/png;base64,"
         assert image["src"].startswith(prefix)
-        assert base64.b64decode(image["src"][len(prefix):]) == (experiment / "report" / image["alt"]).read_bytes()
+        assert base64.b64decode(image["src"][len(prefix):]) == (experiment / "report" / image["data-file"]).read_bytes()
+        assert len(image["alt"].split()) >= 5 and ".png" not in image["alt"]
     assert "Not shown" not in page.all_text()
     table = pd.read_csv(experiment / "summary.csv")
     best = chosen_trial(table)
     best_text = (f"Best: seed, lr {best.lr:g}, batch size {best.batch_size}: validation accuracy "
                  f"{best.best_val_accuracy:.2f}%, test accuracy {best.test_accuracy:.2f}%.")
     assert best_text in page.all_text() and "Best of each model" not in page.all_text()  # one model: no per-model line
-    assert "The best trial is chosen on validation accuracy; test accuracy shown for every trial, never used to " \
-           "choose" in page.all_text()
+    assert "The chosen trial (highlighted) is chosen on validation accuracy; test accuracy shown for every trial, " \
+           "never used to choose" in page.all_text()
     importance = json.loads((experiment / "summary.json").read_text())["hyperparameter_importance"]
     assert set(importance) == {"lr", "batch_size"}
     shares = ", ".join(f"{name} {100 * share:.0f}%" for name, share in importance.items())
     assert f"What mattered Each searched hyperparameter's share of the variance in validation accuracy: {shares} " \
            "(fANOVA: optuna 4.9.0 FanovaImportanceEvaluator(seed=0) on 4 trials;" in page.all_text()
+
+
+@pytest.mark.parametrize("width", [390, 1400])  # a phone, a desktop
+def test_the_page_reads_in_a_browser(experiment, browser, width):
+    page = browser.new_page(viewport={"width": width, "height": 900})
+    page.goto((experiment / "report.html").as_uri())
+    images = page.evaluate("[...document.images].map((image) => ({file: image.dataset.file, "
+                           "natural: image.naturalWidth, shown: image.getBoundingClientRect().width}))")
+    assert {image["file"] for image in images} == FIGURES
+    for image in images:  # decoded, and shown large enough to read: a phone scrolls a wide figure, not the page
+        assert image["natural"] > 300, image
+        assert MIN_SCALE * image["natural"] - 1 <= image["shown"] <= image["natural"], image
+    assert page.evaluate("document.documentElement.scrollWidth") <= width
+    smallest_text = page.evaluate("Math.min(...[...document.body.querySelectorAll('*')].filter((e) => "
+                                  "e.childNodes.length && [...e.childNodes].some((n) => n.nodeType === 3 && "
+                                  "n.textContent.trim())).map((e) => parseFloat(getComputedStyle(e).fontSize)))")
+    assert smallest_text >= 12
+
+    chosen = chosen_trial(pd.read_csv(experiment / "summary.csv"))
+    (row,) = page.locator("tr.chosen").all()
+    assert row.locator("td").first.inner_text().split() == ["1", "chosen"]
+    assert f"{chosen.best_val_accuracy:.2f}%" in row.inner_text() and f"{chosen.lr:g}" in row.inner_text()
+
+    settings = page.locator("dl.run").inner_text()
+    assert f"tensorboard --logdir {experiment}" in settings
+    assert f"{len(SYNTHETIC_CLASSES)}: {', '.join(SYNTHETIC_CLASSES)}" in settings
+    assert "300 training, 60 validation, 30 test drawings" in settings and "python tune_search.py --data-dir" in settings
+    assert re.search(r"git commit [0-9a-f]{40}", settings) and f"torch {package_version('torch')}" in settings
+    assert re.search(r"1 node, \d+ CPU, 0 GPU; driver on ", settings)
+    for link in page.locator("dl.run a").all():
+        assert (experiment / link.get_attribute("href")).is_file()
+    page.close()
+
+
+def test_clicking_a_column_header_sorts_the_table(experiment, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.goto((experiment / "report.html").as_uri())
+    table = pd.read_csv(experiment / "summary.csv")
+
+    def column(header: str) -> list[str]:
+        index = page.locator("table.sortable th").all_inner_texts().index(header)
+        return [row.locator("td").nth(index).inner_text() for row in page.locator("table.sortable tbody tr").all()]
+
+    assert column("Rank")[0].split() == ["1", "chosen"]
+    page.get_by_role("button", name="Test accuracy").click()
+    assert column("Test accuracy") == [f"{value:.2f}%" for value in sorted(table.test_accuracy)]
+    page.get_by_role("button", name="Test accuracy").click()
+    assert column("Test accuracy") == [f"{value:.2f}%" for value in sorted(table.test_accuracy, reverse=True)]
+    page.get_by_role("button", name="Batch size").click()
+    assert column("Batch size") == [str(size) for size in sorted(table.batch_size)]  # as numbers: 16 before 32
+    assert page.locator("th[aria-sort=ascending]").inner_text().startswith("Batch size")
+    page.close()
 
 
 def test_summary_md_links_the_page_and_the_figures(experiment):
@@ -257,11 +316,11 @@ def test_report_of_a_partial_experiment_skips_only_what_is_missing(experiment, t
     for png in (partial / "report").iterdir():
         check_not_blank(png)
     page = Page((partial / "report.html").read_text())
-    assert {image["alt"] for image in page.images} == kept
+    assert {image["data-file"] for image in page.images} == kept
     text = page.all_text()
     best = chosen_trial(table)
     best_trial = f"the best trial (seed, lr {best.lr:g}, batch size {best.batch_size})"
-    assert f"Not shown: the per-class accuracy: {best_trial} has no test_predictions.npz" in text
+    assert f"Not shown: the per-class accuracy and confusion matrix: {best_trial} has no test_predictions.npz" in text
     assert f"Not shown: the test drawings: {best_trial} has no test_predictions.npz" in text
     assert text.count("Not shown") == 2
     markdown = (partial / "summary.md").read_text()
@@ -284,7 +343,8 @@ def test_report_when_no_trial_finished(experiment, tmp_path):
     assert "Not shown: the hyperparameter importance, parallel coordinates and scatters: 0 trials finished or were " \
            "stopped by ASHA with a validation result; comparing hyperparameters takes 2 or more." in text
     assert json.loads((partial / "summary.json").read_text())["hyperparameter_importance"] == {}
-    assert "Not shown: the per-class accuracy: no trial finished, so there is no best trial." in text
+    assert "Not shown: the per-class accuracy and confusion matrix: no trial finished, so there is no best trial." \
+        in text
     assert "Not shown: the test drawings: no trial finished, so there is no best trial." in text
 
 
@@ -300,7 +360,8 @@ def test_report_when_the_stored_split_is_gone(experiment, tmp_path):
     kept = {"test_accuracy_heatmap.png", *(f"curves_lr={lr:g}.png" for lr in LRS), *WHAT_MATTERED}
     assert {p.name for p in (moved / "report").iterdir()} == kept
     text = Page((moved / "report.html").read_text()).all_text()
-    assert "Not shown: the per-class accuracy: the test drawings cannot be read from the split that search.json names" in text
+    assert "Not shown: the per-class accuracy and confusion matrix: the test drawings cannot be read from the split " \
+           "that search.json names" in text
     assert text.count("Not shown") == 2
 
 

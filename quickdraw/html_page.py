@@ -1,0 +1,228 @@
+"""report.html as a person reads it, on a phone or a desktop: one self-contained file (figures embedded, a few lines
+of inline script to sort the trial table), with what was run, the ranked trials (the chosen one marked, numbers
+formatted as the summary writes them), links to the rest of the experiment, and the report's figures. The sections
+and their figures come from quickdraw.report_page; this module only lays them out."""
+
+from __future__ import annotations
+
+import base64
+import math
+import struct
+from html import escape
+
+import pandas as pd
+
+from quickdraw.summary import (CHOICE, LABELS, TIE_BREAK, Summary, best_per_model, best_sentence, best_trial,
+                               tie_sentence)
+
+MIN_SCALE = 0.7  # a figure is never shown narrower than this share of its pixels: a phone scrolls it sideways
+STYLE = """
+body{font-family:system-ui,sans-serif;line-height:1.45;max-width:75rem;margin:1.5rem auto;padding:0 1rem;color:#222}
+h1{font-size:1.6rem;overflow-wrap:anywhere} h2{font-size:1.25rem;margin-top:2rem}
+code{background:#f3f3f3;padding:.1em .3em;overflow-wrap:anywhere}
+.scroll{overflow-x:auto} figure{margin:1rem 0;overflow-x:auto} figure img{display:block;max-width:100%;height:auto}
+figcaption{font-size:.9rem;color:#555}
+table{border-collapse:collapse;font-variant-numeric:tabular-nums}
+td,th{padding:.3em .7em;border-bottom:1px solid #ddd;text-align:right;white-space:nowrap} th{white-space:normal}
+td.text,th.text{text-align:left}
+th button{font:inherit;font-weight:bold;background:none;border:0;padding:0;cursor:pointer;color:inherit}
+th[aria-sort=ascending] button::after{content:" \\25B2"} th[aria-sort=descending] button::after{content:" \\25BC"}
+tr.chosen{background:#fff3c4;font-weight:bold} .badge{background:#b58900;color:#fff;border-radius:.3em;
+padding:0 .4em;margin-left:.4em;font-size:.8em}
+dl.run{display:grid;grid-template-columns:max-content 1fr;gap:.2em 1em} dl.run dt{font-weight:bold}
+dl.run dd{margin:0;overflow-wrap:anywhere} .skipped{color:#a33}
+@media (max-width:40rem){dl.run{grid-template-columns:1fr} dl.run dd{margin-bottom:.4em}}
+"""
+# Click a header to sort by it, again to reverse; empty cells stay last. Numbers sort as numbers (data-value).
+SCRIPT = """
+document.querySelectorAll("table.sortable th button").forEach((button) => button.addEventListener("click", () => {
+  const header = button.parentElement, table = header.closest("table"), column = header.cellIndex;
+  const ascending = header.getAttribute("aria-sort") !== "ascending";
+  table.querySelectorAll("th").forEach((th) => th.removeAttribute("aria-sort"));
+  header.setAttribute("aria-sort", ascending ? "ascending" : "descending");
+  const value = (row) => row.cells[column].dataset.value;
+  const compare = (a, b) => {
+    if (a === "" || b === "") return (a === "") - (b === "");
+    const order = isNaN(a) || isNaN(b) ? a.localeCompare(b) : a - b;
+    return ascending ? order : -order;
+  };
+  const body = table.tBodies[0];
+  body.append(...[...body.rows].sort((a, b) => compare(value(a), value(b))));
+}));
+"""
+# The trial table's columns beyond the hyperparameters: header, how a value reads, and what it means.
+MEASURES = {
+    "epochs": ("Epochs", "{:d}", "epochs the trial ran"),
+    "best_val_accuracy": ("Validation accuracy", "{:.2f}%",
+                          "validation accuracy at the epoch of the lowest validation loss, whose weights are tested: "
+                          "what chooses the best trial"),
+    "test_accuracy": ("Test accuracy", "{:.2f}%",
+                      "accuracy on the test drawings of the weights with the lowest validation loss; reported only, "
+                      "never used to choose"),
+    "best_val_loss": ("Validation loss", "{:.4f}", "the lowest validation loss over the trial's epochs; breaks ties"),
+    "train_seconds": ("Training time", "{:.1f} s", "seconds spent in the training passes over the training drawings; "
+                      "Ray's time_total_s (in result.json) also counts validation, testing, checkpoints and start-up"),
+    "status": ("Status", "{}", "finished (tested), stopped (by ASHA), error, or unfinished (its driver stopped)"),
+}
+HYPERPARAMETER_FORMS = {"model": "{}", "lr": "{:.4g}", "batch_size": "{:d}", "dropout": "{:.3g}",
+                        "weight_decay": "{:.3g}"}
+LINKS = {"summary.csv": "the table as CSV", "summary.json": "the table and what mattered as JSON",
+         "summary.md": "the summary as Markdown", "best_model/config.json": "the chosen trial's model (best_model/)"}
+
+
+def render(title: str, summary: Summary, sections, record: dict | None, location: str) -> str:
+    """The whole page. `sections` are quickdraw.report_page's; `record` is search.json (None when unreadable) and
+    `location` the experiment's path or URI, for the TensorBoard command."""
+    body = [f"<h1>Experiment {escape(title)}</h1>", f"<p>{escape(overview(summary))}</p>",
+            "<h2>What was run</h2>", run_settings(record, location),
+            "<h2>Every trial, ranked by validation accuracy</h2>", trial_table(summary), table_notes(summary)]
+    for section in sections:
+        body.append(f"<h2>{escape(section.heading)}</h2>")
+        if section.figures:
+            body.append(f"<p>{escape(section.text)}</p>")
+        body += [picture(name, image.png, image.alt) for name, image in section.figures.items()]
+        body += [f'<p class="skipped">Not shown: {escape(note)}.</p>' for note in section.skipped]
+    head = (f'<head>\n<meta charset="utf-8">\n<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+            f"<title>{escape(title)}: report</title>\n<style>{STYLE}</style>\n</head>")
+    return (f'<!DOCTYPE html>\n<html lang="en">\n{head}\n<body>\n' + "\n".join(body)
+            + f"\n<script>{SCRIPT}</script>\n</body>\n</html>\n")
+
+
+def overview(summary: Summary) -> str:
+    trials, shown = summary.table, summary.shown
+    text = f"{(trials.status == 'finished').sum()} of {len(trials)} trials finished."
+    if stopped := (trials.status == "stopped").sum():
+        text += f" {stopped} {'was' if stopped == 1 else 'were'} stopped early by ASHA."
+    if (index := best_trial(trials)) is not None:
+        text += f" Best: {best_sentence(trials.loc[index], shown)}."
+    if per_model := best_per_model(trials, shown):
+        text += " Best of each model: " + "; ".join(per_model) + "."
+    return text
+
+
+def run_settings(record: dict | None, location: str) -> str:
+    """What was run, as a list of terms, then how to open its TensorBoard and links to the other files."""
+    items = settings_items(record) if record else {"Settings": "search.json cannot be read"}
+    items["TensorBoard"] = f"<code>tensorboard --logdir {escape(location)}</code>"
+    items["Files"] = ", ".join(f'<a href="{escape(path)}">{escape(path)}</a> ({escape(what)})'
+                               for path, what in LINKS.items())
+    return '<dl class="run">' + "".join(f"<dt>{escape(term)}</dt><dd>{value}</dd>" for term, value in items.items()) \
+        + "</dl>"
+
+
+def settings_items(record: dict) -> dict[str, str]:
+    """search.json's config and run (escaped HTML by term); what an older search.json lacks is left out."""
+    config, run = record.get("config", {}), record.get("run", {})
+    data = config.get("data", {})
+    items = {}
+    if data:
+        split = data.get("split", {})
+        items["Classes"] = escape(f"{len(data['classes'])}: {', '.join(data['classes'])}")
+        items["Split"] = escape(f"{split.get('train', 0):,} training, {split.get('validation', 0):,} validation, "
+                                f"{split.get('test', 0):,} test drawings (seed {data.get('seed', 0)})")
+    items["Training"] = escape(f"{config.get('epochs')} epochs, precision {config.get('precision', 'auto')}"
+                               + (", compiled" if config.get("compile") else ""))
+    items["Search"] = escape(search_words(config))
+    if resources := record.get("resources"):
+        items["Each trial"] = escape(f"{resources.get('cpu', 0):g} CPU, {resources.get('gpu', 0):g} GPU")
+    if run:
+        items["Command"] = f"<code>{escape(run.get('command', ''))}</code>"
+        items["Started"] = escape(run.get("started", ""))
+        items["Code"] = escape(f"git commit {run['git_commit']}" if run.get("git_commit") else "not a git checkout")
+        items["Packages"] = escape(", ".join(f"{name} {version}" for name, version in run.get("packages", {}).items()
+                                             if version))
+        items["Hardware"] = escape(hardware_words(run.get("hardware", {})))
+    return items
+
+
+def search_words(config: dict) -> str:
+    search = config.get("search", "grid")
+    words = "a grid" if search == "grid" else f"{search}, {config.get('num_samples')} trials"
+    if config.get("space_file"):
+        words += f" over the space in {config['space_file']}"
+    if config.get("max_concurrent_trials"):
+        words += f", at most {config['max_concurrent_trials']} at once"
+    if config.get("scheduler") == "asha":
+        words += (f"; ASHA stopping trials (grace period {config.get('grace_period') or 'default'}, reduction "
+                  f"factor {config.get('reduction_factor') or 'default'})")
+    return words
+
+
+def hardware_words(hardware: dict) -> str:
+    gpus = f"{hardware.get('gpus', 0):g} GPU"
+    if hardware.get("gpu_kinds"):
+        gpus += f" ({', '.join(hardware['gpu_kinds'])})"
+    nodes = hardware.get("nodes", 1)
+    return (f"{nodes} node{'s' if nodes != 1 else ''}, {hardware.get('cpus', 0):g} CPU, {gpus}; "
+            f"driver on {hardware.get('driver', '?')}")
+
+
+def trial_table(summary: Summary) -> str:
+    """Every trial, ranked, with the hyperparameters that tell trials apart; the chosen trial's row marked.
+    Each cell keeps its number in data-value, so that the script sorts by it."""
+    table, shown = summary.table, summary.shown
+    # The accuracies next to the rank: on a phone they are what shows before the table scrolls.
+    columns = ["rank", "best_val_accuracy", "test_accuracy", *shown, *(name for name in MEASURES if "accuracy" not in name)]
+    chosen = best_trial(table)
+    header = "".join(header_cell(column) for column in columns)
+    rows = []
+    for index, row in table.iterrows():
+        cells = "".join(cell(column, row[column], chosen=index == chosen) for column in columns)
+        rows.append(f'<tr class="chosen">{cells}</tr>' if index == chosen else f"<tr>{cells}</tr>")
+    return (f'<div class="scroll"><table class="summary sortable"><thead><tr>{header}</tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table></div>')
+
+
+def header_cell(column: str) -> str:
+    if column in MEASURES:
+        words, _, meaning = MEASURES[column]
+    elif column == "rank":
+        words, meaning = "Rank", "by validation accuracy, then validation loss, then the trial that started first"
+    else:
+        words, meaning = LABELS[column], "a hyperparameter"
+    kind = "text" if column in ("model", "status") else "number"
+    return f'<th class="{kind}" title="{escape(meaning)}"><button type="button">{escape(words)}</button></th>'
+
+
+def cell(column: str, value, chosen: bool) -> str:
+    if column == "rank":
+        badge = ' <span class="badge">chosen</span>' if chosen else ""
+        return f'<td data-value="{value}">{value}{badge}</td>'
+    if isinstance(value, float) and math.isnan(value):
+        return '<td data-value=""></td>'
+    form = HYPERPARAMETER_FORMS.get(column) or MEASURES[column][1]
+    kind = ' class="text"' if column in ("model", "status") else ""
+    return f'<td{kind} data-value="{escape(str(value))}">{escape(form.format(value))}</td>'
+
+
+def table_notes(summary: Summary) -> str:
+    notes = [f"The chosen trial (highlighted) is {CHOICE} ({TIE_BREAK})."]
+    if tie := tie_sentence(summary.table):
+        notes.append(f"Here {tie}.")
+    constant = [name for name in LABELS if name not in summary.shown and not summary.table.empty]
+    if constant:
+        values = ", ".join(f"{LABELS[name].lower()} {constant_value(summary.table, name)}" for name in constant)
+        notes.append(f"Same for every trial: {values}.")
+    notes.append("Click a column's name to sort by it; hover over it for what it measures. Training time counts the "
+                 "training passes only; Ray's own time_total_s also counts validation, testing, checkpoints and "
+                 "start-up.")
+    return f"<p>{escape(' '.join(notes))}</p>"
+
+
+def picture(name: str, png: bytes, alt: str) -> str:
+    """A figure at its own size on a wide screen, shrunk to the page on a narrower one but never below MIN_SCALE of
+    its size (its box then scrolls sideways, not the page)."""
+    width, height = png_size(png)
+    source = base64.b64encode(png).decode()
+    return (f'<figure><img src="data:image/png;base64,{source}" alt="{escape(alt)}" data-file="{escape(name)}" '
+            f'width="{width}" height="{height}" style="min-width:{math.ceil(MIN_SCALE * width)}px">'
+            f"<figcaption>{escape(alt)} (report/{escape(name)})</figcaption></figure>")
+
+
+def png_size(png: bytes) -> tuple[int, int]:
+    """Width and height from a PNG's header."""
+    return struct.unpack(">II", png[16:24])
+
+
+def constant_value(table: pd.DataFrame, name: str) -> str:
+    return HYPERPARAMETER_FORMS[name].format(table[name].iloc[0])

@@ -56,7 +56,7 @@ def test_the_grid_trains_each_model_at_each_setting(search):
     trials = trial_dirs(experiment)
     models = {t.name: json.loads((t / "params.json").read_text())["model"] for t in trials}
     assert sorted(models.values()) == list(MODEL_NAMES)
-    assert all(f"_batch=32_{model}_" in name for name, model in models.items())  # folder names say the model
+    assert all(f"_batch=32_model={model}_" in name for name, model in models.items())  # folder names say the model
     table = pd.read_csv(experiment / "summary.csv")
     assert sorted(table.model) == list(MODEL_NAMES)
     assert (table.status == "finished").all() and (table.test_accuracy > 60).all(), table

@@ -92,9 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
                      f"lets about 1/F of them go on (default {ASHA_REDUCTION_FACTOR:g})")
     run.add_argument("--name", help="experiment folder under --storage (default: a timestamp)")
     run.add_argument("--gpus-per-trial", type=float, default=None,
-                     help="GPUs per trial, fractions allowed (default: share Ray's GPUs so all trials run at once)")
+                     help="GPUs per trial, at most 1 (a trial trains on one GPU); 0.25 puts four trials on a GPU "
+                     "(default: 1 / ceil(trials / GPUs), so that all trials run at once; see docs/gpus.md)")
     run.add_argument("--cpus-per-trial", type=float, default=None,
-                     help="CPUs per trial; torch uses that many threads (default 1 without GPUs)")
+                     help="CPUs per trial; torch uses that many threads, rounded down, at least 1 (default 1 "
+                     "without GPUs; with GPUs, a share of each GPU node's CPUs, at most 1, that lets all its trials run)")
     run.add_argument("--max-failures", type=int, default=SearchConfig.max_failures,
                      help="restarts of a failed trial, each from its last checkpoint; -1 for no limit (default %(default)s)")
     run.add_argument("--precision", choices=PRECISIONS, default=SearchConfig.precision,

@@ -149,10 +149,14 @@ class SearchConfig:
             raise UserError(f"--weight-decay must be 0 or more, got {self.weight_decay}")
         if self.epochs < 1:
             raise UserError(f"--epochs must be at least 1, got {self.epochs}")
-        if self.gpus_per_trial is not None and self.gpus_per_trial < 0:
-            raise UserError(f"--gpus-per-trial must be 0 or more, got {self.gpus_per_trial}")
-        if self.cpus_per_trial is not None and self.cpus_per_trial <= 0:
-            raise UserError(f"--cpus-per-trial must be above 0, got {self.cpus_per_trial}")
+        if self.gpus_per_trial is not None and self.gpus_per_trial > 1:
+            raise UserError(f"--gpus-per-trial {self.gpus_per_trial:g}: a trial trains on one GPU and would leave the "
+                            "others idle; give 1 or less (0.25 puts four trials on a GPU), or leave it out to "
+                            "share the GPUs among all trials")
+        if self.gpus_per_trial is not None and not 0 <= self.gpus_per_trial <= 1:
+            raise UserError(f"--gpus-per-trial must be from 0 to 1, got {self.gpus_per_trial}")
+        if self.cpus_per_trial is not None and not 0 < self.cpus_per_trial < math.inf:
+            raise UserError(f"--cpus-per-trial must be a finite number above 0, got {self.cpus_per_trial}")
         if self.precision not in PRECISIONS:
             raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.max_failures < -1:

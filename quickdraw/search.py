@@ -58,7 +58,7 @@ def run_search(config: SearchConfig) -> Location:
     conversion, split = convert_once(data, storage)
     print(f"split {conversion.counts} of {len(data.classes)} classes "
           f"{'reused from' if conversion.reused else 'converted into'} {conversion.directory}")
-    resources = trial_resources(config, ray.cluster_resources())
+    resources = trial_resources(config, [node["Resources"] for node in ray.nodes() if node["Alive"]])
     settings = {key: value for key, value in dataclasses.asdict(config).items() if key != "space"}
     space = config.dimensions
     nodes = sum(node["Alive"] for node in ray.nodes())
@@ -256,21 +256,35 @@ def scheduler(config: SearchConfig) -> TrialScheduler | None:
                          grace_period=config.grace_period, reduction_factor=config.reduction_factor)
 
 
-def trial_resources(config: SearchConfig, cluster: dict) -> dict:
-    """CPUs and GPUs per trial. By default all trials run at once, sharing the GPUs (at most one
-    each) and the CPUs beside them; without GPUs each trial takes one CPU."""
+def trial_resources(config: SearchConfig, nodes: list[dict]) -> dict:
+    """CPUs and GPUs per trial, from the resources of each of the cluster's nodes (`ray.nodes()`' "Resources").
+
+    By default all trials run at once. Ray puts a fractional GPU request on one GPU, never across two, so the
+    trials are spread evenly over the GPUs: ceil(trials / GPUs) on each, every one taking 1 / that of a GPU
+    (4 GPUs, 15 trials: 4 a GPU, 0.25 each, not 15 / 4 = 0.2666, of which only 3 fit on a GPU). The CPUs beside
+    them are per node: a node with g GPUs takes up to g times as many trials as a GPU does (no more than there
+    are), and each gets that share of the node's CPUs, at most 1; with several GPU nodes, the smallest share, so
+    that every node fits its trials. Without GPUs each trial takes one CPU. docs/gpus.md has worked examples."""
+    trials = config.concurrent_trials
+    gpu_nodes = [node for node in nodes if int(node.get("GPU", 0)) >= 1]  # a GPU is a whole device
     gpus = config.gpus_per_trial
     if gpus is None:
-        gpus = min(1.0, _round_down(cluster.get("GPU", 0) / config.concurrent_trials))
+        total = sum(int(node["GPU"]) for node in gpu_nodes)
+        gpus = _round_down(1 / math.ceil(trials / total)) if total else 0
     cpus = config.cpus_per_trial
     if cpus is None:
-        cpus = min(1.0, _round_down(cluster.get("CPU", 1) / config.concurrent_trials)) if gpus else 1.0
+        cpus = 1.0
+        if gpus and gpu_nodes:
+            per_gpu = 10_000 // max(1, round(gpus * 10_000))  # trials that fit on a GPU, in Ray's steps of 0.0001
+            cpus = min(min(1.0, _round_down(node.get("CPU", 0) / min(trials, int(node["GPU"]) * per_gpu)))
+                       for node in gpu_nodes)
     return {"cpu": cpus, "gpu": gpus}
 
 
 def _round_down(share: float) -> float:
-    # Ray accepts fractional resources in steps of 0.0001; rounding down keeps the sum within the total.
-    return math.floor(share * 10_000) / 10_000
+    # Ray accepts fractional resources in steps of 0.0001; rounding down keeps the sum within the total. A share is
+    # a node's resources (whole steps) over a number of trials, so within 1e-9 of a step it is one: floating point.
+    return math.floor(share * 10_000 + 1e-9) / 10_000
 
 
 def trial_dirname(trial, tagged: tuple[str, ...] = ()) -> str:

@@ -16,13 +16,14 @@ from quickdraw.search import run_search, trial_resources
 
 
 def test_trials_share_gpus_so_all_run_at_once():
-    grid = SearchConfig()  # 15 trials
-    assert trial_resources(grid, {"CPU": 2}) == {"cpu": 1.0, "gpu": 0}
-    assert trial_resources(grid, {"CPU": 16, "GPU": 1}) == {"cpu": 1.0, "gpu": 0.0666}
-    assert trial_resources(grid, {"CPU": 8, "GPU": 2}) == {"cpu": 0.5333, "gpu": 0.1333}
-    assert trial_resources(grid, {"CPU": 64, "GPU": 32}) == {"cpu": 1.0, "gpu": 1.0}
+    grid = SearchConfig()  # 15 trials; more cluster shapes, and Ray running them, in test_gpu_shares.py
+    assert trial_resources(grid, [{"CPU": 2}]) == {"cpu": 1.0, "gpu": 0}
+    assert trial_resources(grid, [{"CPU": 16, "GPU": 1}]) == {"cpu": 1.0, "gpu": 0.0666}
+    # 8 trials a GPU, as Ray puts a fraction on one GPU (not 2/15 = 0.1333: only 7 of those fit on a GPU)
+    assert trial_resources(grid, [{"CPU": 8, "GPU": 2}]) == {"cpu": 0.5333, "gpu": 0.125}
+    assert trial_resources(grid, [{"CPU": 64, "GPU": 32}]) == {"cpu": 1.0, "gpu": 1.0}
     explicit = SearchConfig(gpus_per_trial=0.5, cpus_per_trial=2)
-    assert trial_resources(explicit, {"CPU": 16, "GPU": 1}) == {"cpu": 2, "gpu": 0.5}
+    assert trial_resources(explicit, [{"CPU": 16, "GPU": 1}]) == {"cpu": 2, "gpu": 0.5}
 
 
 @pytest.fixture
@@ -42,7 +43,8 @@ def test_grid_on_a_gpu_cluster_gives_each_trial_a_share_and_falls_back_to_cpu(ra
     trials = ray.tune.ExperimentAnalysis(str(experiment)).trials
     assert len(trials) == 4
     assert {t.status for t in trials} == {"TERMINATED"}
-    # 4 trials on 1 GPU and 2 CPUs: a quarter GPU and half a CPU each, so all four fit at once.
+    # 4 trials on 1 GPU and 2 CPUs: 1 / ceil(4 / 1) = a quarter GPU each, and the node's 2 CPUs over the 4 trials
+    # its GPU takes, half a CPU each: all four fit at once.
     assert [t.placement_group_factory.required_resources for t in trials] == [{"CPU": 0.5, "GPU": 0.25}] * 4
     assert all("test_accuracy" in t.last_result for t in trials)
 

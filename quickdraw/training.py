@@ -84,7 +84,8 @@ class Trainer:
         self.network = compute.prepare(self.model)  # runs the batches (compiled when asked), sharing those weights
         optimizer = torch.optim.AdamW(self.model.parameters(), lr=hyperparameters.lr,
                                       weight_decay=hyperparameters.weight_decay)
-        schedule = one_cycle(optimizer, hyperparameters, train_size) if recipe.one_cycle else None
+        trained = compute.epoch_size(train_size, hyperparameters.batch_size)  # all, or whole batches when compiled
+        schedule = one_cycle(optimizer, hyperparameters, trained) if recipe.one_cycle else None
         self.training = Training(optimizer, recipe.augmentation, schedule)
         self.progress = Progress(best_weights=copy.deepcopy(self.model.state_dict()))
 
@@ -98,6 +99,7 @@ class Trainer:
         train_loss, train_accuracy = train_epoch(self.network, self.training, *data["train"],
                                                  self.hyperparameters.batch_size, self.compute)
         epoch_seconds = time.perf_counter() - started
+        trained = self.compute.epoch_size(len(data["train"][1]), self.hyperparameters.batch_size)
         val_loss, val_accuracy = evaluate(self.network, *data["validation"], self.compute)
         progress = self.progress
         progress.epoch += 1
@@ -113,7 +115,7 @@ class Trainer:
             "best_val_accuracy": progress.best_val_accuracy,
             "train_seconds": progress.train_seconds,
             "epoch_seconds": epoch_seconds,
-            "images_per_second": len(data["train"][1]) / epoch_seconds,
+            "images_per_second": trained / epoch_seconds,
             "learning_rate": self.training.optimizer.param_groups[0]["lr"],
         }
         return metrics, improved
@@ -124,23 +126,52 @@ class Trainer:
         return predict_logits(self.network, drawings, self.compute).softmax(1).cpu().numpy()
 
     def save(self, directory: Path) -> None:
+        """Write the state a restart continues from: weights, optimizer, schedule, progress and the random number
+        generators' states (torch's global CPU generator, and the GPU's when training on one), so that a restart
+        shuffles and drops out as the uninterrupted trial would have, instead of replaying its first epoch."""
         schedule = self.training.schedule
         state = {"model": self.model.state_dict(), "optimizer": self.training.optimizer.state_dict(),
-                 "progress": self.progress.__dict__, "schedule": schedule.state_dict() if schedule else None}
+                 "progress": self.progress.__dict__, "schedule": schedule.state_dict() if schedule else None,
+                 "rng": rng_state(self.compute.device)}
         torch.save(state, directory / CHECKPOINT_FILE)
 
     def load(self, directory: Path) -> None:
-        """Continue from a state that `save` wrote: weights, optimizer, schedule and progress."""
-        state = torch.load(directory / CHECKPOINT_FILE, map_location=self.compute.device, weights_only=True)
+        """Continue from a state that `save` wrote: weights, optimizer, schedule, progress and random state.
+
+        It is read onto the CPU, whatever the device: the weights are copied into the model where it is, and the
+        optimizer moves each state tensor where its policy keeps it, which for AdamW's step counters (neither fused
+        nor capturable) is the CPU; loaded onto a GPU they would stay there, and every step would read them back
+        to the host, a sync per parameter."""
+        state = torch.load(directory / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
         self.model.load_state_dict(state["model"])
         self.training.optimizer.load_state_dict(state["optimizer"])
         if self.training.schedule is not None:
             self.training.schedule.load_state_dict(state["schedule"])
         self.progress = Progress(**state["progress"])
+        if "rng" in state:  # checkpoints from before it was kept have none: the trial's seed stands
+            set_rng_state(state["rng"], self.compute.device)
+
+
+def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """The states of torch's global generators that training draws from: the CPU's, and the GPU's on a GPU
+    (shuffles, dropout and augmentation draw from the generator of the device they run on)."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    """Restore what `rng_state` kept; a GPU's state only onto a GPU (a GPU trial restarted on the CPU keeps the
+    CPU's state and its seed's CPU stream)."""
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def one_cycle(optimizer, hyperparameters: Hyperparameters, train_size: int) -> torch.optim.lr_scheduler.OneCycleLR:
-    """Warm up to the search's learning rate, then anneal to nearly zero by the trial's last step."""
+    """Warm up to the search's learning rate, then anneal to nearly zero by the trial's last step (`train_size`:
+    the drawings an epoch trains on)."""
     steps = hyperparameters.epochs * math.ceil(train_size / hyperparameters.batch_size)
     return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=hyperparameters.lr, total_steps=steps)
 
@@ -166,12 +197,14 @@ def to_device(part: tuple, device: torch.device) -> Tensors:
 
 
 def train_epoch(network, training: Training, drawings, labels, batch_size: int, compute: Compute) -> tuple[float, float]:
-    """One pass over the drawings in a random order: the mean training loss and accuracy."""
+    """One pass over the drawings in a random order: the mean training loss and accuracy. Compiled, the pass
+    leaves out the order's last, partial batch (`Compute.epoch_size`), so that every batch has one shape."""
     network.train()
     optimizer = training.optimizer
     total_loss = torch.zeros((), device=drawings.device)
     correct = torch.zeros((), dtype=torch.long, device=drawings.device)
-    for batch in torch.randperm(len(labels), device=drawings.device).split(batch_size):
+    count = compute.epoch_size(len(labels), batch_size)
+    for batch in torch.randperm(len(labels), device=drawings.device)[:count].split(batch_size):
         inputs = compute.inputs(drawings[batch])
         if training.augmentation is not None:
             inputs = training.augmentation(inputs)
@@ -185,7 +218,7 @@ def train_epoch(network, training: Training, drawings, labels, batch_size: int, 
             training.schedule.step()
         total_loss += loss.detach() * len(batch)
         correct += (logits.argmax(1) == labels[batch]).sum()
-    return total_loss.item() / len(labels), correct.item() / len(labels)
+    return total_loss.item() / count, correct.item() / count
 
 
 @torch.no_grad()
@@ -198,8 +231,9 @@ def evaluate(network, drawings, labels, compute: Compute) -> tuple[float, float]
 
 @torch.no_grad()
 def predict_logits(network, drawings, compute: Compute) -> torch.Tensor:
-    """fp32 logits of every drawing, computed in batches of EVAL_BATCH_SIZE."""
+    """fp32 logits of every drawing, computed in batches of EVAL_BATCH_SIZE (of any size when compiled: one graph,
+    see `Compute.dynamic_batch`)."""
     network.eval()
     batches = drawings.split(EVAL_BATCH_SIZE)
     with compute.autocast():
-        return torch.cat([network(compute.inputs(batch)).float() for batch in batches])
+        return torch.cat([network(compute.dynamic_batch(compute.inputs(batch))).float() for batch in batches])

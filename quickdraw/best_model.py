@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from quickdraw.compute import choose
+from quickdraw.compute import Compute, choose, has_native_bf16
 from quickdraw.errors import UserError
 from quickdraw.experiment import SEARCH_FILE, read_search
 from quickdraw.images import PREPROCESSING
@@ -60,6 +60,9 @@ def export_best_model(experiment: Location, trials: pd.DataFrame,
     config = {
         **{key: params[key] for key in TRIAL_SETTINGS},
         "weight_decay": params.get("weight_decay", 0.0),  # searches from before it was searchable had none
+        # What the trial's --precision resolved to, and where it ran (trials from before they reported it: as asked).
+        "precision": reported(last_result, "precision", params["precision"]), "precision_asked": params["precision"],
+        "device": reported(last_result, "device", "not recorded"),
         # Fractions, unrounded, as the trial reported them to Tune.
         **{key: float(last_result[key]) for key in ("test_accuracy", "best_val_accuracy", "best_val_loss")},
         "trial": best.trial_dir, "experiment": experiment.uri,
@@ -72,6 +75,11 @@ def export_best_model(experiment: Location, trials: pd.DataFrame,
     (folder / PREPROCESSING_FILE).write_text(json.dumps(PREPROCESSING, indent=2) + "\n")
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")  # last: its presence means complete
     return folder
+
+
+def reported(result: pd.Series, key: str, default: str) -> str:
+    value = result.get(key)
+    return value if isinstance(value, str) else default
 
 
 @dataclass
@@ -100,10 +108,23 @@ class BestModel:
                             f"run `python tune_search.py report {experiment}` to export it again") from None
         return cls(network, classes, config)
 
-    def probabilities(self, drawings: np.ndarray) -> np.ndarray:
-        """Class probabilities of (N, 28, 28) uint8 drawings, computed as the trial computed its test."""
+    def compute(self) -> Compute:
+        """The GPU if there is one, else the CPU, in the precision the trial tested in (bf16 or fp32; "auto" in
+        models from before it was recorded) where this hardware computes bf16 natively, else in fp32."""
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        compute = choose(device, self.config["precision"])
+        trained = self.config["precision"]
+        return choose(device, "fp32" if trained == "bf16" and not has_native_bf16(device) else trained)
+
+    def describe(self, compute: Compute) -> str:
+        """How the model predicts, against how it was trained: a line for the user."""
+        return (f"predicting in {compute.precision} on {compute.device_name()}; the model trained in "
+                f"{self.config['precision']} on {self.config.get('device', 'a device not recorded')}")
+
+    def probabilities(self, drawings: np.ndarray, compute: Compute | None = None) -> np.ndarray:
+        """Class probabilities of (N, 28, 28) uint8 drawings, computed as the trial computed its test where the
+        hardware allows (see `compute`)."""
+        compute = compute or self.compute()
+        device = compute.device
         network = compute.prepare(self.network)
         inputs = torch.from_numpy(drawings).to(device).unsqueeze(1)
         return predict_logits(network, inputs, compute).softmax(1).cpu().numpy()

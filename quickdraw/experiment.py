@@ -65,6 +65,25 @@ def load_trials(experiment: Location) -> tuple[pd.DataFrame, dict[str, pd.DataFr
     return trial_table(rows), histories
 
 
+def what_ran(histories: dict[str, pd.DataFrame]) -> dict[str, int]:
+    """How many trials ran in each precision on each device, as they reported it: {"bf16 on cpu": 15}. Trials from
+    before they reported it, or that never reported, are not counted."""
+    counts: dict[str, int] = {}
+    for history in histories.values():
+        if {"precision", "device"} <= set(history.columns):
+            last = history.iloc[-1]
+            ran = f"{last.precision} on {last.device}"
+            counts[ran] = counts.get(ran, 0) + 1
+    return counts
+
+
+def record_what_ran(experiment: Location) -> None:
+    """Add to search.json what the trials' `precision` ("auto" or asked for) resolved to, and on which devices."""
+    record = read_search(experiment)
+    record["ran"] = what_ran(load_trials(experiment)[1])
+    (experiment / SEARCH_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
+
+
 def trial_number(state: dict, position: int) -> int:
     """The order in which the search created the trial: Tune's experiment tag starts with it ("3_lr=0.01,..."), for
     a grid and for a searcher alike, whose trial ids are random. The state lists trials in no such order."""

@@ -70,11 +70,12 @@ LINKS = {"summary.csv": "the table as CSV", "summary.json": "the table and what 
          "summary.md": "the summary as Markdown", "best_model/config.json": "the chosen trial's model (best_model/)"}
 
 
-def render(title: str, summary: Summary, sections, record: dict | None, location: str) -> str:
-    """The whole page. `sections` are quickdraw.report_page's; `record` is search.json (None when unreadable) and
-    `location` the experiment's path or URI, for the TensorBoard command."""
+def render(title: str, summary: Summary, sections, record: dict | None, location: str, ran: dict[str, int]) -> str:
+    """The whole page. `sections` are quickdraw.report_page's; `record` is search.json (None when unreadable),
+    `location` the experiment's path or URI, for the TensorBoard command, and `ran` how many trials ran in which
+    precision on which device (quickdraw.experiment.what_ran)."""
     body = [f"<h1>Experiment {escape(title)}</h1>", f"<p>{escape(overview(summary))}</p>",
-            "<h2>What was run</h2>", run_settings(record, location),
+            "<h2>What was run</h2>", run_settings(record, location, ran),
             "<h2>Every trial, ranked by validation accuracy</h2>", trial_table(summary), table_notes(summary)]
     for section in sections:
         body.append(f"<h2>{escape(section.heading)}</h2>")
@@ -100,9 +101,11 @@ def overview(summary: Summary) -> str:
     return text
 
 
-def run_settings(record: dict | None, location: str) -> str:
+def run_settings(record: dict | None, location: str, ran: dict[str, int]) -> str:
     """What was run, as a list of terms, then how to open its TensorBoard and links to the other files."""
     items = settings_items(record) if record else {"Settings": "search.json cannot be read"}
+    items["Ran in"] = escape("; ".join(f"{how} ({count} trial{'s' if count != 1 else ''})" for how, count in ran.items())
+                             or "not recorded (trials from before it was)")
     items["TensorBoard"] = f"<code>tensorboard --logdir {escape(location)}</code>"
     items["Files"] = ", ".join(f'<a href="{escape(path)}">{escape(path)}</a> ({escape(what)})'
                                for path, what in LINKS.items())
@@ -120,7 +123,7 @@ def settings_items(record: dict) -> dict[str, str]:
         items["Classes"] = escape(f"{len(data['classes'])}: {', '.join(data['classes'])}")
         items["Split"] = escape(f"{split.get('train', 0):,} training, {split.get('validation', 0):,} validation, "
                                 f"{split.get('test', 0):,} test drawings (seed {data.get('seed', 0)})")
-    items["Training"] = escape(f"{config.get('epochs')} epochs, precision {config.get('precision', 'auto')}"
+    items["Training"] = escape(f"{config.get('epochs')} epochs, --precision {config.get('precision', 'auto')}"
                                + (", compiled" if config.get("compile") else ""))
     items["Search"] = escape(search_words(config))
     if resources := record.get("resources"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,9 @@ def predict(experiment: Location, paths: list[Path], top: int = 3) -> list[str]:
         raise UserError(f"--top must be at least 1, got {top}")
     model = BestModel.load(experiment)
     drawings = {path: read_drawings(path) for path in paths}
-    probabilities = iter(model.probabilities(np.concatenate(list(drawings.values()))))
+    compute = model.compute()
+    print(model.describe(compute), file=sys.stderr)
+    probabilities = iter(model.probabilities(np.concatenate(list(drawings.values())), compute))
     lines = []
     for path, bitmaps in drawings.items():
         for n in range(len(bitmaps)):

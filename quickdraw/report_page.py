@@ -17,7 +17,7 @@ import pandas as pd
 from quickdraw import figures, html_page, importance
 from quickdraw.dataset import Split, load_split
 from quickdraw.errors import UserError
-from quickdraw.experiment import PREDICTIONS_FILE, SEARCH_FILE, read_search
+from quickdraw.experiment import PREDICTIONS_FILE, SEARCH_FILE, read_search, what_ran
 from quickdraw.storage import Location, first_line
 from quickdraw.summary import LABELS, Summary, best_trial, describe, tie_sentence
 
@@ -70,7 +70,7 @@ def write_page(experiment: Location, summary: Summary, histories: dict[str, pd.D
         if old.name.endswith(".png") and f"{REPORT_DIR}/{old.name}" not in written:
             old.delete()  # an earlier report's figure whose input is gone
     (experiment / PAGE_FILE).write_text(html_page.render(experiment.name, summary, sections, search_record(experiment),
-                                                         experiment.uri))
+                                                         experiment.uri, what_ran(histories)))
     return written
 
 

@@ -25,7 +25,7 @@ from quickdraw.config import DataConfig, SearchConfig
 from quickdraw.dataset import Conversion, Split, check_inputs, conversion_fingerprint, load_split, prepare_split
 from quickdraw.download import fetch_missing
 from quickdraw.errors import UserError
-from quickdraw.experiment import SEARCH_FILE, read_search
+from quickdraw.experiment import SEARCH_FILE, read_search, record_what_ran
 from quickdraw.provenance import run_record
 from quickdraw.progress import console_reporter, use_on_restored
 from quickdraw.space import Dimension, Space, space_of_record
@@ -66,6 +66,7 @@ def run_search(config: SearchConfig) -> Location:
               "resources": resources, "run": run_record(ray.cluster_resources(), nodes)}
     (experiment / SEARCH_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
     build_tuner(config, trainable(split, resources, space), storage, name).fit()
+    record_what_ran(experiment)
     return experiment
 
 
@@ -88,6 +89,7 @@ def resume_search(experiment: Location, address: str | None) -> Location:
     )
     use_on_restored(tuner, space_of_record(record))
     tuner.fit()
+    record_what_ran(experiment)
     return experiment
 
 

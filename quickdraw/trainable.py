@@ -63,6 +63,7 @@ def train_trial(config: dict, split: Split, space: Space) -> None:
         while not trainer.finished:
             metrics, improved = trainer.run_epoch(data)
             log_epoch(writer, metrics)
+            metrics |= {"precision": compute.precision, "device": compute.device_name()}  # what "auto" resolved to
             if not (improved or trainer.finished):
                 # A checkpoint only when validation improves, and the last: fewer writes and syncs, and a
                 # restarted trial goes back at most to its last improvement.

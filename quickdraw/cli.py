@@ -12,7 +12,7 @@ from quickdraw.config import (
     ASHA_GRACE_PERIOD, ASHA_REDUCTION_FACTOR, DEFAULT_SAMPLES, EXPORT_FORMATS, GOOGLE_BASE_URL, MODEL_NAMES, PRECISIONS,
     SCHEDULERS, SEARCHES, SEED_CLASSES, DataConfig, SearchConfig, SplitSizes,
 )
-from quickdraw.errors import UserError
+from quickdraw.errors import Interrupted, UserError
 from quickdraw.space import load_space, merge
 
 # The grid flags, and the hyperparameter each sets; given, a --space file must leave that hyperparameter out.
@@ -40,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"tune_search.py: error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:
+        go_on = resume_line(e.experiment, getattr(args, "address", None))
+        print(f"tune_search.py: interrupted; to go on: {go_on}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("tune_search.py: interrupted; run the same command again to go on where it stopped", file=sys.stderr)
         return 130
@@ -255,18 +259,26 @@ def finish(experiment, address: str | None) -> int:
     from quickdraw.report import write_report
     from quickdraw.summary import COMPLETE, to_markdown
 
-    ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized():
-        ray.shutdown()  # prints the trials' log lines it still holds now, not after the last line below
-    summary = write_report(experiment)
+    try:
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized():
+            ray.shutdown()  # prints the trials' log lines it still holds now, not after the last line below
+        summary = write_report(experiment)
+    except KeyboardInterrupt:  # a second Ctrl-C, after Tune stopped on the first
+        raise Interrupted(experiment) from None
     print(to_markdown(summary))
     print(f"Summary: {experiment / 'summary.md'}  Report: {experiment / 'report.html'}  "
           f"TensorBoard: tensorboard --logdir {experiment}")
     if summary.table["status"].isin(COMPLETE).all():
         return 0
-    on_cluster = f" --address {shlex.quote(address)}" if address else ""
-    print(f"Not every trial finished; to go on: python tune_search.py resume {shlex.quote(str(experiment))}{on_cluster}")
+    print(f"Not every trial finished; to go on: {resume_line(experiment, address)}")
     return 1
+
+
+def resume_line(experiment, address: str | None) -> str:
+    """The command that continues the search in `experiment`, on the same cluster."""
+    on_cluster = f" --address {shlex.quote(address)}" if address else ""
+    return f"python tune_search.py resume {shlex.quote(str(experiment))}{on_cluster}"
 
 
 def convert_command(args) -> int:

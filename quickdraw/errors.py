@@ -4,3 +4,11 @@ class UserError(Exception):
     The command line prints it as one line and exits with code 2; anything else is a bug and keeps
     its traceback.
     """
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C once a search's folder holds a search that `resume` continues; the command line names that command."""
+
+    def __init__(self, experiment):
+        super().__init__(str(experiment))
+        self.experiment = experiment

@@ -24,7 +24,7 @@ import quickdraw
 from quickdraw.config import DataConfig, SearchConfig
 from quickdraw.dataset import Conversion, Split, check_inputs, conversion_fingerprint, load_split, prepare_split
 from quickdraw.download import fetch_missing
-from quickdraw.errors import UserError
+from quickdraw.errors import Interrupted, UserError
 from quickdraw.experiment import SEARCH_FILE, read_search, record_what_ran
 from quickdraw.provenance import run_record
 from quickdraw.progress import console_reporter, use_on_restored
@@ -50,8 +50,9 @@ def run_search(config: SearchConfig) -> Location:
     # Ray's workers do not share our working directory: hand them an absolute --data-dir.
     data = dataclasses.replace(config.data, data_dir=config.data.data_dir.resolve())
     storage.check_writable()
-    if experiment.exists():
-        raise UserError(f"{experiment} already exists: pick another --name, or omit it for a timestamp")
+    if experiment.exists() and not never_started(experiment):
+        raise UserError(f"{experiment} already exists: pick another --name, or omit it for a timestamp; to continue "
+                        f"that search: python tune_search.py resume {experiment}")
     fetch_missing(data)
     check_inputs(data, storage)
     connect(config.address)
@@ -65,7 +66,10 @@ def run_search(config: SearchConfig) -> Location:
     record = {"config": settings, "space": {d.name: d.as_spec() for d in space}, "dataset": conversion.directory.uri,
               "resources": resources, "run": run_record(ray.cluster_resources(), nodes)}
     (experiment / SEARCH_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
-    build_tuner(config, trainable(split, resources, space), storage, name).fit()
+    try:
+        build_tuner(config, trainable(split, resources, space), storage, name).fit()
+    except KeyboardInterrupt:  # a second Ctrl-C, while Tune stops on the first
+        raise Interrupted(experiment) from None
     record_what_ran(experiment)
     return experiment
 
@@ -76,7 +80,8 @@ def resume_search(experiment: Location, address: str | None) -> Location:
     if not (experiment / SEARCH_FILE).is_file():
         raise UserError(f"resume {experiment}: no {SEARCH_FILE} there; give the folder <storage>/<name> of a search")
     if not tune.Tuner.can_restore(experiment.uri):
-        raise UserError(f"resume {experiment}: the search stopped before its first trial started; run it again")
+        raise UserError(f"resume {experiment}: the search stopped before its first trial started; run the same "
+                        "command again, which starts it over in this folder")
     record = read_search(experiment)
     connect(address)
     # Into the object store at once: the trials share its copy, and the driver keeps none of its own.
@@ -88,9 +93,18 @@ def resume_search(experiment: Location, address: str | None) -> Location:
         resume_unfinished=True, resume_errored=True,
     )
     use_on_restored(tuner, space_of_record(record))
-    tuner.fit()
+    try:
+        tuner.fit()
+    except KeyboardInterrupt:
+        raise Interrupted(experiment) from None
     record_what_ran(experiment)
     return experiment
+
+
+def never_started(experiment: Location) -> bool:
+    """The folder holds a search that was stopped (Ctrl-C) after its search.json and before Tune saved any state:
+    `run` starts it over, as `resume` has nothing to continue."""
+    return (experiment / SEARCH_FILE).is_file() and not tune.Tuner.can_restore(experiment.uri)
 
 
 def connect(address: str | None) -> None:

@@ -67,6 +67,14 @@ def test_second_run_reuses_the_conversion_without_reading_raw_files(first_run, w
         stat = path.stat()
         path.write_bytes(b"\0" * stat.st_size)
         os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    # "second" holds a search stopped by Ctrl-C after its search.json, before Tune saved anything: `resume` has
+    # nothing to continue and says to run the same command again, which then starts it over in that folder.
+    (storage / "second").mkdir()
+    (storage / "second" / "search.json").write_text("{}")
+    resumed = run_cli("resume", storage / "second")
+    assert resumed.returncode == 2 and resumed.stderr.strip().endswith(
+        "the search stopped before its first trial started; run the same command again, which starts it over in "
+        "this folder"), resumed.stderr
     try:
         result = run_cli(*grid_args(data, storage, "second"))
         assert result.returncode == 0, result.stderr[-3000:]
@@ -75,6 +83,15 @@ def test_second_run_reuses_the_conversion_without_reading_raw_files(first_run, w
         check_experiment(storage / "second", LRS, BATCH_SIZES, EPOCHS)
     finally:
         write_class_files(data)
+
+
+def test_a_started_search_is_not_run_over_and_the_error_names_resume(first_run, workspace):
+    data, storage = workspace
+    result = run_cli(*grid_args(data, storage, "first"))
+    assert result.returncode == 2 and not result.stdout
+    assert result.stderr == (f"tune_search.py: error: {storage / 'first'} already exists: pick another --name, or omit "
+                             "it for a timestamp; to continue that search: python tune_search.py resume "
+                             f"{storage / 'first'}\n")
 
 
 def test_report_rebuilds_the_summary_files(first_run, workspace):

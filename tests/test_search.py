@@ -103,3 +103,19 @@ def check_console(output: str, experiment) -> None:
                      output, re.M), output[-3000:]
     assert re.search(r"^Progress +\d+%\|[ #\d]*\| \d+/1000 trial-epochs \[elapsed \d\d:\d\d, ETA (\d[\d:]*|\?)\]$",
                      output, re.M), output[-3000:]
+
+
+def test_a_second_ctrl_c_names_the_resume_command(monkeypatch, capsys, tmp_path):
+    """Tune stops on the first Ctrl-C and restores Python's handler: a second one raises KeyboardInterrupt wherever
+    the driver is. Once the experiment holds a search, the last line names `resume`, not "the same command", which
+    would find the folder taken."""
+    from quickdraw import cli
+    from quickdraw.errors import Interrupted
+
+    def interrupted(experiment, address):
+        raise Interrupted(experiment)
+
+    monkeypatch.setattr("quickdraw.search.resume_search", interrupted)
+    assert cli.main(["resume", str(tmp_path / "x"), "--address", "10.0.0.1:6379"]) == 130
+    assert capsys.readouterr().err == (f"tune_search.py: interrupted; to go on: python tune_search.py resume "
+                                       f"{tmp_path / 'x'} --address 10.0.0.1:6379\n")

@@ -21,6 +21,7 @@ FORMAT_VERSION = 1
 PARTS = ("train", "validation", "test")
 ARRAYS_FILE = "split.npz"
 MANIFEST_FILE = "manifest.json"
+DATASETS_DIR = "datasets"  # in the storage: a folder per conversion, named by its fingerprint
 
 
 @dataclass
@@ -68,7 +69,7 @@ def conversion_fingerprint(config: DataConfig) -> str:
 
 
 def _conversion_dir(storage: Location, config: DataConfig, sources: list[BitmapFile]) -> Location:
-    return storage / "datasets" / fingerprint(config, sources)
+    return storage / DATASETS_DIR / fingerprint(config, sources)
 
 
 def _is_converted(directory: Location) -> bool:

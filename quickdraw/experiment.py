@@ -11,6 +11,7 @@ import json
 
 import pandas as pd
 
+from quickdraw.dataset import DATASETS_DIR, MANIFEST_FILE
 from quickdraw.errors import UserError
 from quickdraw.space import HYPERPARAMETERS, Dimension, Space, space_of_record
 from quickdraw.storage import Location
@@ -26,6 +27,22 @@ def read_search(experiment: Location) -> dict:
     """search.json: {"config": the SearchConfig as a dict, "dataset": the split's location, "resources": ...,
     "space": each hyperparameter as a space file writes it (quickdraw.space)}."""
     return json.loads((experiment / SEARCH_FILE).read_text())
+
+
+def split_location(experiment: Location) -> Location:
+    """Where the search's stored split is: where search.json says, or, when the storage was moved or copied since,
+    beside the experiment, where the search stored it (<storage>/datasets/<fingerprint>). A UserError when neither
+    holds it."""
+    recorded = Location.parse(read_search(experiment)["dataset"])
+    beside = experiment.parent / DATASETS_DIR / recorded.name
+    for place in (recorded, beside):
+        try:
+            if (place / MANIFEST_FILE).is_file():
+                return place
+        except OSError:  # a bucket that is gone, or that these credentials cannot read
+            continue
+    raise UserError(f"the split that {experiment / SEARCH_FILE} names is gone: not at {recorded}, nor beside the "
+                    f"experiment at {beside}; copy the search's {DATASETS_DIR}/ folder beside the experiment")
 
 
 def search_space(experiment: Location, trials: pd.DataFrame) -> tuple[str, Space]:

@@ -17,7 +17,7 @@ import pandas as pd
 from quickdraw import figures, html_page, importance
 from quickdraw.dataset import Split, load_split
 from quickdraw.errors import UserError
-from quickdraw.experiment import PREDICTIONS_FILE, SEARCH_FILE, read_search, what_ran
+from quickdraw.experiment import PREDICTIONS_FILE, SEARCH_FILE, read_search, split_location, what_ran
 from quickdraw.storage import Location, first_line
 from quickdraw.summary import LABELS, Summary, best_trial, describe, tie_sentence
 
@@ -280,7 +280,7 @@ def stored_split(experiment: Location) -> Split:
     """The test part of the split the search trained on (the only part the report shows; the others stay unread),
     from where its search.json says it is."""
     try:
-        return load_split(Location.parse(read_search(experiment)["dataset"]), parts=("test",))
+        return load_split(split_location(experiment), parts=("test",))
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, UserError) as e:
         raise Missing(
             f"the test drawings cannot be read from the split that {SEARCH_FILE} names ({first_line(e)})"

@@ -25,7 +25,7 @@ from quickdraw.config import DataConfig, SearchConfig
 from quickdraw.dataset import Conversion, Split, check_inputs, conversion_fingerprint, load_split, prepare_split
 from quickdraw.download import fetch_missing
 from quickdraw.errors import Interrupted, UserError
-from quickdraw.experiment import SEARCH_FILE, read_search, record_what_ran
+from quickdraw.experiment import SEARCH_FILE, read_search, record_what_ran, split_location
 from quickdraw.provenance import run_record
 from quickdraw.progress import console_reporter, use_on_restored
 from quickdraw.space import Dimension, Space, space_of_record
@@ -85,8 +85,9 @@ def resume_search(experiment: Location, address: str | None) -> Location:
     record = read_search(experiment)
     connect(address)
     # Into the object store at once: the trials share its copy, and the driver keeps none of its own.
-    split = ray.put(load_split(Location.parse(record["dataset"])))
-    print(f"resuming {experiment} with the split in {record['dataset']}")
+    location = split_location(experiment)
+    split = ray.put(load_split(location))
+    print(f"resuming {experiment} with the split in {location}")
     quiet_tune()
     tuner = tune.Tuner.restore(
         experiment.uri, trainable=trainable(split, record["resources"], space_of_record(record)),

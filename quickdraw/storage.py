@@ -52,6 +52,10 @@ class Location:
         return self.path.rsplit("/", 1)[-1]
 
     @property
+    def parent(self) -> Location:
+        return Location(self.filesystem, self.path.rsplit("/", 1)[0], self.uri.rsplit("/", 1)[0])
+
+    @property
     def is_local(self) -> bool:
         return isinstance(self.filesystem, pafs.LocalFileSystem)
 

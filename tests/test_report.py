@@ -361,8 +361,27 @@ def test_report_when_the_stored_split_is_gone(experiment, tmp_path):
     assert {p.name for p in (moved / "report").iterdir()} == kept
     text = Page((moved / "report.html").read_text()).all_text()
     assert "Not shown: the per-class accuracy and confusion matrix: the test drawings cannot be read from the split " \
-           "that search.json names" in text
+           f"that search.json names (the split that {moved / 'search.json'} names is gone: not at " \
+           f"{tmp_path / 'datasets' / 'deleted'}, nor beside the experiment at {tmp_path / 'datasets' / 'deleted'}; " \
+           "copy the search's datasets/ folder beside the experiment)" in text
     assert text.count("Not shown") == 2
+
+
+def test_report_finds_the_split_beside_a_moved_experiment(experiment, tmp_path):
+    """Storage moved or copied elsewhere: search.json's absolute location of the split is gone, but the split is
+    beside the experiment, in <storage>/datasets/, where the search stored it."""
+    record = json.loads((experiment / "search.json").read_text())
+    split = Path(record["dataset"])
+    moved = tmp_path / "elsewhere" / "grid"
+    shutil.copytree(experiment, moved)
+    shutil.copytree(split, tmp_path / "elsewhere" / "datasets" / split.name)
+    record["dataset"] = str(tmp_path / "gone" / "datasets" / split.name)  # where it was before the move
+    (moved / "search.json").write_text(json.dumps(record))
+
+    result = run_cli("report", moved)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Not shown" not in Page((moved / "report.html").read_text()).all_text()
+    assert {p.name for p in (moved / "report").iterdir()} == FIGURES  # the best trial's figures too
 
 
 def test_report_without_the_best_trials_checkpoint_writes_all_but_best_model(experiment, tmp_path):

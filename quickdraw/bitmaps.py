@@ -9,6 +9,7 @@ from typing import BinaryIO
 
 import numpy as np
 
+from quickdraw.config import check_not_a_file
 from quickdraw.errors import UserError
 
 SIDE = 28
@@ -30,6 +31,7 @@ class BitmapFile:
 
 def find_class_files(data_dir: Path, classes: tuple[str, ...]) -> list[BitmapFile]:
     """Each class's file, named `<class>.npy` or Google's `full_numpy_bitmap_<class>.npy`."""
+    check_not_a_file(data_dir)
     if not data_dir.is_dir():
         raise UserError(
             f"data folder {data_dir} does not exist: put one <class>.npy per class there "

@@ -40,6 +40,20 @@ class SplitSizes:
         ]
 
 
+def check_class_name(name: str) -> None:
+    """A class name becomes a file name in --data-dir (<class>.npy) and a folder name under png/: it must be a name,
+    not a path. Google's names have spaces ("hot dog", "The Eiffel Tower"), which are fine."""
+    if not name or name.startswith(".") or any(c in name for c in "/\\\0"):
+        raise UserError(f"--classes: {name!r} is not a class name: give the name of a <class>.npy file, without / "
+                        "or \\ and not starting with a dot (e.g. cat or 'hot dog')")
+
+
+def check_not_a_file(data_dir: Path) -> None:
+    """--data-dir may be missing (downloads create it), but never a file."""
+    if data_dir.exists() and not data_dir.is_dir():
+        raise UserError(f"--data-dir {data_dir} is a file, not a folder: give the folder that holds the <class>.npy files")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """What the conversion needs: which files, which classes, how to split them."""
@@ -62,6 +76,9 @@ class DataConfig:
             raise UserError(f"--classes names a class twice: {','.join(self.classes)}")
         if len(self.classes) < min_classes:
             raise UserError("--classes needs at least two classes to classify")
+        for name in self.classes:
+            check_class_name(name)
+        check_not_a_file(self.data_dir)
         for name, value in dataclasses.asdict(self.split).items():
             if value < len(self.classes):
                 raise UserError(

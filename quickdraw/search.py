@@ -109,14 +109,20 @@ def never_started(experiment: Location) -> bool:
 
 
 def connect(address: str | None) -> None:
-    """Start a local Ray, or join the cluster at `address` and ship it this package."""
+    """Start a local Ray, or join the cluster at `address` (or RAY_ADDRESS's) and ship it this package."""
     if ray.is_initialized():
         return
-    if address is None:
+    named, instead = f"--address {address}", "leave out --address"
+    environment = os.environ.get("RAY_ADDRESS")
+    if environment and address in (None, "auto"):
+        # ray.init() takes RAY_ADDRESS over these, and would retry a dead one for minutes: it is checked and named
+        # as --address is.
+        address, named, instead = environment, f"RAY_ADDRESS={environment}", "unset RAY_ADDRESS"
+    if address in (None, "local"):
         ray.init(logging_level="WARNING")
         return
     if address != "auto":
-        check_reachable(address)
+        check_reachable(address, named, instead)
     runtime_env = {
         "py_modules": [str(Path(quickdraw.__file__).parent)],
         "env_vars": {key: os.environ[key] for key in FORWARDED_ENV if key in os.environ},
@@ -125,28 +131,31 @@ def connect(address: str | None) -> None:
         ray.init(address=address, logging_level="WARNING", runtime_env=runtime_env)
     except AuthenticationError:
         raise UserError(
-            f"--address {address}: the cluster wants its token: export RAY_AUTH_MODE=token and put the "
+            f"{named}: the cluster wants its token: export RAY_AUTH_MODE=token and put the "
             "head node's ~/.ray/auth_token in the same place here (or in RAY_AUTH_TOKEN)"
         ) from None
     except ConnectionError as e:
         raise UserError(
-            f"--address {address}: could not join a Ray cluster ({first_line(e)}); start one with "
+            f"{named}: could not join a Ray cluster ({first_line(e)}); start one with "
             "`ray start --head`, export RAY_AUTH_MODE=token if it uses token authentication, "
-            "or leave out --address to run on this machine"
+            f"or {instead} to run on this machine"
         ) from None
 
 
-def check_reachable(address: str) -> None:
-    """Ray retries an unreachable address for minutes; one TCP connection tells in seconds."""
-    host, _, port = address.rpartition(":")
+def check_reachable(address: str, named: str | None = None, instead: str = "leave out --address") -> None:
+    """Ray retries an unreachable address for minutes; one TCP connection tells in seconds. `named` and `instead`:
+    where the address came from and how to do without it, for the errors."""
+    named = named or f"--address {address}"
+    host, _, port = address.split("://", 1)[-1].rpartition(":")  # ray://host:port (Ray Client's) too
     if not host or not port.isdigit():
-        raise UserError(f"--address {address}: give host:port of the head node (port 6379 by default), or 'auto'")
+        raise UserError(f"{named}: give host:port of the head node (port 6379 by default) or 'auto', "
+                        f"or {instead} to run on this machine")
     try:
         socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
     except OSError as e:
         raise UserError(
-            f"--address {address}: nothing answers there ({e.strerror or e}); start the head node with "
-            f"`ray start --head --port {port}`, or leave out --address to run on this machine"
+            f"{named}: nothing answers there ({e.strerror or e}); start the head node with "
+            f"`ray start --head --port {port}`, or {instead} to run on this machine"
         ) from None
 
 

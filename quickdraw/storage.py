@@ -111,10 +111,14 @@ class Location:
         its copy there first, that copy wins and ours is dropped. On object storage the files are
         uploaded one by one, `last` (the file readers check for) after all the others.
         """
-        parent = os.path.dirname(self.path) if self.is_local else None
-        if parent:
-            os.makedirs(parent, exist_ok=True)
-        staged = Path(tempfile.mkdtemp(prefix=f".{self.name}.tmp-", dir=parent))
+        if self.is_local:
+            # Beside the target, and made by mkdir, not mkdtemp: its mode (0777 less the umask) is the published
+            # folder's, readable by the cluster's other users as any folder they make; mkdtemp's 0700 is not.
+            staged = Path(os.path.dirname(self.path)) / f".{self.name}.tmp-{uuid.uuid4().hex}"
+            staged.parent.mkdir(parents=True, exist_ok=True)
+            staged.mkdir()
+        else:
+            staged = Path(tempfile.mkdtemp(prefix=f".{self.name}.tmp-"))  # only uploaded from
         try:
             write(staged)
             self._publish(staged, last)

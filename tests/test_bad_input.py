@@ -3,12 +3,15 @@ file or flag and says what to do, exit code 2, no traceback, and nothing in --st
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import REPO, run_cli, synthetic_drawings, write_class_files
+from quickdraw.config import DataConfig
+from quickdraw.errors import UserError
 from ray_cluster import free_port
 
 CLASSES = "circle,hot dog,cat"  # "hot dog" checks that a class name with a space travels as one argv element
@@ -41,12 +44,13 @@ def snapshot(folder: Path) -> dict[str, bytes | None]:
     }
 
 
-def run_main(data_dir: Path, storage: Path, *flags: str, classes: str = CLASSES, split: str = "30,6,3"):
+def run_main(data_dir: Path, storage: Path, *flags: str, classes: str = CLASSES, split: str = "30,6,3",
+             env: dict | None = None, timeout: int = TIMEOUT):
     """The main command (no subcommand) with a tiny valid setup, then `flags`; later flags override."""
     return run_cli(
         "--data-dir", data_dir, "--classes", classes, "--split", split, "--storage", storage,
         "--name", NAME, "--lrs", "0.01", "--batch-sizes", "32", "--epochs", "1", *flags,
-        timeout=TIMEOUT,
+        timeout=timeout, env=env,
     )
 
 
@@ -98,6 +102,52 @@ def test_missing_data_folder_offline(tmp_path, storage):
     result = run_main(missing, storage, "--base-url", offline_url())
     assert_rejected(result, storage, before, "circle.npy, hot dog.npy, cat.npy", "nowhere", "--base-url")
     assert not missing.exists()
+
+
+def test_data_dir_that_is_a_file(tmp_path, storage):
+    not_a_folder = tmp_path / "cat.npy"
+    np.save(not_a_folder, synthetic_drawings(0, 200))
+    before, files = snapshot(storage), snapshot(tmp_path)
+    result = run_main(not_a_folder, storage, "--base-url", offline_url())
+    line = assert_rejected(result, storage, before, f"--data-dir {not_a_folder} is a file", "<class>.npy")
+    assert "does not exist" not in line
+    assert snapshot(tmp_path) == files
+
+
+# --- class names: each is a file name in --data-dir and a folder name under png/ ------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param("../../etc/x", id="path-up"),
+        pytest.param("a/b", id="slash"),
+        pytest.param("..", id="dot-dot"),
+        pytest.param(".", id="dot"),
+        pytest.param(".hidden", id="leading-dot"),
+        pytest.param("a\\b", id="backslash"),
+    ],
+)
+def test_class_name_that_is_a_path(data, storage, name):
+    before, files = snapshot(storage), snapshot(data.parent)
+    result = run_main(data, storage, "--base-url", offline_url(), classes=f"{name},cat")
+    assert_rejected(result, storage, before, "--classes", repr(name))
+    assert snapshot(data.parent) == files  # nothing beside --data-dir or --storage either
+
+
+@pytest.mark.parametrize("command", ["convert", "download"])
+def test_class_name_that_is_a_path_in_other_commands(data, storage, command):
+    files = snapshot(data.parent)
+    result = run_cli(command, "--data-dir", data, "--classes", "../x,cat", "--base-url", offline_url(),
+                     *(("--storage", storage) if command == "convert" else ()), timeout=TIMEOUT)
+    assert_rejected(result, storage, snapshot(storage), "--classes", "'../x'")
+    assert snapshot(data.parent) == files
+
+
+def test_class_names_are_names_but_may_have_spaces():
+    DataConfig(classes=("hot dog", "The Eiffel Tower", "cat")).validate()  # Google's own names
+    with pytest.raises(UserError, match="--classes"):
+        DataConfig(classes=("a\0b", "cat")).validate()
 
 
 def write_html(path: Path) -> None:
@@ -217,6 +267,19 @@ def test_address_where_nothing_listens(data, storage):
     before = snapshot(storage)
     result = run_main(data, storage, "--address", address)
     line = assert_rejected(result, storage, before, f"--address {address}", "nothing answers there")
+    assert "Connection refused" in line
+    assert not (storage / NAME).exists()
+
+
+@pytest.mark.parametrize("flags", [(), ("--address", "auto")], ids=["no-address", "address-auto"])
+def test_ray_address_where_nothing_listens(data, storage, flags):
+    """ray.init() takes RAY_ADDRESS over no address and over 'auto', and retries a dead one for minutes."""
+    write_class_files(data, classes=("cat",), count=200)
+    address = f"127.0.0.1:{free_port()}"
+    before = snapshot(storage)
+    result = run_main(data, storage, *flags, env={**os.environ, "RAY_ADDRESS": address}, timeout=60)
+    line = assert_rejected(result, storage, before, f"RAY_ADDRESS={address}", "nothing answers there",
+                           "unset RAY_ADDRESS")
     assert "Connection refused" in line
     assert not (storage / NAME).exists()
 

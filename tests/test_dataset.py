@@ -1,6 +1,9 @@
 """The split and its conversion, on synthetic class files: no Ray, no training."""
 
 import multiprocessing
+import os
+import stat
+import time
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +96,20 @@ def test_a_conversion_that_lost_the_race_keeps_the_winner_and_cleans_up(syntheti
     winner_location.write_folder(lambda tmp: (tmp / "late.txt").write_text("the slower run's copy"))
     assert sorted(p.name for p in winner.iterdir()) == before
     assert [p.name for p in winner.parent.iterdir()] == [winner.name]  # no temporary folder left
+
+
+def test_converted_folders_follow_the_umask_so_others_on_a_shared_cluster_can_read_them(synthetic_data, tmp_path):
+    old = os.umask(0o022)
+    try:
+        split, conversion = convert(config(synthetic_data), tmp_path / "storage")
+        png = Path(write_pngs(split, conversion.directory).path)
+    finally:
+        os.umask(old)
+    dataset = Path(conversion.directory.path)
+    for folder in (dataset, png, png / "train"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o755, folder
+    for file in (dataset / "split.npz", dataset / "manifest.json"):
+        assert stat.S_IMODE(file.stat().st_mode) == 0o644, file
 
 
 def test_the_report_reads_only_the_test_part_of_a_stored_split(synthetic_data, tmp_path):

@@ -15,6 +15,8 @@ import io
 import json
 import pickle
 import sys
+import warnings
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,8 +53,7 @@ def export_best_model(experiment: Location, trials: pd.DataFrame,
         checkpoints = [c for c in trial.children() if c.name.startswith("checkpoint_")]
         last_result = histories[best.trial_dir].iloc[-1]
         classes = read_search(experiment)["config"]["data"]["classes"]
-        state = torch.load(io.BytesIO((checkpoints[-1] / CHECKPOINT_FILE).read_bytes()),  # the last epoch's
-                           map_location="cpu", weights_only=True)
+        state = load_tensors((checkpoints[-1] / CHECKPOINT_FILE).read_bytes())  # the last epoch's
     except (OSError, ValueError, KeyError, IndexError, RuntimeError) as e:
         print(f"{experiment / BEST_MODEL_DIR} not written: the best trial's files in {trial} or {SEARCH_FILE} "
               f"cannot be read ({type(e).__name__}: {first_line(e)})", file=sys.stderr)
@@ -75,6 +76,20 @@ def export_best_model(experiment: Location, trials: pd.DataFrame,
     (folder / PREPROCESSING_FILE).write_text(json.dumps(PREPROCESSING, indent=2) + "\n")
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")  # last: its presence means complete
     return folder
+
+
+def load_tensors(data: bytes):
+    """What torch.save wrote, read with torch.load(weights_only=True), which refuses any pickled object but tensors
+    and plain containers; and only torch.save's zip archive, not a bare pickle (torch's legacy format). Never
+    un-pickles anything else: a ValueError says why the bytes were refused."""
+    if not zipfile.is_zipfile(io.BytesIO(data)):
+        raise ValueError("not a file that torch.save writes (a zip archive)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's warnings about pickle protocols: the error below says it all
+        try:
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            raise ValueError("it holds pickled objects other than tensors, and those are never un-pickled") from None
 
 
 def reported(result: pd.Series, key: str, default: str) -> str:
@@ -100,8 +115,7 @@ class BestModel:
             config = json.loads((folder / CONFIG_FILE).read_text())
             classes = (folder / CLASSES_FILE).read_text().split("\n")[:-1]
             network = MODELS[config["model"]].build(len(classes), config["dropout"])
-            weights = torch.load(io.BytesIO((folder / WEIGHTS_FILE).read_bytes()), map_location="cpu",
-                                 weights_only=True)
+            weights = load_tensors((folder / WEIGHTS_FILE).read_bytes())
             network.load_state_dict(weights)
         except (OSError, ValueError, KeyError, RuntimeError, pickle.UnpicklingError) as e:
             raise UserError(f"{folder} cannot be loaded ({type(e).__name__}: {first_line(e)}); "

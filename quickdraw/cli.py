@@ -112,7 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     resume = commands.add_parser(
         "resume", help="continue a search whose driver stopped, with the search's own settings: finished trials "
-        "stay, the others go on from their checkpoints")
+        "stay, the others go on from their checkpoints (trusted folders only: Ray Tune's restore un-pickles them)",
+        description="Continue a search whose driver stopped, with the search's own settings: finished trials stay, "
+        "the others go on from their checkpoints. Resume only experiment folders you trust (ones your own searches "
+        "wrote, in storage only you can write): Ray Tune's restore un-pickles the state the folder holds "
+        "(tuner.pkl, the searcher's state, the pickled fields of experiment_state-*.json), and a crafted pickle "
+        "runs code as you. `report` and `predict` never un-pickle, and are safe on any folder.")
     resume.add_argument("experiment", help="the experiment folder, <storage>/<name> (a path or URI)")
     add_address_flag(resume)
     resume.set_defaults(handler=resume_command)

@@ -72,11 +72,7 @@ def image_bitmap(image: Image.Image, path: Path) -> np.ndarray:
     if ink.shape == (CANVAS, CANVAS):
         return ink
     ink = ink[rows.min():rows.max() + 1, columns.min():columns.max() + 1]
-    side = max(ink.shape)
-    square = np.zeros((side, side), np.uint8)
-    top, left = (side - ink.shape[0]) // 2, (side - ink.shape[1]) // 2
-    square[top:top + ink.shape[0], left:left + ink.shape[1]] = ink
-    small = Image.fromarray(thin_strokes_kept(square)).resize((INK_BOX, INK_BOX), Image.Resampling.BOX)
+    small = Image.fromarray(thin_strokes_kept(ink)).resize((INK_BOX, INK_BOX), Image.Resampling.BOX)
     bitmap = np.zeros((CANVAS, CANVAS), np.float32)
     margin = (CANVAS - INK_BOX) // 2
     bitmap[margin:margin + INK_BOX, margin:margin + INK_BOX] = np.asarray(small, np.float32)
@@ -95,13 +91,29 @@ def ink_of(image: Image.Image) -> np.ndarray:
     return 255 - gray if np.median(border) > 127 else gray
 
 
-def thin_strokes_kept(square: np.ndarray) -> np.ndarray:
-    """Shrink a large drawing by the maximum over blocks, to about twice the ink box, so that strokes a few
-    pixels wide in a big image survive the area average that follows instead of fading to grey."""
-    factor = len(square) // (2 * INK_BOX)
-    if factor < 2:
+def thin_strokes_kept(ink: np.ndarray) -> np.ndarray:
+    """The ink box centred in a square (its longer side), shrunk by the maximum over blocks to about twice the ink
+    box, so that strokes a few pixels wide in a big image survive the area average that follows instead of fading
+    to grey. The blocks are taken over the ink alone, as they fall on the square: the square itself is never
+    built, so a long thin image costs its own pixels, not its longer side squared."""
+    side = max(ink.shape)
+    top, left = (side - ink.shape[0]) // 2, (side - ink.shape[1]) // 2
+    factor = side // (2 * INK_BOX)
+    if factor < 2:  # a square under 104 pixels a side
+        square = np.zeros((side, side), np.uint8)
+        square[top:top + ink.shape[0], left:left + ink.shape[1]] = ink
         return square
-    side = -(-len(square) // factor) * factor
-    padded = np.zeros((side, side), np.uint8)
-    padded[:len(square), :len(square)] = square
-    return padded.reshape(side // factor, factor, side // factor, factor).max(axis=(1, 3))
+    first_row, by_rows = block_max(ink, top, factor, axis=0)
+    first_column, reduced = block_max(by_rows, left, factor, axis=1)
+    blocks = -(-side // factor)
+    small = np.zeros((blocks, blocks), np.uint8)  # the blocks that hold no ink are paper
+    small[first_row:first_row + reduced.shape[0], first_column:first_column + reduced.shape[1]] = reduced
+    return small
+
+
+def block_max(ink: np.ndarray, offset: int, factor: int, axis: int) -> tuple[int, np.ndarray]:
+    """The maximum of `ink` over each block of `factor` lines along `axis`, the blocks counted from `offset` lines
+    before the ink: the first block that the ink reaches, and the maxima from it on."""
+    first, last = offset // factor, (offset + ink.shape[axis] - 1) // factor
+    starts = np.maximum(np.arange(first, last + 1) * factor - offset, 0)
+    return first, np.maximum.reduceat(ink, starts, axis=axis)

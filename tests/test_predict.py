@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import SYNTHETIC_CLASSES, imported_modules, is_ray, run_cli, write_confusable_class_files
+from conftest import REPO, SYNTHETIC_CLASSES, imported_modules, is_ray, run_cli, write_confusable_class_files
 from experiment_checks import chosen_trial, trial_dirs
 from quickdraw.dataset import load_split
 from quickdraw.model import MODELS
@@ -181,3 +184,112 @@ def test_predict_with_a_damaged_best_model(search, tmp_path):
     np.save(tmp_path / "one.npy", stored_split(search[2]).x_test[:1])
     result = run_cli("predict", experiment, tmp_path / "one.npy")
     assert_one_line_error(result, f"{experiment / 'best_model'} cannot be loaded", "report")
+
+
+class Payload:
+    """A pickle that creates `marker` when it is un-pickled: planted where a results folder can hold a pickle."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (self.marker,)
+
+
+def is_pickle_hex(text: str) -> bool:
+    """Tune's hex-encoded cloudpickle fields in its experiment state (protocol 2 and up start with 0x80)."""
+    return len(text) > 4 and len(text) % 2 == 0 and text[:2] == "80" and all(c in "0123456789abcdef" for c in text)
+
+
+def plant(value, payload: str):
+    """`value` (the experiment state's JSON) with every hex pickle in it, at any depth, replaced by `payload`."""
+    if isinstance(value, dict):
+        return {key: plant(item, payload) for key, item in value.items()}
+    if isinstance(value, list):
+        return [plant(item, payload) for item in value]
+    if isinstance(value, str):
+        if is_pickle_hex(value):
+            return payload
+        if value[:1] in "{[":  # the trial entries are JSON strings within the JSON
+            try:
+                return json.dumps(plant(json.loads(value), payload))
+            except ValueError:
+                return value
+    return value
+
+
+def test_a_results_folder_is_never_unpickled(search, tmp_path):
+    """Every pickle a results folder can hold replaced by one that creates a file: `predict` and `report` never
+    run it; they answer, or fail with one line."""
+    import pickle
+    import shutil
+
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps(Payload(marker))
+    pickle.loads(payload)  # the payload is live: un-pickled, it creates the marker
+    assert marker.exists()
+    marker.unlink()
+
+    experiment = tmp_path / "copy"
+    shutil.copytree(search[2], experiment)
+    (state_file,) = experiment.glob("experiment_state-*.json")
+    state = json.loads(state_file.read_text())
+    planted = plant(state, payload.hex())
+    assert planted != state  # the trial entries' pickled fields were there to replace
+    state_file.write_text(json.dumps(planted))
+    pickles = [*experiment.rglob("*.pkl"), *experiment.glob("basic-variant-state*"),
+               *experiment.glob("searcher-state-*"), experiment / "tuner.pkl",
+               *experiment.glob("*/checkpoint_*/*.pt"), experiment / "best_model" / "weights.pt"]
+    assert len(list(experiment.glob("*/checkpoint_*/*.pt"))) == 2  # each trial's training checkpoint
+    for file in pickles:
+        file.write_bytes(payload)
+    torch.save(Payload(marker), experiment / "best_model" / "weights.pt")  # the payload in torch.save's zip format
+    for predictions_file in experiment.glob("*/test_predictions.npz"):
+        np.savez(predictions_file, probabilities=np.array([Payload(marker)], dtype=object))
+    np.save(tmp_path / "one.npy", stored_split(search[2]).x_test[:1])
+
+    predicted = run_cli("predict", experiment, tmp_path / "one.npy")
+    assert_one_line_error(predicted, f"{experiment / 'best_model'} cannot be loaded", "never un-pickled")
+    reported = run_cli("report", experiment)
+    assert not marker.exists()
+    assert reported.returncode == 0 and "Traceback" not in reported.stderr, reported.stderr[-3000:]
+    assert "best_model not written" in reported.stderr  # its checkpoint is no tensor file
+    assert "test_predictions.npz of the best trial" in (experiment / "report.html").read_text()
+
+
+def test_predict_bounds_a_long_thin_image_by_its_ink(search, tmp_path):
+    """A 300000 x 250 PNG of a line (about 70 KB): padded square before reducing, it would take 84 GB."""
+    from PIL import ImageDraw
+
+    image = Image.new("L", (300_000, 250), 255)
+    ImageDraw.Draw(image).line([(1000, 125), (299_000, 125)], fill=0, width=3)
+    image.save(tmp_path / "long.png")
+    script = ("import atexit, resource, runpy, sys; sys.argv = ['tune_search.py', *sys.argv[1:]]; "
+              "atexit.register(lambda: print(f'maxrss {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}', "
+              "file=sys.stderr)); runpy.run_path('tune_search.py', run_name='__main__')")
+    result = subprocess.run([sys.executable, "-c", script, "predict", search[2], tmp_path / "long.png"], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith(f"{tmp_path / 'long.png'}: ")
+    peak_kib = int(re.search(r"maxrss (\d+)", result.stderr)[1])
+    assert peak_kib < 2 * 2**20, result.stderr  # under 2 GiB: the image's own 75 M pixels, a few times
+
+
+def test_predict_refuses_forged_npy_files_in_one_line(search, tmp_path, capsys):
+    """An .npz renamed .npy, and an .npy whose header claims 10^12 drawings: one line each, before any read."""
+    from quickdraw.cli import main
+
+    with open(tmp_path / "archive.npy", "wb") as f:  # a file object: np.savez would append .npz to a name
+        np.savez(f, drawings=np.zeros((2, 784), np.uint8))
+    forged = tmp_path / "forged.npy"
+    with open(forged, "wb") as f:
+        np.lib.format.write_array_header_2_0(f, {"descr": "|u1", "fortran_order": False, "shape": (10**12, 784)})
+        f.write(np.zeros((2, 784), np.uint8).tobytes())
+    for path, mention in ((tmp_path / "archive.npy", "is not a .npy file"), (forged, "truncated")):
+        capsys.readouterr()
+        started = time.perf_counter()
+        assert main(["predict", str(search[2]), str(path)]) == 2
+        assert time.perf_counter() - started < 10
+        output = capsys.readouterr()
+        (line,) = output.err.strip().splitlines()
+        assert not output.out and str(path) in line and mention in line, line

@@ -5,6 +5,7 @@ import os
 import tempfile
 
 import pandas as pd
+import pytest
 
 from conftest import SYNTHETIC_CLASSES, run_cli, start_cli, write_class_files
 from experiment_checks import finished_trials, kill_driver_when, reported, results, trial_dirs
@@ -50,3 +51,14 @@ def test_a_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
     assert any(before.get(t.name) and len(results(t)) > len(before[t.name]) for t in trial_dirs(experiment))
     table = pd.read_csv(experiment / "summary.csv")
     assert len(table) == 2 and (table.status == "finished").all() and (table.epochs == EPOCHS).all()
+
+
+def test_resume_help_says_only_trusted_folders(capsys):
+    """Tune's restore un-pickles the folder's state: `resume --help` says to resume trusted folders only."""
+    from quickdraw.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["resume", "--help"])
+    assert exited.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Resume only experiment folders you trust" in text and "un-pickles" in text

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock
 from PIL import Image
 
 from quickdraw.bitmaps import BitmapFile, check_drawings, find_class_files, load_drawings
@@ -90,13 +93,24 @@ def prepare_split(config: DataConfig, storage: Location) -> tuple[Split, Convers
     """The split for `config`: read back from storage when converted before, otherwise converted now."""
     sources = find_class_files(config.data_dir, config.classes)
     target = _conversion_dir(storage, config, sources)
-    reused = _is_converted(target)
-    if reused:
-        split = load_split(target)
-    else:
-        split = split_drawings(config, sources)
-        target.write_folder(lambda tmp: _write_split(tmp, split, config, sources), last=MANIFEST_FILE)
+    with conversion_lock(target):
+        reused = _is_converted(target)
+        if reused:
+            split = load_split(target)
+        else:
+            split = split_drawings(config, sources)
+            target.write_folder(lambda tmp: _write_split(tmp, split, config, sources), last=MANIFEST_FILE)
     return split, Conversion(target, reused, split.counts())
+
+
+def conversion_lock(target: Location) -> contextlib.AbstractContextManager:
+    """On local storage, a file lock beside the dataset folder: two drivers on one machine, each with its own Ray
+    (so each with its own converter actor, quickdraw.search.Converter), convert once; the second waits and reuses.
+    Object storage has no such lock; there the drivers of one cluster share its converter actor."""
+    if not target.is_local:
+        return contextlib.nullcontext()
+    key = hashlib.sha256(target.path.encode()).hexdigest()[:16]  # kept out of the storage, as download's lock is
+    return FileLock(Path(tempfile.gettempdir()) / f"quickdraw-convert-{key}.lock")
 
 
 def split_drawings(config: DataConfig, sources: list[BitmapFile]) -> Split:

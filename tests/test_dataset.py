@@ -11,7 +11,8 @@ import pytest
 
 from conftest import SYNTHETIC_CLASSES, synthetic_drawings, write_class_files
 from quickdraw.config import DataConfig, SplitSizes
-from quickdraw.dataset import PARTS, load_split, prepare_split
+from quickdraw.bitmaps import find_class_files
+from quickdraw.dataset import PARTS, _conversion_dir, conversion_lock, load_split, prepare_split, write_pngs
 from quickdraw.storage import Location
 
 
@@ -74,15 +75,34 @@ def test_google_file_names_other_shapes_and_spaces_in_class_names(tmp_path):
     assert np.array_equal(np.bincount(split.y_train), [50, 50])
 
 
+def _convert_into(args, queue) -> None:
+    queue.put(_convert(args))
+
+
 def _convert(args):
     data, storage = args
-    return convert(config(data), storage)[1].directory.uri
+    conversion = convert(config(data), storage)[1]
+    return conversion.directory.uri, conversion.reused
 
 
 def test_two_conversions_at_once_leave_one_complete_dataset(synthetic_data, tmp_path):
+    """Two drivers on one machine, each with a Ray of its own: one converts, the other waits for it and reuses."""
     storage = tmp_path / "storage"
-    with multiprocessing.get_context("spawn").Pool(2) as pool:
-        directories = pool.map(_convert, [(synthetic_data, storage)] * 2)
+    target = _conversion_dir(Location.parse(str(storage)), config(synthetic_data),
+                             find_class_files(synthetic_data, SYNTHETIC_CLASSES))
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    drivers = [context.Process(target=_convert_into, args=((synthetic_data, storage), queue)) for _ in range(2)]
+    with conversion_lock(target):  # as if a third driver were converting: both must wait for it
+        for driver in drivers:
+            driver.start()
+        time.sleep(3)
+        assert all(driver.is_alive() for driver in drivers) and queue.empty()
+    results = [queue.get(timeout=120) for _ in drivers]
+    for driver in drivers:
+        driver.join(timeout=60)
+    directories = [directory for directory, _ in results]
+    assert sorted(reused for _, reused in results) == [False, True]
     assert directories[0] == directories[1]
     assert [p.name for p in (storage / "datasets").iterdir()] == [directories[0].rsplit("/", 1)[1]]
     assert load_split(Location.parse(directories[0])).counts()["train"] == 150

@@ -8,18 +8,20 @@ plain JSON and NumPy files only, never a pickle (the state's pickled fields stay
 from __future__ import annotations
 
 import json
+import sys
 
 import pandas as pd
 
 from quickdraw.dataset import DATASETS_DIR, MANIFEST_FILE
 from quickdraw.errors import UserError
 from quickdraw.space import HYPERPARAMETERS, Dimension, Space, space_of_record
-from quickdraw.storage import Location
+from quickdraw.storage import Location, first_line
 from quickdraw.summary import trial_row, trial_table
 
 SEARCH_FILE = "search.json"  # the settings a search ran with, and where its split is: what `resume` needs
 PREDICTIONS_FILE = "test_predictions.npz"  # in each trial folder: the tested weights' class probabilities
 RESULTS_FILE = "result.json"  # in each trial folder, Tune's: a JSON line per reported result
+PARAMS_FILE = "params.json"  # in each trial folder, Tune's: the trial's config
 STATE_PREFIX, STATE_SUFFIX = "experiment_state-", ".json"  # Tune's experiment state, one file per save
 
 
@@ -67,9 +69,15 @@ def taken_values(trials: pd.DataFrame, name: str) -> Dimension:
 
 def load_trials(experiment: Location) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     """The results table (quickdraw.summary's, with each trial's id, number and folder: trial_id, trial_number and
-    trial_dir), and each trial's per-epoch results by folder name (trials that never reported have none)."""
+    trial_dir), and each trial's per-epoch results by folder name (trials that never reported have none). When
+    Tune's experiment state cannot be read (a full disk truncated it), from the trial folders alone, saying so."""
+    try:
+        state = tune_state(experiment)
+    except DamagedState as e:
+        print(f"{e}; the trials are read from their own folders instead", file=sys.stderr)
+        return trials_from_folders(experiment)
     rows, histories = [], {}
-    for position, trial in enumerate(tune_state(experiment)["trial_data"], start=1):
+    for position, trial in enumerate(state["trial_data"], start=1):
         state, run = (json.loads(part) for part in trial)
         folder = state["relative_logdir"]
         history = read_results(experiment / folder)
@@ -79,6 +87,22 @@ def load_trials(experiment: Location) -> tuple[pd.DataFrame, dict[str, pd.DataFr
                      "trial_id": state["trial_id"], "trial_number": trial_number(state, position), "trial_dir": folder})
         if history:
             histories[folder] = pd.DataFrame(history)
+    return trial_table(rows), histories
+
+
+def trials_from_folders(experiment: Location) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """load_trials from each trial folder's params.json and result.json, without Tune's state: a trial that was
+    tested is finished, any other unfinished (whether ASHA stopped it is in the state only)."""
+    rows, histories = [], {}
+    folders = [f for f in experiment.children() if (f / PARAMS_FILE).is_file()]
+    for position, folder in enumerate(folders, start=1):
+        history = read_results(folder)
+        config = json.loads((folder / PARAMS_FILE).read_text())
+        number = folder.name.rpartition("_")[2]  # quickdraw.search.trial_dirname ends with the trial's number
+        rows.append({**trial_row(config, history[-1] if history else {}, "UNKNOWN"), "trial_id": folder.name,
+                     "trial_number": int(number) if number.isdigit() else position, "trial_dir": folder.name})
+        if history:
+            histories[folder.name] = pd.DataFrame(history)
     return trial_table(rows), histories
 
 
@@ -115,7 +139,14 @@ def tune_state(experiment: Location) -> dict:
         raise UserError(
             f"{experiment} holds no Ray Tune experiment: give the folder <storage>/<name> that a search wrote"
         )
-    return json.loads(states[-1].read_text())
+    try:
+        return json.loads(states[-1].read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DamagedState(f"{states[-1]} is damaged ({first_line(e)})") from None
+
+
+class DamagedState(UserError):
+    """Tune's experiment state is there but cannot be read."""
 
 
 def read_results(trial: Location) -> list[dict]:

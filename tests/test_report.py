@@ -384,6 +384,21 @@ def test_report_finds_the_split_beside_a_moved_experiment(experiment, tmp_path):
     assert {p.name for p in (moved / "report").iterdir()} == FIGURES  # the best trial's figures too
 
 
+def test_report_of_a_truncated_experiment_state_reads_the_trial_folders(experiment, tmp_path):
+    """A full disk cut Tune's experiment state short: the trials' own folders still say what they did."""
+    damaged = tmp_path / "damaged"
+    shutil.copytree(experiment, damaged)
+    (state,) = damaged.glob("experiment_state-*.json")
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+
+    result = run_cli("report", damaged, "--format", "csv")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.splitlines()[0].startswith(f"{state} is damaged (")
+    assert result.stderr.splitlines()[0].endswith("; the trials are read from their own folders instead")
+    table, before = pd.read_csv(io.StringIO(result.stdout)), pd.read_csv(experiment / "summary.csv")
+    assert table.equals(before)  # every trial, ranked as before, finished ones with their results
+
+
 def test_report_without_the_best_trials_checkpoint_writes_all_but_best_model(experiment, tmp_path):
     moved = tmp_path / "moved"
     shutil.copytree(experiment, moved)

@@ -293,8 +293,10 @@ def convert_command(args) -> int:
     from quickdraw.download import fetch_missing
     from quickdraw.storage import Location
 
+    storage = Location.parse(args.storage)
+    storage.check_writable()
     fetch_missing(data)
-    split, conversion = prepare_split(data, Location.parse(args.storage))
+    split, conversion = prepare_split(data, storage)
     print(f"{'reused' if conversion.reused else 'converted'} {conversion.counts} -> {conversion.directory}")
     if args.png:
         print(f"PNG files in {write_pngs(split, conversion.directory)}")

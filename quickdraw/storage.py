@@ -140,6 +140,9 @@ class Location:
     def check_writable(self, flag: str = "--storage") -> None:
         """Fail before any work when the folder cannot be written: no bucket, no credentials, no permission."""
         probe = self / f".write-check-{uuid.uuid4().hex}"
+        if self.is_local and os.path.isfile(self.path):
+            raise UserError(f"{flag} {self.uri} is a file: give a folder (created if missing) or a URI such as "
+                            "s3://bucket/prefix")
         try:
             bucket = self.path.split("/", 1)[0]
             if not self.is_local and self.filesystem.get_file_info(bucket).type == pafs.FileType.NotFound:

@@ -114,6 +114,17 @@ def test_data_dir_that_is_a_file(tmp_path, storage):
     assert snapshot(tmp_path) == files
 
 
+@pytest.mark.parametrize("command", ["run", "convert"])
+def test_storage_that_is_a_file(data, tmp_path, command):
+    storage = tmp_path / "results.txt"
+    storage.write_text("not a folder")
+    result = run_cli(command, "--data-dir", data, "--classes", CLASSES, "--split", "30,6,3", "--storage", storage)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr == f"tune_search.py: error: --storage {storage} is a file: give a folder (created if " \
+                            "missing) or a URI such as s3://bucket/prefix\n"
+    assert storage.read_text() == "not a folder"
+
+
 # --- class names: each is a file name in --data-dir and a folder name under png/ ------------------
 
 

@@ -126,10 +126,16 @@ def record_what_ran(experiment: Location) -> None:
 
 
 def trial_number(state: dict, position: int) -> int:
-    """The order in which the search created the trial: Tune's experiment tag starts with it ("3_lr=0.01,..."), for
-    a grid and for a searcher alike, whose trial ids are random. The state lists trials in no such order."""
-    number, _, _ = str(state.get("experiment_tag", "")).partition("_")
-    return int(number) if number.isdigit() else position
+    """The order in which the search created the trial (tag_number); the state lists trials in no such order."""
+    number = tag_number(state.get("experiment_tag", ""))
+    return position if number is None else number
+
+
+def tag_number(experiment_tag) -> int | None:
+    """The number Tune's experiment tag starts with ("3_lr=0.01,..."): the order in which the search created the
+    trial, for a grid and for a searcher alike, whose trial ids are random; None for a tag without one."""
+    number = str(experiment_tag).partition("_")[0]
+    return int(number) if number.isdigit() else None
 
 
 def tune_state(experiment: Location) -> dict:

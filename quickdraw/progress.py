@@ -16,6 +16,7 @@ from ray.tune.progress_reporter import _get_progress_table_data, _time_passed_st
 from tabulate import tabulate
 from tqdm import tqdm
 
+from quickdraw.experiment import tag_number
 from quickdraw.space import HYPERPARAMETERS, Space
 
 REPORT_EVERY_S = 30
@@ -90,8 +91,8 @@ class SearchReporter(CLIReporter):
 
 def trial_number(trial: Trial) -> str:
     """The number Tune's experiment tag starts with, as in the trial's folder name; Ray's "train_trial_<id>" otherwise."""
-    number = str(trial.experiment_tag).partition("_")[0]
-    return number if number.isdigit() else str(trial)
+    number = tag_number(trial.experiment_tag)
+    return str(trial) if number is None else str(number)
 
 
 def _cell(value) -> str:

@@ -25,7 +25,7 @@ from quickdraw.config import DataConfig, SearchConfig
 from quickdraw.dataset import Conversion, Split, check_inputs, conversion_fingerprint, load_split, prepare_split
 from quickdraw.download import fetch_missing
 from quickdraw.errors import Interrupted, UserError
-from quickdraw.experiment import SEARCH_FILE, read_search, record_what_ran, split_location
+from quickdraw.experiment import SEARCH_FILE, read_search, record_what_ran, split_location, tag_number
 from quickdraw.provenance import run_record
 from quickdraw.progress import console_reporter, use_on_restored
 from quickdraw.space import Dimension, Space, space_of_record
@@ -323,6 +323,6 @@ def trial_dirname(trial, tagged: tuple[str, ...] = ()) -> str:
     config = trial.config
     tags = "".join(f"_{DIRNAME_TAGS[name]}={config[name]:.3g}" if isinstance(config[name], float)
                    else f"_{DIRNAME_TAGS[name]}={config[name]}" for name in tagged)
-    number, _, _ = str(trial.experiment_tag).partition("_")
-    unique = f"{int(number):05d}" if number.isdigit() else trial.trial_id
+    number = tag_number(trial.experiment_tag)
+    unique = trial.trial_id if number is None else f"{number:05d}"
     return f"lr={config['lr']:.4g}_batch={config['batch_size']}{tags}_{unique}"

@@ -10,10 +10,8 @@ import math
 import struct
 from html import escape
 
-import pandas as pd
-
 from quickdraw.summary import (CHOICE, LABELS, TIE_BREAK, Summary, best_per_model, best_sentence, best_trial,
-                               tie_sentence)
+                               same_for_every_trial, tie_sentence)
 
 MIN_SCALE = 0.7  # a figure is never shown narrower than this share of its pixels: a phone scrolls it sideways
 STYLE = """
@@ -202,10 +200,8 @@ def table_notes(summary: Summary) -> str:
     notes = [f"The chosen trial (highlighted) is {CHOICE} ({TIE_BREAK})."]
     if tie := tie_sentence(summary.table):
         notes.append(f"Here {tie}.")
-    constant = [name for name in LABELS if name not in summary.shown and not summary.table.empty]
-    if constant:
-        values = ", ".join(f"{LABELS[name].lower()} {constant_value(summary.table, name)}" for name in constant)
-        notes.append(f"Same for every trial: {values}.")
+    if same := same_for_every_trial(summary.table, summary.shown):
+        notes.append(same)
     notes.append("Click a column's name to sort by it; hover over it for what it measures. Training time counts the "
                  "training passes only; Ray's own time_total_s also counts validation, testing, checkpoints and "
                  "start-up.")
@@ -225,7 +221,3 @@ def picture(name: str, png: bytes, alt: str) -> str:
 def png_size(png: bytes) -> tuple[int, int]:
     """Width and height from a PNG's header."""
     return struct.unpack(">II", png[16:24])
-
-
-def constant_value(table: pd.DataFrame, name: str) -> str:
-    return HYPERPARAMETER_FORMS[name].format(table[name].iloc[0])

@@ -119,11 +119,11 @@ def heatmap_section(summary: Summary) -> Section:
         return section
     trials = trials.assign(note=[untested_note(row) for row in trials.itertuples()])
     accuracy, notes = grid(trials, "test_accuracy").astype(float), grid(trials, "note")
-    tie = tie_sentence(trials)
+    tie = tie_sentence(trials, subject="The outlined trial")
     figure = figures.accuracy_heatmap_figure(accuracy, row_labels(trials), grid_columns(trials), notes,
                                              best=grid_cell(trials, best_trial(trials)), tied=bool(tie))
     if tie:
-        section.text += f" The outlined trial {tie.split(' ', 1)[1]}."
+        section.text += f" {tie}."
     section.add("test_accuracy_heatmap.png", figure,
                 "Heatmap: test accuracy in percent for each learning rate (rows) and batch size (columns), the trial "
                 "chosen on validation outlined")

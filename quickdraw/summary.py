@@ -127,8 +127,16 @@ def best_trial(table: pd.DataFrame):
     return order.index[0]
 
 
-def tie_sentence(table: pd.DataFrame) -> str:
-    """How a tie for the best validation accuracy was broken, in words; "" when the best trial had none."""
+def same_for_every_trial(table: pd.DataFrame, shown) -> str:
+    """The hyperparameters left out of the tables (not `shown`) with their one value, as a sentence; "" when none."""
+    constant = [name for name in HYPERPARAMETERS if name not in shown and not table.empty]
+    values = ", ".join(f"{LABELS[name].lower()} {_value(table[name].iloc[0])}" for name in constant)
+    return f"Same for every trial: {values}." if constant else ""
+
+
+def tie_sentence(table: pd.DataFrame, subject: str = "") -> str:
+    """How a tie for the best validation accuracy was broken, in words, about `subject` (by default the best trial's
+    rank, "#1"); "" when the best trial had none."""
     index = best_trial(table)
     if index is None:
         return ""
@@ -137,11 +145,12 @@ def tie_sentence(table: pd.DataFrame) -> str:
     if tied.empty:
         return ""
     ranks = ", ".join(f"#{rank}" for rank in tied["rank"])
+    subject = subject or f"#{best['rank']}"
     if (tied.best_val_loss > best.best_val_loss).all():
         rule = f"its lower validation loss ({best.best_val_loss:.4f}, against {_join(tied.best_val_loss, '{:.4f}')})"
     else:
         rule = "its lower validation loss or, where the losses are equal too, for starting first"
-    return (f"#{best['rank']} tied with {ranks} on validation accuracy ({best.best_val_accuracy:.2f}%) and was "
+    return (f"{subject} tied with {ranks} on validation accuracy ({best.best_val_accuracy:.2f}%) and was "
             f"chosen for {rule}")
 
 
@@ -199,9 +208,8 @@ def to_markdown(summary: Summary) -> str:
     if unfinished:
         lines += [f"{unfinished} of {len(table)} trials did not finish.", ""]
     lines += ["## Every trial, ranked by validation accuracy", "", ranked_markdown(table, shown), ""]
-    if constant := [name for name in HYPERPARAMETERS if name not in shown and not table.empty]:
-        values = ", ".join(f"{LABELS[name].lower()} {_value(table[name].iloc[0])}" for name in constant)
-        lines += [f"Same for every trial: {values}.", ""]
+    if same := same_for_every_trial(table, shown):
+        lines += [same, ""]
     lines += [f"The best trial is {CHOICE} ({TIE_BREAK})."]
     if tie := tie_sentence(table):
         lines[-1] += f" Here {tie}."

@@ -59,18 +59,14 @@ def run_search(config: SearchConfig) -> Location:
     conversion, split = convert_once(data, storage)
     print(f"split {conversion.counts} of {len(data.classes)} classes "
           f"{'reused from' if conversion.reused else 'converted into'} {conversion.directory}")
-    resources = trial_resources(config, [node["Resources"] for node in ray.nodes() if node["Alive"]])
+    nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+    resources = trial_resources(config, nodes)
     settings = {key: value for key, value in dataclasses.asdict(config).items() if key != "space"}
     space = config.dimensions
-    nodes = sum(node["Alive"] for node in ray.nodes())
     record = {"config": settings, "space": {d.name: d.as_spec() for d in space}, "dataset": conversion.directory.uri,
-              "resources": resources, "run": run_record(ray.cluster_resources(), nodes)}
+              "resources": resources, "run": run_record(ray.cluster_resources(), len(nodes))}
     (experiment / SEARCH_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
-    try:
-        build_tuner(config, trainable(split, resources, space), storage, name).fit()
-    except KeyboardInterrupt:  # a second Ctrl-C, while Tune stops on the first
-        raise Interrupted(experiment) from None
-    record_what_ran(experiment)
+    fit(build_tuner(config, trainable(split, resources, space), storage, name), experiment)
     return experiment
 
 
@@ -94,12 +90,18 @@ def resume_search(experiment: Location, address: str | None) -> Location:
         resume_unfinished=True, resume_errored=True,
     )
     use_on_restored(tuner, space_of_record(record))
+    fit(tuner, experiment)
+    return experiment
+
+
+def fit(tuner: tune.Tuner, experiment: Location) -> None:
+    """Run the search, then record in search.json what its precision resolved to. Ctrl-C stops Tune gracefully and
+    restores Python's handler; a second one becomes Interrupted, which names the command that continues."""
     try:
         tuner.fit()
     except KeyboardInterrupt:
         raise Interrupted(experiment) from None
     record_what_ran(experiment)
-    return experiment
 
 
 def never_started(experiment: Location) -> bool:

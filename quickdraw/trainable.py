@@ -48,6 +48,7 @@ def train_trial(config: dict, split: Split, space: Space) -> None:
     (quickdraw.search); `space` says which of them the search varies, and over what, for TensorBoard."""
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # else a "Checkpoint successfully created" line per epoch
     compute = choose(trial_device(), config["precision"], config["compile"])
+    ran = {"precision": compute.precision, "device": compute.device_name()}  # what "auto" resolved to, every epoch
     torch.set_num_threads(trial_threads())
     torch.manual_seed(config["seed"])
     data = split_tensors(split, compute.device)
@@ -63,7 +64,7 @@ def train_trial(config: dict, split: Split, space: Space) -> None:
         while not trainer.finished:
             metrics, improved = trainer.run_epoch(data)
             log_epoch(writer, metrics)
-            metrics |= {"precision": compute.precision, "device": compute.device_name()}  # what "auto" resolved to
+            metrics |= ran
             if not (improved or trainer.finished):
                 # A checkpoint only when validation improves, and the last: fewer writes and syncs, and a
                 # restarted trial goes back at most to its last improvement.

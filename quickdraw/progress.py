@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from quickdraw.experiment import tag_number
 from quickdraw.space import HYPERPARAMETERS, Space
+from quickdraw.summary import value_text
 
 REPORT_EVERY_S = 30
 MAX_ROWS = 20  # past that, Ray shows some trials of each status: the running ones, the best finished ones
@@ -83,7 +84,7 @@ class SearchReporter(CLIReporter):
 
     def _row(self, trial: Trial) -> list[str]:
         result = trial.last_result
-        params = [_cell(trial.config.get(name)) for name in self._parameter_columns]
+        params = [value_text(trial.config.get(name)) for name in self._parameter_columns]
         epoch = f"{result['epoch']}/{trial.config['epochs']}" if "epoch" in result else ""
         accuracies = [f"{100 * result[key]:.2f}" if key in result else "" for key in ACCURACIES]
         return [trial_number(trial), trial.status, *params, epoch, *accuracies]
@@ -93,10 +94,6 @@ def trial_number(trial: Trial) -> str:
     """The number Tune's experiment tag starts with, as in the trial's folder name; Ray's "train_trial_<id>" otherwise."""
     number = tag_number(trial.experiment_tag)
     return str(trial) if number is None else str(number)
-
-
-def _cell(value) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def trial_epochs(trials: list[Trial], total_samples: int | None) -> tuple[int, int | None]:

@@ -130,7 +130,7 @@ def best_trial(table: pd.DataFrame):
 def same_for_every_trial(table: pd.DataFrame, shown) -> str:
     """The hyperparameters left out of the tables (not `shown`) with their one value, as a sentence; "" when none."""
     constant = [name for name in HYPERPARAMETERS if name not in shown and not table.empty]
-    values = ", ".join(f"{LABELS[name].lower()} {_value(table[name].iloc[0])}" for name in constant)
+    values = ", ".join(f"{LABELS[name].lower()} {value_text(table[name].iloc[0])}" for name in constant)
     return f"Same for every trial: {values}." if constant else ""
 
 
@@ -220,7 +220,7 @@ def ranked_markdown(table: pd.DataFrame, shown: list[str]) -> str:
     """`Rank | <shown hyperparameters> | Validation accuracy | Test accuracy`, a row per trial, the best in bold."""
     best = best_trial(table)
     cells = {"Rank": [str(rank) for rank in table["rank"]]}
-    cells |= {LABELS[name]: [_value(value) for value in table[name]] for name in shown}
+    cells |= {LABELS[name]: [value_text(value) for value in table[name]] for name in shown}
     cells["Validation accuracy"] = [_percent(value) for value in table.best_val_accuracy]
     cells["Test accuracy"] = [_test_cell(row) for row in table.itertuples()]
     frame = pd.DataFrame(cells, index=table.index)
@@ -266,7 +266,7 @@ def _test_cell(row) -> str:
     return f"{status_text} ({row.epochs} epoch{'' if row.epochs == 1 else 's'})"
 
 
-def _value(value) -> str:
+def value_text(value) -> str:
     """A hyperparameter's value as the summary writes it."""
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 

@@ -26,6 +26,7 @@ from quickdraw.dataset import Conversion, Split, check_inputs, conversion_finger
 from quickdraw.download import fetch_missing
 from quickdraw.errors import Interrupted, UserError
 from quickdraw.experiment import SEARCH_FILE, read_search, record_what_ran, split_location, tag_number
+from quickdraw.lease import DRIVERS_DIR, STALE_S, claim
 from quickdraw.provenance import run_record
 from quickdraw.progress import console_reporter, use_on_restored
 from quickdraw.space import Dimension, Space, space_of_record
@@ -50,24 +51,31 @@ def run_search(config: SearchConfig) -> Location:
     # Ray's workers do not share our working directory: hand them an absolute --data-dir.
     data = dataclasses.replace(config.data, data_dir=config.data.data_dir.resolve())
     storage.check_writable()
+    refuse_existing(experiment)
+    with claim(experiment, "pick another --name, or omit it for a timestamp"):
+        refuse_existing(experiment)  # a driver that claimed it first may have run its search since our first look
+        fetch_missing(data)
+        check_inputs(data, storage)
+        connect(config.address)
+        conversion, split = convert_once(data, storage)
+        print(f"split {conversion.counts} of {len(data.classes)} classes "
+              f"{'reused from' if conversion.reused else 'converted into'} {conversion.directory}")
+        nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+        resources = trial_resources(config, nodes)
+        settings = {key: value for key, value in dataclasses.asdict(config).items() if key != "space"}
+        space = config.dimensions
+        record = {"config": settings, "space": {d.name: d.as_spec() for d in space},
+                  "dataset": conversion.directory.uri, "resources": resources,
+                  "run": run_record(ray.cluster_resources(), len(nodes))}
+        (experiment / SEARCH_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
+        fit(build_tuner(config, trainable(split, resources, space), storage, name), experiment)
+    return experiment
+
+
+def refuse_existing(experiment: Location) -> None:
     if experiment.exists() and not never_started(experiment):
         raise UserError(f"{experiment} already exists: pick another --name, or omit it for a timestamp; to continue "
                         f"that search: python tune_search.py resume {experiment}")
-    fetch_missing(data)
-    check_inputs(data, storage)
-    connect(config.address)
-    conversion, split = convert_once(data, storage)
-    print(f"split {conversion.counts} of {len(data.classes)} classes "
-          f"{'reused from' if conversion.reused else 'converted into'} {conversion.directory}")
-    nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
-    resources = trial_resources(config, nodes)
-    settings = {key: value for key, value in dataclasses.asdict(config).items() if key != "space"}
-    space = config.dimensions
-    record = {"config": settings, "space": {d.name: d.as_spec() for d in space}, "dataset": conversion.directory.uri,
-              "resources": resources, "run": run_record(ray.cluster_resources(), len(nodes))}
-    (experiment / SEARCH_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
-    fit(build_tuner(config, trainable(split, resources, space), storage, name), experiment)
-    return experiment
 
 
 def resume_search(experiment: Location, address: str | None) -> Location:
@@ -78,19 +86,21 @@ def resume_search(experiment: Location, address: str | None) -> Location:
     if not tune.Tuner.can_restore(experiment.uri):
         raise UserError(f"resume {experiment}: the search stopped before its first trial started; run the same "
                         "command again, which starts it over in this folder")
-    record = read_search(experiment)
-    connect(address)
-    # Into the object store at once: the trials share its copy, and the driver keeps none of its own.
-    location = split_location(experiment)
-    split = ray.put(load_split(location))
-    print(f"resuming {experiment} with the split in {location}")
-    quiet_tune()
-    tuner = tune.Tuner.restore(
-        experiment.uri, trainable=trainable(split, record["resources"], space_of_record(record)),
-        resume_unfinished=True, resume_errored=True,
-    )
-    use_on_restored(tuner, space_of_record(record))
-    fit(tuner, experiment)
+    with claim(experiment, f"wait for it to end; if its machine was lost, resume once the driver has been silent for "
+                           f"{STALE_S} s"):
+        record = read_search(experiment)
+        connect(address)
+        # Into the object store at once: the trials share its copy, and the driver keeps none of its own.
+        location = split_location(experiment)
+        split = ray.put(load_split(location))
+        print(f"resuming {experiment} with the split in {location}")
+        quiet_tune()
+        tuner = tune.Tuner.restore(
+            experiment.uri, trainable=trainable(split, record["resources"], space_of_record(record)),
+            resume_unfinished=True, resume_errored=True,
+        )
+        use_on_restored(tuner, space_of_record(record))
+        fit(tuner, experiment)
     return experiment
 
 
@@ -105,9 +115,10 @@ def fit(tuner: tune.Tuner, experiment: Location) -> None:
 
 
 def never_started(experiment: Location) -> bool:
-    """The folder holds a search that was stopped (Ctrl-C) after its search.json and before Tune saved any state:
-    `run` starts it over, as `resume` has nothing to continue."""
-    return (experiment / SEARCH_FILE).is_file() and not tune.Tuner.can_restore(experiment.uri)
+    """The folder holds a search that was stopped (Ctrl-C, SIGKILL) before Tune saved any state, after its search.json
+    or before, when it holds only drivers' claims: `run` starts it over, as `resume` has nothing to continue."""
+    started = (experiment / SEARCH_FILE).is_file() or {f.name for f in experiment.children()} <= {DRIVERS_DIR}
+    return started and not tune.Tuner.can_restore(experiment.uri)
 
 
 def connect(address: str | None) -> None:

@@ -3,12 +3,13 @@
 import json
 import os
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import SYNTHETIC_CLASSES, run_cli, write_class_files
+from conftest import SYNTHETIC_CLASSES, run_cli, start_cli, write_class_files
 from experiment_checks import check_experiment, ranked_rows, results, trial_dirs
 
 LRS, BATCH_SIZES, EPOCHS = (0.01, 0.001), (16, 32), 3
@@ -30,10 +31,18 @@ def workspace(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def first_run(workspace):
+    """Two drivers started together with the same --name: exactly one runs the search (check_experiment finds its
+    trials and no other's), the other is refused in one line and writes nothing."""
     data, storage = workspace
-    result = run_cli(*grid_args(data, storage, "first"))
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
+    drivers = [start_cli(*grid_args(data, storage, "first")) for _ in range(2)]
+    outputs = [driver.communicate(timeout=300)[0] for driver in drivers]
+    codes = sorted(driver.returncode for driver in drivers)
+    assert codes == [0, 2], outputs
+    result, refused = sorted(zip((d.returncode for d in drivers), outputs))
+    (line,) = refused[1].splitlines()
+    assert line.startswith(f"tune_search.py: error: {storage / 'first'} ") and (
+        "is being run by another driver" in line or "already exists" in line), line
+    return SimpleNamespace(stdout=result[1])  # stdout and stderr together
 
 
 def test_grid_writes_trials_summaries_checkpoints_and_tensorboard(first_run, workspace):

@@ -26,15 +26,23 @@ def test_a_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
         "--storage", experiment.parent, "--name", experiment.name, env=env,
     )
 
+    refused = []
+
     def moment(progress):  # a trial finished, another has run at least two epochs
+        if progress and not refused:  # while the driver runs, `resume` is refused: it would undo the driver's work
+            refused.append(run_cli("resume", experiment, timeout=60))
         running = [t for t, rows in progress.items() if 2 <= len(rows) and "test_accuracy" not in rows[-1]]
         return finished_trials(progress) and running
 
     finished = finished_trials(kill_driver_when(driver, experiment, ray_tmp, moment, timeout=180, poll=0.2))
+    (live,) = refused
+    assert live.returncode == 2 and live.stderr.startswith(
+        f"tune_search.py: error: {experiment} is being run by another driver, pid {driver.pid} on "), live.stderr
+    assert len(live.stderr.splitlines()) == 1
     before = reported(experiment)
     finished_before = {t: (experiment / t / "result.json").read_bytes() for t in finished}
 
-    resumed = run_cli("resume", experiment, timeout=300)
+    resumed = run_cli("resume", experiment, timeout=300)  # at once: the killed driver's claim is stale
     assert resumed.returncode == 0, resumed.stderr[-4000:]
 
     for trial, result_bytes in finished_before.items():

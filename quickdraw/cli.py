@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import shlex
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ from quickdraw.config import (
     ASHA_GRACE_PERIOD, ASHA_REDUCTION_FACTOR, DEFAULT_SAMPLES, EXPORT_FORMATS, GOOGLE_BASE_URL, MODEL_NAMES, PRECISIONS,
     SCHEDULERS, SEARCHES, SEED_CLASSES, DataConfig, SearchConfig, SplitSizes,
 )
-from quickdraw.errors import Interrupted, UserError
+from quickdraw.errors import DiskFull, Interrupted, UserError
 from quickdraw.space import load_space, merge
 
 # The grid flags, and the hyperparameter each sets; given, a --space file must leave that hyperparameter out.
@@ -37,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
+    except DiskFull as e:
+        go_on = resume_line(e.experiment, getattr(args, "address", None))
+        print(f"tune_search.py: error: {e}; free some space there, then go on: {go_on}", file=sys.stderr)
+        return 2
     except UserError as e:
         print(f"tune_search.py: error: {e}", file=sys.stderr)
         return 2
@@ -47,6 +52,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tune_search.py: interrupted; run the same command again to go on where it stopped", file=sys.stderr)
         return 130
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        from quickdraw.storage import full_disk
+
+        written = e.filename or getattr(args, "experiment", None) or getattr(args, "storage", None) or args.data_dir
+        print(f"tune_search.py: error: {full_disk(str(written), e)}; free some space there, then run the command "
+              "again", file=sys.stderr)
+        return 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -222,6 +236,7 @@ def data_config(args) -> DataConfig:
 def run_command(args) -> int:
     config = search_config(args)
     config.validate()
+    check_home()
     from quickdraw.search import run_search  # Ray and torch load only for real work
 
     return finish(run_search(config), args.address)
@@ -252,10 +267,21 @@ def search_space(args, given: dict):
 def resume_command(args) -> int:
     if not args.experiment.strip():
         raise UserError("resume needs the experiment folder <storage>/<name> (a path or URI)")
+    check_home()
     from quickdraw.search import resume_search
     from quickdraw.storage import Location
 
     return finish(resume_search(Location.parse(args.experiment, flag="resume"), args.address), args.address)
+
+
+def check_home() -> None:
+    """Ray keeps its authentication token in ~/.ray (and matplotlib its cache in ~/.config): HOME must be writable."""
+    home = Path.home()
+    try:
+        (home / ".ray").mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"HOME={home} cannot be written ({e.strerror}), and Ray keeps files in ~/.ray: set HOME to a "
+                        "folder you can write, such as export HOME=/tmp/$USER") from None
 
 
 def finish(experiment, address: str | None) -> int:
@@ -271,6 +297,12 @@ def finish(experiment, address: str | None) -> int:
         summary = write_report(experiment)
     except KeyboardInterrupt:  # a second Ctrl-C, after Tune stopped on the first
         raise Interrupted(experiment) from None
+    except OSError as e:
+        from quickdraw.storage import full_disk
+
+        if disk := full_disk(str(experiment), e):
+            raise DiskFull(disk, experiment) from None
+        raise
     print(to_markdown(summary))
     print(f"Summary: {experiment / 'summary.md'}  Report: {experiment / 'report.html'}  "
           f"TensorBoard: tensorboard --logdir {experiment}")

@@ -19,6 +19,7 @@ DEFAULT_SAMPLES = 15  # trials of a random or Optuna search: the seed grid's bud
 SCHEDULERS = ("none", "asha")  # none: Tune's FIFO, every trial runs all its epochs
 ASHA_GRACE_PERIOD = 2
 ASHA_REDUCTION_FACTOR = 3.0
+NAME_MAX_BYTES = 255  # the longest file name of ext4, XFS, tmpfs and NFS (Linux's NAME_MAX)
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,9 @@ class SearchConfig:
             raise UserError(f"--max-failures must be 0 or more (or -1 for no limit), got {self.max_failures}")
         if self.name is not None and (not self.name or "/" in self.name or self.name in (".", "..")):
             raise UserError(f"--name must be a plain folder name, got {self.name!r}")
+        if self.name is not None and len(self.name.encode()) > NAME_MAX_BYTES:
+            raise UserError(f"--name is {len(self.name.encode())} bytes long, and file systems take folder names of at "
+                            f"most {NAME_MAX_BYTES}: give a shorter one")
         self._validate_scheduler()
         self._validate_search()
 

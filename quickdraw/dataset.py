@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import json
 import tempfile
+import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from PIL import Image
 from quickdraw.bitmaps import BitmapFile, check_drawings, find_class_files, load_drawings
 from quickdraw.config import DataConfig
 from quickdraw.errors import UserError
-from quickdraw.storage import Location
+from quickdraw.storage import Location, first_line
 
 FORMAT_VERSION = 1
 PARTS = ("train", "validation", "test")
@@ -136,12 +137,17 @@ def split_drawings(config: DataConfig, sources: list[BitmapFile]) -> Split:
 def load_split(directory: Location, parts: tuple[str, ...] = PARTS) -> Split:
     """The stored split, or only its `parts` (the others empty): the archive is opened for random access, locally or
     on object storage, so only those parts are read, straight into their arrays (not through a copy of the file)."""
-    manifest = json.loads((directory / MANIFEST_FILE).read_text())
     archive = directory / ARRAYS_FILE
-    with archive.filesystem.open_input_file(archive.path) as file, np.load(file, allow_pickle=False) as arrays:
-        loaded = {name: arrays[name] for part in parts for name in (f"x_{part}", f"y_{part}")}
+    try:
+        manifest = json.loads((directory / MANIFEST_FILE).read_text())
+        with archive.filesystem.open_input_file(archive.path) as file, np.load(file, allow_pickle=False) as arrays:
+            loaded = {name: arrays[name] for part in parts for name in (f"x_{part}", f"y_{part}")}
+        classes = tuple(manifest["classes"])
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
+        raise UserError(f"the split in {directory} cannot be read ({type(e).__name__}: {first_line(e)}): it is damaged; "
+                        "put back a copy of that folder, or start a new search") from None
     empty = {"x": np.empty((0, 28, 28), np.uint8), "y": np.empty(0, np.int64)}
-    return Split(classes=tuple(manifest["classes"]),
+    return Split(classes=classes,
                  **{name: loaded.get(name, empty[name[0]]) for part in PARTS for name in (f"x_{part}", f"y_{part}")})
 
 

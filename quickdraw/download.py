@@ -264,7 +264,11 @@ def finish(job: ClassDownload, state: dict) -> None:
         ready = job.part
     else:
         ready = job.target.with_name(job.target.name + ".tmp")
-        write_first_rows(job.part, ready, job.rows)
+        try:
+            write_first_rows(job.part, ready, job.rows)
+        except OSError:
+            ready.unlink(missing_ok=True)  # a full disk: no half-written file stays; the whole download does
+            raise
     rows = checked_row_count(ready)  # a whole file is checked against its own header's length
     if job.rows is not None and rows != job.rows:
         raise UserError(f"{job.url}: the downloaded file does not hold {job.rows} drawings; run the command again")

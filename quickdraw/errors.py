@@ -12,3 +12,11 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, experiment):
         super().__init__(str(experiment))
         self.experiment = experiment
+
+
+class DiskFull(UserError):
+    """A search's disk filled up while it ran; the command line adds the command that goes on once there is space."""
+
+    def __init__(self, disk: str, experiment):
+        super().__init__(disk)
+        self.experiment = experiment

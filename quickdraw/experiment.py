@@ -8,6 +8,7 @@ plain JSON and NumPy files only, never a pickle (the state's pickled fields stay
 from __future__ import annotations
 
 import json
+import pickletools
 import sys
 
 import pandas as pd
@@ -23,6 +24,7 @@ PREDICTIONS_FILE = "test_predictions.npz"  # in each trial folder: the tested we
 RESULTS_FILE = "result.json"  # in each trial folder, Tune's: a JSON line per reported result
 PARAMS_FILE = "params.json"  # in each trial folder, Tune's: the trial's config
 STATE_PREFIX, STATE_SUFFIX = "experiment_state-", ".json"  # Tune's experiment state, one file per save
+TUNER_FILE = "tuner.pkl"  # Tune's: the Tuner, pickled; `resume` needs it
 
 
 def read_search(experiment: Location) -> dict:
@@ -45,6 +47,45 @@ def split_location(experiment: Location) -> Location:
             continue
     raise UserError(f"the split that {experiment / SEARCH_FILE} names is gone: not at {recorded}, nor beside the "
                     f"experiment at {beside}; copy the search's {DATASETS_DIR}/ folder beside the experiment")
+
+
+def check_resumable(experiment: Location) -> dict:
+    """search.json's record, once what Ray Tune's restore reads is there and whole; otherwise a UserError that names
+    what is missing or damaged. (Whether the split is whole, load_split checks.)"""
+    def refuse(problem: str) -> UserError:
+        return UserError(f"resume {experiment}: {problem}; `python tune_search.py report {experiment}` still lists "
+                         "its trials from their folders")
+
+    if not (experiment / SEARCH_FILE).is_file():
+        raise UserError(f"resume {experiment}: no {SEARCH_FILE} there; give the folder <storage>/<name> of a search")
+    has_state = any(f.name.startswith(STATE_PREFIX) for f in experiment.children())
+    if not (experiment / TUNER_FILE).is_file():
+        if not has_state:
+            raise UserError(f"resume {experiment}: the search stopped before its first trial started; run the same "
+                            "command again, which starts it over in this folder")
+        raise refuse(f"{TUNER_FILE} is missing, and Ray Tune cannot continue a search without it")
+    try:
+        record = read_search(experiment)
+        space_of_record(record), record["resources"]
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError, UserError) as e:
+        raise refuse(f"{experiment / SEARCH_FILE} is damaged ({type(e).__name__}: {first_line(e)})") from None
+    if not whole_pickle((experiment / TUNER_FILE).read_bytes()):
+        raise refuse(f"{experiment / TUNER_FILE} is damaged (cut short or overwritten)")
+    try:
+        tune_state(experiment)
+    except DamagedState as e:
+        raise refuse(f"{e}, and Ray Tune cannot continue from it") from None
+    except UserError:
+        raise refuse("it holds no Ray Tune experiment state (experiment_state-*.json)") from None
+    return record
+
+
+def whole_pickle(data: bytes) -> bool:
+    """Whether `data` is one whole pickle, read opcode by opcode (pickletools), never run."""
+    try:
+        return bool(data) and list(pickletools.genops(data))[-1][0].name == "STOP"
+    except (ValueError, EOFError, KeyError, IndexError):
+        return False
 
 
 def search_space(experiment: Location, trials: pd.DataFrame) -> tuple[str, Space]:
@@ -76,6 +117,12 @@ def load_trials(experiment: Location) -> tuple[pd.DataFrame, dict[str, pd.DataFr
     except DamagedState as e:
         print(f"{e}; the trials are read from their own folders instead", file=sys.stderr)
         return trials_from_folders(experiment)
+    except UserError:
+        if not trial_folders(experiment):
+            raise
+        print(f"{experiment} holds no Ray Tune experiment state; the trials are read from their own folders instead",
+              file=sys.stderr)
+        return trials_from_folders(experiment)
     rows, histories = [], {}
     for position, trial in enumerate(state["trial_data"], start=1):
         state, run = (json.loads(part) for part in trial)
@@ -94,8 +141,7 @@ def trials_from_folders(experiment: Location) -> tuple[pd.DataFrame, dict[str, p
     """load_trials from each trial folder's params.json and result.json, without Tune's state: a trial that was
     tested is finished, any other unfinished (whether ASHA stopped it is in the state only)."""
     rows, histories = [], {}
-    folders = [f for f in experiment.children() if (f / PARAMS_FILE).is_file()]
-    for position, folder in enumerate(folders, start=1):
+    for position, folder in enumerate(trial_folders(experiment), start=1):
         history = read_results(folder)
         config = json.loads((folder / PARAMS_FILE).read_text())
         number = folder.name.rpartition("_")[2]  # quickdraw.search.trial_dirname ends with the trial's number
@@ -104,6 +150,10 @@ def trials_from_folders(experiment: Location) -> tuple[pd.DataFrame, dict[str, p
         if history:
             histories[folder.name] = pd.DataFrame(history)
     return trial_table(rows), histories
+
+
+def trial_folders(experiment: Location) -> list[Location]:
+    return [f for f in experiment.children() if (f / PARAMS_FILE).is_file()]
 
 
 def what_ran(histories: dict[str, pd.DataFrame]) -> dict[str, int]:
@@ -161,4 +211,23 @@ def read_results(trial: Location) -> list[dict]:
     file = trial / RESULTS_FILE
     if not file.is_file():
         return []
-    return [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+    results = []
+    for line in file.read_bytes().decode(errors="replace").splitlines():
+        if result := whole_result(line):
+            results.append(result)
+    return results
+
+
+def whole_result(line: str) -> dict | None:
+    """A result line as JSON. A full disk can cut a line short, and a resumed trial then appends its next result to
+    that piece: the whole result at its end is kept, the piece dropped."""
+    decoder = json.JSONDecoder()
+    for start in (i for i, c in enumerate(line) if c == "{"):
+        try:
+            result, end = decoder.raw_decode(line, start)
+        except ValueError:
+            continue
+        # Past the line's start, an object that ends the line may be a nested one (the config) of a cut result.
+        if not line[end:].strip() and isinstance(result, dict) and (start == 0 or "training_iteration" in result):
+            return result
+    return None

@@ -6,9 +6,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import math
 import os
 import socket
+import tempfile
 from datetime import datetime
 from pathlib import Path
 
@@ -24,13 +26,13 @@ import quickdraw
 from quickdraw.config import DataConfig, SearchConfig
 from quickdraw.dataset import Conversion, Split, check_inputs, conversion_fingerprint, load_split, prepare_split
 from quickdraw.download import fetch_missing
-from quickdraw.errors import Interrupted, UserError
-from quickdraw.experiment import SEARCH_FILE, read_search, record_what_ran, split_location, tag_number
+from quickdraw.errors import DiskFull, Interrupted, UserError
+from quickdraw.experiment import SEARCH_FILE, check_resumable, record_what_ran, split_location, tag_number
 from quickdraw.lease import DRIVERS_DIR, STALE_S, claim
 from quickdraw.provenance import run_record
 from quickdraw.progress import console_reporter, use_on_restored
 from quickdraw.space import Dimension, Space, space_of_record
-from quickdraw.storage import Location, first_line
+from quickdraw.storage import Location, first_line, full_disk
 from quickdraw.trainable import train_trial
 
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
@@ -81,18 +83,14 @@ def refuse_existing(experiment: Location) -> None:
 def resume_search(experiment: Location, address: str | None) -> Location:
     """Continue a search whose driver stopped: finished trials stay as they are, the others go on
     from their last checkpoints (errored ones too, with a fresh allowance of failures)."""
-    if not (experiment / SEARCH_FILE).is_file():
-        raise UserError(f"resume {experiment}: no {SEARCH_FILE} there; give the folder <storage>/<name> of a search")
-    if not tune.Tuner.can_restore(experiment.uri):
-        raise UserError(f"resume {experiment}: the search stopped before its first trial started; run the same "
-                        "command again, which starts it over in this folder")
+    record = check_resumable(experiment)
     with claim(experiment, f"wait for it to end; if its machine was lost, resume once the driver has been silent for "
                            f"{STALE_S} s"):
-        record = read_search(experiment)
-        connect(address)
-        # Into the object store at once: the trials share its copy, and the driver keeps none of its own.
         location = split_location(experiment)
-        split = ray.put(load_split(location))
+        arrays = load_split(location)  # before Ray starts: a damaged split is refused at once
+        connect(address)
+        split = ray.put(arrays)  # into the object store: the trials share its copy
+        del arrays
         print(f"resuming {experiment} with the split in {location}")
         quiet_tune()
         tuner = tune.Tuner.restore(
@@ -106,12 +104,18 @@ def resume_search(experiment: Location, address: str | None) -> Location:
 
 def fit(tuner: tune.Tuner, experiment: Location) -> None:
     """Run the search, then record in search.json what its precision resolved to. Ctrl-C stops Tune gracefully and
-    restores Python's handler; a second one becomes Interrupted, which names the command that continues."""
+    restores Python's handler; a second one becomes Interrupted, which names the command that continues, and a full
+    disk DiskFull, which names the disk."""
     try:
         tuner.fit()
+        record_what_ran(experiment)
     except KeyboardInterrupt:
         raise Interrupted(experiment) from None
-    record_what_ran(experiment)
+    except Exception as e:  # Ray Tune stops on a full disk with whatever it was writing (or reading back) at the time
+        disk = full_disk(experiment.uri, e)
+        if disk:
+            raise DiskFull(disk, experiment) from None
+        raise
 
 
 def never_started(experiment: Location) -> bool:
@@ -132,7 +136,7 @@ def connect(address: str | None) -> None:
         # as --address is.
         address, named, instead = environment, f"RAY_ADDRESS={environment}", "unset RAY_ADDRESS"
     if address in (None, "local"):
-        ray.init(logging_level="WARNING")
+        start_local_ray()
         return
     if address != "auto":
         check_reachable(address, named, instead)
@@ -153,6 +157,23 @@ def connect(address: str | None) -> None:
             "`ray start --head`, export RAY_AUTH_MODE=token if it uses token authentication, "
             f"or {instead} to run on this machine"
         ) from None
+
+
+def start_local_ray() -> None:
+    # Ray 2.60 notes on every start that token authentication is on by default, its secure setting: not news, and a
+    # line that would come before a one-line error below.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
+        lambda record: not record.getMessage().startswith("Token authentication is enabled"))
+    try:
+        ray.init(logging_level="WARNING")
+    except OSError as e:
+        if "AF_UNIX path length" not in str(e):
+            raise
+        named = "RAY_TMPDIR" if os.environ.get("RAY_TMPDIR") else "TMPDIR"
+        folder = os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()
+        raise UserError(f"{named}={folder} is too long a path for Ray's sockets, which it puts in a session folder "
+                        "there (a socket's path has at most 107 bytes): set RAY_TMPDIR to a short folder, such as "
+                        "export RAY_TMPDIR=/tmp") from None
 
 
 def check_reachable(address: str, named: str | None = None, instead: str = "leave out --address") -> None:

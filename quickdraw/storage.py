@@ -6,6 +6,7 @@ named by AWS_ENDPOINT_URL works for our files exactly as it does for Tune's.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -18,6 +19,8 @@ import pyarrow
 import pyarrow.fs as pafs
 
 from quickdraw.errors import UserError
+
+FULL_BELOW_BYTES = 2**20  # less than this left, and the next checkpoint or state file does not fit
 
 
 @dataclass(frozen=True)
@@ -97,9 +100,13 @@ class Location:
             return
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         tmp = f"{self.path}.tmp-{uuid.uuid4().hex}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, self.path)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, self.path)
+        finally:
+            if os.path.exists(tmp):  # a full disk: the old file stays, and no partial copy beside it
+                os.unlink(tmp)
 
     def write_text(self, text: str) -> None:
         self.write_bytes(text.encode())
@@ -178,6 +185,25 @@ def write_output(output: Location, text: str, flag: str = "--output") -> None:
         output.write_text(text)
     except OSError as e:
         raise UserError(f"{flag} {output} cannot be written: {e.strerror or first_line(e)}") from None
+
+
+def full_disk(path: str, error: BaseException | None = None) -> str | None:
+    """When the local file system holding `path` is full (`error` says so, or under FULL_BELOW_BYTES are left), that
+    disk described for an error message; None otherwise, and for object storage."""
+    if "://" in str(path):
+        return None
+    folder = os.path.abspath(path)
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    usage = shutil.disk_usage(folder)
+    said = isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+    if not said and usage.free >= FULL_BELOW_BYTES:
+        return None
+    mount = folder
+    while not os.path.ismount(mount):
+        mount = os.path.dirname(mount)
+    return (f"the disk that holds {path} is full ({mount}: {usage.free / 2**20:.1f} MiB of {usage.total / 2**20:.0f} "
+            "MiB free)")
 
 
 def first_line(error: BaseException) -> str:

@@ -234,6 +234,7 @@ def test_bad_class_file(data, storage, write_cat, extra_mentions):
         pytest.param(("--models", ","), "no model given", id="empty-models"),
         pytest.param(("--model", "seed", "--models", "seed,vgg-bn"), "not allowed with argument --model",
                      id="model-and-models"),
+        pytest.param(("--name", "n" * 256), "--name is 256 bytes long", id="name-too-long"),
     ],
 )
 def test_bad_flag(data, storage, flags, flag):
@@ -406,3 +407,34 @@ def test_resume_of_a_uri_of_an_unknown_scheme(tmp_path):
     result = run_cli("resume", "foo://x", timeout=TIMEOUT)
     line = assert_rejected(result, tmp_path, snapshot(tmp_path), "resume foo://x")
     assert "Unrecognized filesystem type" in line
+
+
+# --- the machine: where Ray keeps its files (checked when Ray starts, before any trial) --------------
+
+
+def test_a_tmpdir_too_long_for_rays_sockets_names_what_to_set(data, storage, tmp_path):
+    write_class_files(data, classes=("cat",), count=200)
+    long = tmp_path / ("t" * (120 - len(str(tmp_path))))
+    long.mkdir()
+    env = {key: value for key, value in os.environ.items() if key != "RAY_TMPDIR"}
+    before = snapshot(storage)
+    result = run_main(data, storage, env={**env, "TMPDIR": str(long)})
+    line = assert_rejected(result, storage, set_aside_claims(storage, before), f"TMPDIR={long} is too long",
+                           "set RAY_TMPDIR to a short folder")
+    assert line.endswith("export RAY_TMPDIR=/tmp")
+
+
+def test_an_unwritable_home_names_what_to_set(data, storage):
+    write_class_files(data, classes=("cat",), count=200)
+    before = snapshot(storage)
+    result = run_main(data, storage, env={**os.environ, "HOME": "/proc/self/no-home"})  # even root cannot write there
+    assert_rejected(result, storage, before, "HOME=/proc/self/no-home cannot be written",
+                    "set HOME to a folder you can write")
+
+
+def set_aside_claims(storage: Path, before: dict) -> dict:
+    """`before`, plus the experiment folder with the claim a driver that stopped when Ray could not start leaves: it
+    holds no search (the same command starts over in it once the machine is fixed)."""
+    claims = sorted((storage / NAME / "drivers").iterdir())
+    assert len(claims) == 1 and '"released": true' in claims[0].read_text()
+    return {**before, NAME: None, f"{NAME}/drivers": None, f"{NAME}/drivers/{claims[0].name}": claims[0].read_bytes()}

@@ -129,3 +129,56 @@ def test_convert_png_writes_the_seed_layout(first_run, workspace, tmp_path):
     assert image.mode == "L" and image.size == (28, 28)
     pixels = np.asarray(image)
     assert pixels.min() == 0 and pixels.mean() > 128  # black strokes on a white page
+
+
+def cut(path) -> None:
+    """What a full disk or a killed copy leaves: the file's first half."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+DAMAGES = {
+    "search.json-cut": (lambda exp, split: cut(exp / "search.json"), "search.json is damaged"),
+    "tuner.pkl-missing": (lambda exp, split: (exp / "tuner.pkl").unlink(), "tuner.pkl is missing"),
+    "tuner.pkl-cut": (lambda exp, split: cut(exp / "tuner.pkl"), "tuner.pkl is damaged"),
+    "state-missing": (lambda exp, split: next(exp.glob("experiment_state-*.json")).unlink(),
+                      "holds no Ray Tune experiment state"),
+    "state-cut": (lambda exp, split: cut(next(exp.glob("experiment_state-*.json"))), ".json is damaged ("),
+    "manifest-missing": (lambda exp, split: (split / "manifest.json").unlink(), "the split that"),
+    "manifest-cut": (lambda exp, split: cut(split / "manifest.json"), "cannot be read"),
+    "split-cut": (lambda exp, split: cut(split / "split.npz"), "cannot be read"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_resume_of_a_damaged_search_is_one_line_and_changes_nothing(first_run, workspace, tmp_path, capsys, damage):
+    """A copy of the finished search with one of the files `resume` needs missing or cut short: one line that names
+    it, exit code 2, Ray never started, and the folder as it was (but for the claim the refused driver released)."""
+    from quickdraw.cli import main
+
+    _, storage = workspace
+    copy = tmp_path / "storage"
+    shutil.copytree(storage / "first", copy / "first")
+    shutil.copytree(storage / "datasets", copy / "datasets")
+    experiment, (split,) = copy / "first", list((copy / "datasets").iterdir())
+    record = json.loads((experiment / "search.json").read_text())
+    record["dataset"] = str(split)  # the copy's own split, not the original's
+    (experiment / "search.json").write_text(json.dumps(record))
+    apply, mention = DAMAGES[damage]
+    apply(experiment, split)
+    before = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file() and "drivers" not in p.parts}
+
+    assert main(["resume", str(experiment)]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"tune_search.py: error: resume {experiment}: ") or "split" in line, line
+    assert mention in line, line
+    assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file() and "drivers" not in p.parts} == before
+    import ray
+
+    assert not ray.is_initialized()
+    if damage.startswith("state"):  # what the line promises: the trials, finished, from their own folders
+        from quickdraw.experiment import load_trials
+        from quickdraw.storage import Location
+
+        trials, _ = load_trials(Location.parse(str(experiment)))
+        assert len(trials) == len(LRS) * len(BATCH_SIZES) and trials.test_accuracy.notna().all()

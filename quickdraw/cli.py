@@ -53,13 +53,12 @@ def main(argv: list[str] | None = None) -> int:
         print("tune_search.py: interrupted; run the same command again to go on where it stopped", file=sys.stderr)
         return 130
     except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
         from quickdraw.storage import full_disk
 
         written = e.filename or getattr(args, "experiment", None) or getattr(args, "storage", None) or args.data_dir
-        print(f"tune_search.py: error: {full_disk(str(written), e)}; free some space there, then run the command "
-              "again", file=sys.stderr)
+        if not (disk := full_disk(str(written), e)):
+            raise
+        print(f"tune_search.py: error: {disk}; free some space there, then run the command again", file=sys.stderr)
         return 2
 
 
@@ -357,7 +356,14 @@ def report_command(args) -> int:
     from quickdraw.report import write_report
     from quickdraw.summary import export
 
-    text = export(write_report(experiment), args.format)
+    try:
+        summary = write_report(experiment)
+    except OSError as e:
+        if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        raise UserError(f"report {experiment}: the folder cannot be written ({e.strerror}), and the report's files "
+                        "go into it: copy the folder somewhere writable and report on the copy") from None
+    text = export(summary, args.format)
     if output is None:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
         return 0

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from quickdraw.bitmaps import PIXELS, checked_row_count, class_file, file_header, missing_classes, read_bitmap_header
 from quickdraw.config import DataConfig
 from quickdraw.errors import UserError
+from quickdraw.storage import full_disk
 
 HEADER_BYTES = 4096  # read before the header is parsed; Google's headers are 128 bytes
 ATTEMPTS = 3  # per class, each one resuming where the last stopped
@@ -266,8 +267,11 @@ def finish(job: ClassDownload, state: dict) -> None:
         ready = job.target.with_name(job.target.name + ".tmp")
         try:
             write_first_rows(job.part, ready, job.rows)
-        except OSError:
-            ready.unlink(missing_ok=True)  # a full disk: no half-written file stays; the whole download does
+        except OSError as e:  # numpy says only "N requested and M written"
+            ready.unlink(missing_ok=True)  # no half-written file stays; the whole download does
+            if disk := full_disk(str(job.target), e):
+                raise UserError(f"{job.target} cannot be written: {disk}; free some space there, then run the "
+                                "command again") from None
             raise
     rows = checked_row_count(ready)  # a whole file is checked against its own header's length
     if job.rows is not None and rows != job.rows:

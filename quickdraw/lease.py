@@ -65,9 +65,18 @@ def claim(experiment: Location, advice: str) -> Lease:
         if holder is not None and is_live(holder):
             raise UserError(busy_message(experiment, holder, advice))
         lease = Lease(experiment / DRIVERS_DIR / f"{number + 1:04d}.json", own_record())
-        if create_exclusively(lease.file, json.dumps(lease.record, indent=2) + "\n"):
+        if create_exclusively(lease.file, json.dumps(lease.record, indent=2) + "\n") and holds(lease):
             return lease
     raise UserError(f"{experiment}: other drivers keep claiming it; {advice}")
+
+
+def holds(lease: Lease) -> bool:
+    """Whether the claim file is still ours when read back: a second guard where a store's conditional write is not
+    (pyarrow's check-then-write on gs://)."""
+    try:
+        return json.loads(lease.file.read_text()).get("token") == lease.record["token"]
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
 
 
 def newest(experiment: Location) -> tuple[int, dict | None]:
@@ -86,7 +95,7 @@ def newest(experiment: Location) -> tuple[int, dict | None]:
 def own_record() -> dict:
     me = psutil.Process()
     command = shlex.join([os.path.basename(sys.executable), *sys.argv])
-    return {"host": socket.gethostname(), "pid": me.pid, "process_started": me.create_time(), "command": command,
+    return {"token": uuid.uuid4().hex, "host": socket.gethostname(), "pid": me.pid, "process_started": me.create_time(), "command": command,
             "claimed": time.time(), "renewed": time.time(), "released": False}
 
 

@@ -54,11 +54,12 @@ def run_search(config: SearchConfig) -> Location:
     data = dataclasses.replace(config.data, data_dir=config.data.data_dir.resolve())
     storage.check_writable()
     refuse_existing(experiment)
+    fetch_missing(data)
+    check_inputs(data, storage)
+    connect(config.address)
+    # Bad input is refused above, before anything is written; the claim is the first thing written.
     with claim(experiment, "pick another --name, or omit it for a timestamp"):
         refuse_existing(experiment)  # a driver that claimed it first may have run its search since our first look
-        fetch_missing(data)
-        check_inputs(data, storage)
-        connect(config.address)
         conversion, split = convert_once(data, storage)
         print(f"split {conversion.counts} of {len(data.classes)} classes "
               f"{'reused from' if conversion.reused else 'converted into'} {conversion.directory}")

@@ -73,6 +73,17 @@ def run_cli(*args, timeout: int = 300, env: dict | None = None, python_flags: tu
                           timeout=timeout, env=env)
 
 
+def run_in_process(capsys, *args) -> subprocess.CompletedProcess:
+    """The command through the same `main` that tune_search.py calls, in this process: the same output and exit
+    code, without starting Python and importing the package again (for commands that start no Ray)."""
+    from quickdraw.cli import main
+
+    capsys.readouterr()
+    code = main([str(arg) for arg in args])
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(["tune_search.py", *map(str, args)], code, captured.out, captured.err)
+
+
 def imported_modules(*args) -> tuple[subprocess.CompletedProcess, set[str]]:
     """`python -X importtime tune_search.py ARGS`, and every module it imported (from importtime's lines)."""
     result = run_cli(*args, python_flags=("-X", "importtime"))

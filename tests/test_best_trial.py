@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import SYNTHETIC_CLASSES, run_cli, write_confusable_class_files
+from conftest import SYNTHETIC_CLASSES, run_cli, run_in_process, write_confusable_class_files
 from experiment_checks import chosen_trial, ranked_rows, results
 from quickdraw.experiment import load_trials
 from quickdraw.report_page import best_trial_predictions, grid_cell, stored_split
@@ -81,9 +81,9 @@ def test_the_summary_files_mark_the_validation_winner(experiment):
 
 
 @pytest.mark.parametrize("fmt", ["md", "csv", "json", "html", "latex"])
-def test_every_export_format_marks_the_validation_winner(experiment, fmt):
+def test_every_export_format_marks_the_validation_winner(experiment, fmt, capsys):
     folder, chosen, _ = experiment
-    result = run_cli("report", folder, "--format", fmt)
+    result = run_in_process(capsys, "report", folder, "--format", fmt)
     assert result.returncode == 0, result.stderr[-3000:]
     text = result.stdout
     if fmt == "md":

@@ -166,9 +166,9 @@ def ray_with_gpus(request):
     ray.shutdown()
 
 
+# One GPU and four (each GPU shared by whole and by uneven numbers of trials); two GPUs' shares are worked out above.
 @pytest.mark.parametrize("ray_with_gpus, expected", [
     pytest.param((1, 16), {"cpu": 1.0, "gpu": 0.0666}, id="1-gpu"),
-    pytest.param((2, 8), {"cpu": 0.5333, "gpu": 0.125}, id="2-gpus"),
     pytest.param((4, 6), {"cpu": 0.4, "gpu": 0.25}, id="4-gpus"),
 ], indirect=["ray_with_gpus"])
 def test_all_trials_run_at_once_on_one_node(ray_with_gpus, expected, pickled_by_value, tmp_path, monkeypatch):

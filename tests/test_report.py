@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import SYNTHETIC_CLASSES, imported_modules, is_ray, run_cli, write_confusable_class_files
+from conftest import SYNTHETIC_CLASSES, imported_modules, is_ray, run_cli, run_in_process, write_confusable_class_files
 from experiment_checks import chosen_trial, ranked_rows
 from quickdraw.config import EXPORT_FORMATS
 from quickdraw.html_page import MIN_SCALE
@@ -243,13 +243,13 @@ def check_export(fmt: str, text: str, experiment: Path) -> None:
 
 
 @pytest.mark.parametrize("fmt", ["md", "csv", "json", "html", "latex"])
-def test_export_formats_parse_on_stdout_and_in_a_file(experiment, tmp_path, fmt):
-    printed = run_cli("report", experiment, "--format", fmt)
+def test_export_formats_parse_on_stdout_and_in_a_file(experiment, tmp_path, fmt, capsys):
+    printed = run_in_process(capsys, "report", experiment, "--format", fmt)
     assert printed.returncode == 0, printed.stderr[-3000:]
     check_export(fmt, printed.stdout, experiment)
 
     output = tmp_path / f"table.{fmt}"
-    written = run_cli("report", experiment, "--format", fmt, "--output", output)
+    written = run_in_process(capsys, "report", experiment, "--format", fmt, "--output", output)
     assert written.returncode == 0, written.stderr[-3000:]
     assert written.stdout == ""
     check_export(fmt, output.read_text(), experiment)

@@ -86,6 +86,10 @@ def test_everything_lands_in_the_bucket_and_report_reads_it_back(s3_env, s3_expe
     fingerprint = datasets.pop()
     assert {f"runs/datasets/{fingerprint}/split.npz", f"runs/datasets/{fingerprint}/manifest.json"} <= stored
     assert {"runs/exp/summary.md", "runs/exp/summary.csv", "runs/exp/summary.json", "runs/exp/search.json"} <= stored
+    # The driver's claim (quickdraw.lease), made with a conditional PUT and released at the end.
+    assert {key for key in stored if key.startswith("runs/exp/drivers/")} == {"runs/exp/drivers/0001.json"}
+    claim = s3_client(s3_env).get_object(Bucket=BUCKET, Key="runs/exp/drivers/0001.json")["Body"].read()
+    assert json.loads(claim)["released"] is True
     trials = {key.split("/")[2] for key in stored if key.startswith("runs/exp/lr=")}
     assert len(trials) == len(LRS) * len(BATCH_SIZES)
     for trial in trials:

@@ -3,6 +3,8 @@ browser (Debian's Chromium driven by Playwright) for what only a browser shows."
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import signal
 import subprocess
@@ -73,15 +75,18 @@ def run_cli(*args, timeout: int = 300, env: dict | None = None, python_flags: tu
                           timeout=timeout, env=env)
 
 
-def run_in_process(capsys, *args) -> subprocess.CompletedProcess:
+def run_in_process(*args) -> subprocess.CompletedProcess:
     """The command through the same `main` that tune_search.py calls, in this process: the same output and exit
-    code, without starting Python and importing the package again (for commands that start no Ray)."""
+    code, without starting Python and importing the package again (for commands that end before Ray starts)."""
     from quickdraw.cli import main
 
-    capsys.readouterr()
-    code = main([str(arg) for arg in args])
-    captured = capsys.readouterr()
-    return subprocess.CompletedProcess(["tune_search.py", *map(str, args)], code, captured.out, captured.err)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(arg) for arg in args])
+        except SystemExit as exited:  # argparse's errors and --help
+            code = exited.code
+    return subprocess.CompletedProcess(["tune_search.py", *map(str, args)], code, out.getvalue(), err.getvalue())
 
 
 def imported_modules(*args) -> tuple[subprocess.CompletedProcess, set[str]]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, run_cli, synthetic_drawings, write_class_files
+from conftest import REPO, run_cli, run_in_process, synthetic_drawings, write_class_files
 from quickdraw.config import DataConfig
 from quickdraw.errors import UserError
 from ray_cluster import free_port
@@ -46,12 +46,13 @@ def snapshot(folder: Path) -> dict[str, bytes | None]:
 
 def run_main(data_dir: Path, storage: Path, *flags: str, classes: str = CLASSES, split: str = "30,6,3",
              env: dict | None = None, timeout: int = TIMEOUT):
-    """The main command (no subcommand) with a tiny valid setup, then `flags`; later flags override."""
-    return run_cli(
-        "--data-dir", data_dir, "--classes", classes, "--split", split, "--storage", storage,
-        "--name", NAME, "--lrs", "0.01", "--batch-sizes", "32", "--epochs", "1", *flags,
-        timeout=timeout, env=env,
-    )
+    """The main command (no subcommand) with a tiny valid setup, then `flags`; later flags override. In this process
+    (its input is refused before Ray starts), or as its own process when it needs its own environment."""
+    args = ("--data-dir", data_dir, "--classes", classes, "--split", split, "--storage", storage,
+            "--name", NAME, "--lrs", "0.01", "--batch-sizes", "32", "--epochs", "1", *flags)
+    if env is None:
+        return run_in_process(*args)
+    return run_cli(*args, timeout=timeout, env=env)
 
 
 def assert_rejected(result, storage: Path, before: dict, *mentions: str) -> str:

@@ -81,9 +81,9 @@ def test_the_summary_files_mark_the_validation_winner(experiment):
 
 
 @pytest.mark.parametrize("fmt", ["md", "csv", "json", "html", "latex"])
-def test_every_export_format_marks_the_validation_winner(experiment, fmt, capsys):
+def test_every_export_format_marks_the_validation_winner(experiment, fmt):
     folder, chosen, _ = experiment
-    result = run_in_process(capsys, "report", folder, "--format", fmt)
+    result = run_in_process("report", folder, "--format", fmt)
     assert result.returncode == 0, result.stderr[-3000:]
     text = result.stdout
     if fmt == "md":

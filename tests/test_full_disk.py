@@ -71,9 +71,10 @@ def filled_run(disk, tmp_path_factory):
     deadline = time.monotonic() + 240
     while not finished:
         assert driver.poll() is None and time.monotonic() < deadline, driver.stdout.read()[-3000:]
-        finished = experiment.is_dir() and {t.name: t.joinpath("result.json").read_bytes() for t in trial_dirs(experiment)
-                    if t.joinpath("result.json").is_file() and "test_accuracy" in t.joinpath("result.json").read_text()}
         time.sleep(0.2)
+        logs = [t / "result.json" for t in trial_dirs(experiment)] if experiment.is_dir() else []
+        finished = {log.parent.name: log.read_bytes() for log in logs
+                    if log.is_file() and "test_accuracy" in log.read_text()}
     filler = fill(disk)
     output = driver.communicate(timeout=240)[0]
     return experiment, filler, output, driver.returncode, finished

@@ -243,13 +243,13 @@ def check_export(fmt: str, text: str, experiment: Path) -> None:
 
 
 @pytest.mark.parametrize("fmt", ["md", "csv", "json", "html", "latex"])
-def test_export_formats_parse_on_stdout_and_in_a_file(experiment, tmp_path, fmt, capsys):
-    printed = run_in_process(capsys, "report", experiment, "--format", fmt)
+def test_export_formats_parse_on_stdout_and_in_a_file(experiment, tmp_path, fmt):
+    printed = run_in_process("report", experiment, "--format", fmt)
     assert printed.returncode == 0, printed.stderr[-3000:]
     check_export(fmt, printed.stdout, experiment)
 
     output = tmp_path / f"table.{fmt}"
-    written = run_in_process(capsys, "report", experiment, "--format", fmt, "--output", output)
+    written = run_in_process("report", experiment, "--format", fmt, "--output", output)
     assert written.returncode == 0, written.stderr[-3000:]
     assert written.stdout == ""
     check_export(fmt, output.read_text(), experiment)

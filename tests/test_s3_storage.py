@@ -125,16 +125,16 @@ def test_tensorboard_reads_the_trials_straight_from_the_bucket(s3_env, s3_experi
     )
     try:
         deadline = time.monotonic() + 60
-        runs = []
-        while len(runs) < len(LRS) * len(BATCH_SIZES):
-            assert time.monotonic() < deadline and server.poll() is None, f"TensorBoard listed {runs}"
+        runs, tags = [], {}
+        # TensorBoard lists a run as soon as it finds its folder, and its tags once it has read its events: wait for both.
+        while len(runs) < len(LRS) * len(BATCH_SIZES) or sorted(tags) != sorted(runs):
+            assert time.monotonic() < deadline and server.poll() is None, f"TensorBoard listed {runs}, tags of {tags}"
             time.sleep(1)
             try:
                 runs = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/data/runs", timeout=5))
+                tags = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/data/plugin/scalars/tags", timeout=5))
             except OSError:
                 continue
-        tags = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/data/plugin/scalars/tags", timeout=5))
-        assert sorted(runs) == sorted(tags)
         assert all(run.startswith("lr=") and "accuracy/test" in tags[run] for run in runs)
     finally:
         server.kill()

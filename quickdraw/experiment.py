@@ -58,9 +58,8 @@ def check_resumable(experiment: Location) -> dict:
 
     if not (experiment / SEARCH_FILE).is_file():
         raise UserError(f"resume {experiment}: no {SEARCH_FILE} there; give the folder <storage>/<name> of a search")
-    has_state = any(f.name.startswith(STATE_PREFIX) for f in experiment.children())
     if not (experiment / TUNER_FILE).is_file():
-        if not has_state:
+        if not any(f.name.startswith(STATE_PREFIX) for f in experiment.children()):
             raise UserError(f"resume {experiment}: the search stopped before its first trial started; run the same "
                             "command again, which starts it over in this folder")
         raise refuse(f"{TUNER_FILE} is missing, and Ray Tune cannot continue a search without it")

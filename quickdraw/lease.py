@@ -50,10 +50,14 @@ class Lease:
         while not self._stop.wait(RENEW_S):
             self._write()
 
+    @property
+    def text(self) -> str:
+        return json.dumps(self.record, indent=2) + "\n"
+
     def _write(self, **changes) -> None:
         self.record = {**self.record, **changes, "renewed": time.time()}
         try:
-            self.file.write_text(json.dumps(self.record, indent=2) + "\n")
+            self.file.write_text(self.text)
         except OSError:
             pass  # a full disk or a lost bucket: the claim goes stale, which only lets another driver in later
 
@@ -65,7 +69,7 @@ def claim(experiment: Location, advice: str) -> Lease:
         if holder is not None and is_live(holder):
             raise UserError(busy_message(experiment, holder, advice))
         lease = Lease(experiment / DRIVERS_DIR / f"{number + 1:04d}.json", own_record())
-        if create_exclusively(lease.file, json.dumps(lease.record, indent=2) + "\n") and holds(lease):
+        if create_exclusively(lease.file, lease.text) and holds(lease):
             return lease
     raise UserError(f"{experiment}: other drivers keep claiming it; {advice}")
 
@@ -95,14 +99,15 @@ def newest(experiment: Location) -> tuple[int, dict | None]:
 def own_record() -> dict:
     me = psutil.Process()
     command = shlex.join([os.path.basename(sys.executable), *sys.argv])
-    return {"token": uuid.uuid4().hex, "host": socket.gethostname(), "pid": me.pid, "process_started": me.create_time(), "command": command,
-            "claimed": time.time(), "renewed": time.time(), "released": False}
+    return {"token": uuid.uuid4().hex, "host": socket.gethostname(), "pid": me.pid, "process_started": me.create_time(),
+            "command": command, "claimed": time.time(), "renewed": time.time(), "released": False}
 
 
 def is_live(record: dict) -> bool:
     if record.get("released"):
         return False
-    if record.get("host") == socket.gethostname() and not process_runs(record.get("pid"), record.get("process_started")):
+    here = record.get("host") == socket.gethostname()
+    if here and not process_runs(record.get("pid"), record.get("process_started")):
         return False
     return time.time() - float(record.get("renewed", 0)) < STALE_S
 
@@ -137,15 +142,16 @@ def create_exclusively(file: Location, text: str) -> bool:
 def link_exclusively(path: str, data: bytes) -> bool:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     staged = f"{path}.tmp-{uuid.uuid4().hex}"
-    with open(staged, "wb") as f:
-        f.write(data)
     try:
+        with open(staged, "wb") as f:
+            f.write(data)
         os.link(staged, path)  # fails when `path` exists, whoever made it
         return True
     except FileExistsError:
         return False
     finally:
-        os.unlink(staged)
+        if os.path.exists(staged):  # also after a full disk cut the write short
+            os.unlink(staged)
 
 
 def put_if_absent(file: Location, data: bytes) -> bool:
@@ -156,7 +162,8 @@ def put_if_absent(file: Location, data: bytes) -> bool:
 
     bucket, _, key = file.path.partition("/")
     try:
-        boto3.client("s3", region_name=file.filesystem.region).put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+        client = boto3.client("s3", region_name=file.filesystem.region)
+        client.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
         return True
     except ClientError as e:
         if e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):

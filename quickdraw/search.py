@@ -160,11 +160,15 @@ def connect(address: str | None) -> None:
         ) from None
 
 
+def not_auth_notice(record: logging.LogRecord) -> bool:
+    """Ray 2.60 notes on every start that token authentication is on by default, its secure setting: not news, and a
+    line that would come before a one-line error of start_local_ray."""
+    return not record.getMessage().startswith("Token authentication is enabled")
+
+
 def start_local_ray() -> None:
-    # Ray 2.60 notes on every start that token authentication is on by default, its secure setting: not news, and a
-    # line that would come before a one-line error below.
-    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
-        lambda record: not record.getMessage().startswith("Token authentication is enabled"))
+    # The same function each time: addFilter adds it once, however often Ray is started in one process.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(not_auth_notice)
     try:
         ray.init(logging_level="WARNING")
     except OSError as e:

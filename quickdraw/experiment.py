@@ -25,6 +25,9 @@ RESULTS_FILE = "result.json"  # in each trial folder, Tune's: a JSON line per re
 PARAMS_FILE = "params.json"  # in each trial folder, Tune's: the trial's config
 STATE_PREFIX, STATE_SUFFIX = "experiment_state-", ".json"  # Tune's experiment state, one file per save
 TUNER_FILE = "tuner.pkl"  # Tune's: the Tuner, pickled; `resume` needs it
+# Tune's saved search algorithm and callbacks, pickled (whatever the suffix), one file per save; its restore
+# un-pickles the newest of each kind (their names sort by time).
+SAVED_STATE_PREFIXES = ("basic-variant-state-", "search_gen_state-", "searcher-state-", "callback-states-")
 
 
 def read_search(experiment: Location) -> dict:
@@ -52,31 +55,46 @@ def split_location(experiment: Location) -> Location:
 def check_resumable(experiment: Location) -> dict:
     """search.json's record, once what Ray Tune's restore reads is there and whole; otherwise a UserError that names
     what is missing or damaged. (Whether the split is whole, load_split checks.)"""
-    def refuse(problem: str) -> UserError:
-        return UserError(f"resume {experiment}: {problem}; `python tune_search.py report {experiment}` still lists "
-                         "its trials from their folders")
-
     if not (experiment / SEARCH_FILE).is_file():
         raise UserError(f"resume {experiment}: no {SEARCH_FILE} there; give the folder <storage>/<name> of a search")
     if not (experiment / TUNER_FILE).is_file():
         if not any(f.name.startswith(STATE_PREFIX) for f in experiment.children()):
             raise UserError(f"resume {experiment}: the search stopped before its first trial started; run the same "
                             "command again, which starts it over in this folder")
-        raise refuse(f"{TUNER_FILE} is missing, and Ray Tune cannot continue a search without it")
+        raise unresumable(experiment, f"{TUNER_FILE} is missing, and Ray Tune cannot continue a search without it")
     try:
         record = read_search(experiment)
         space_of_record(record), record["resources"]
     except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError, UserError) as e:
-        raise refuse(f"{experiment / SEARCH_FILE} is damaged ({type(e).__name__}: {first_line(e)})") from None
+        raise unresumable(experiment, f"{experiment / SEARCH_FILE} is damaged ({type(e).__name__}: {first_line(e)})") \
+            from None
     if not whole_pickle((experiment / TUNER_FILE).read_bytes()):
-        raise refuse(f"{experiment / TUNER_FILE} is damaged (cut short or overwritten)")
+        raise unresumable(experiment, f"{experiment / TUNER_FILE} is damaged (cut short or overwritten)")
     try:
         tune_state(experiment)
     except DamagedState as e:
-        raise refuse(f"{e}, and Ray Tune cannot continue from it") from None
+        raise unresumable(experiment, f"{e}, and Ray Tune cannot continue from it") from None
     except UserError:
-        raise refuse("it holds no Ray Tune experiment state (experiment_state-*.json)") from None
+        raise unresumable(experiment, "it holds no Ray Tune experiment state (experiment_state-*.json)") from None
+    if damaged := damaged_saved_state(experiment):
+        raise unresumable(experiment, f"{damaged} is damaged (cut short), and Ray Tune cannot continue from it")
     return record
+
+
+def unresumable(experiment: Location, problem: str) -> UserError:
+    return UserError(f"resume {experiment}: {problem}; `python tune_search.py report {experiment}` still lists its "
+                     "trials from their folders")
+
+
+def damaged_saved_state(experiment: Location) -> Location | None:
+    """The newest saved search algorithm or callback state of a kind, when it is not one whole pickle (Ray uploads
+    them by copying, which a full disk or a kill can cut short)."""
+    children = experiment.children()
+    for prefix in SAVED_STATE_PREFIXES:
+        saved = [f for f in children if f.name.startswith(prefix)]  # sorted by name
+        if saved and not whole_pickle(saved[-1].read_bytes()):
+            return saved[-1]
+    return None
 
 
 def whole_pickle(data: bytes) -> bool:

@@ -3,6 +3,7 @@ the search space and algorithm, resources, failures, storage, and resuming a sto
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -27,13 +28,15 @@ from quickdraw.config import DataConfig, SearchConfig
 from quickdraw.dataset import Conversion, Split, check_inputs, conversion_fingerprint, load_split, prepare_split
 from quickdraw.download import fetch_missing
 from quickdraw.errors import DiskFull, Interrupted, UserError
-from quickdraw.experiment import SEARCH_FILE, check_resumable, record_what_ran, split_location, tag_number
+from quickdraw.experiment import (SEARCH_FILE, check_resumable, record_what_ran, split_location, tag_number,
+                                  unresumable)
 from quickdraw.lease import DRIVERS_DIR, STALE_S, claim
 from quickdraw.provenance import run_record
 from quickdraw.progress import console_reporter, use_on_restored
 from quickdraw.space import Dimension, Space, space_of_record
 from quickdraw.storage import Location, first_line, full_disk
 from quickdraw.trainable import train_trial
+from quickdraw.whole_files import tune_filesystem
 
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
 CONNECT_TIMEOUT_S = 5
@@ -96,11 +99,31 @@ def resume_search(experiment: Location, address: str | None) -> Location:
         quiet_tune()
         tuner = tune.Tuner.restore(
             experiment.uri, trainable=trainable(split, record["resources"], space_of_record(record)),
-            resume_unfinished=True, resume_errored=True,
+            resume_unfinished=True, resume_errored=True, storage_filesystem=tune_filesystem(experiment.is_local),
         )
         use_on_restored(tuner, space_of_record(record))
-        fit(tuner, experiment)
+        with stop_on_failed_restore(experiment):
+            fit(tuner, experiment)
     return experiment
+
+
+@contextlib.contextmanager
+def stop_on_failed_restore(experiment: Location):
+    """When Ray Tune cannot restore a search's state it logs so, then starts the search over in the same folder (or
+    fails to, creating its trials): what check_resumable did not foresee ends the resume in one line instead."""
+    def failed_restore(record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith("Failed to restore the run state"):
+            cause = record.exc_info[1] if record.exc_info else None
+            raise unresumable(experiment, f"Ray Tune could not restore its state ({type(cause).__name__}: "
+                                          f"{first_line(cause)})")
+        return True
+
+    logger = logging.getLogger("ray.tune.execution.tune_controller")
+    logger.addFilter(failed_restore)
+    try:
+        yield
+    finally:
+        logger.removeFilter(failed_restore)
 
 
 def fit(tuner: tune.Tuner, experiment: Location) -> None:
@@ -265,6 +288,7 @@ def build_tuner(config: SearchConfig, trainable, storage: Location, name: str) -
         run_config=tune.RunConfig(
             name=name,
             storage_path=storage.uri,
+            storage_filesystem=tune_filesystem(storage.is_local),
             callbacks=[CSVLoggerCallback(), JsonLoggerCallback()],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=config.max_failures),

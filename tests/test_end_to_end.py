@@ -2,6 +2,7 @@
 
 import json
 import os
+import pickle
 import shutil
 from types import SimpleNamespace
 
@@ -144,6 +145,10 @@ DAMAGES = {
     "state-missing": (lambda exp, split: next(exp.glob("experiment_state-*.json")).unlink(),
                       "holds no Ray Tune experiment state"),
     "state-cut": (lambda exp, split: cut(next(exp.glob("experiment_state-*.json"))), ".json is damaged ("),
+    "searcher-state-cut": (lambda exp, split: cut(next(exp.glob("basic-variant-state-*.json"))), ".json is damaged ("),
+    # Whole, but not what Tune saved: only its restore finds out, and Ray has started by then.
+    "searcher-state-emptied": (lambda exp, split: next(exp.glob("basic-variant-state-*.json")).write_bytes(
+        pickle.dumps({})), "Ray Tune could not restore its state (RuntimeError: Unable to find checkpoint"),
     "manifest-missing": (lambda exp, split: (split / "manifest.json").unlink(), "the split that"),
     "manifest-cut": (lambda exp, split: cut(split / "manifest.json"), "cannot be read"),
     "split-cut": (lambda exp, split: cut(split / "split.npz"), "cannot be read"),
@@ -168,14 +173,16 @@ def test_resume_of_a_damaged_search_is_one_line_and_changes_nothing(first_run, w
     apply(experiment, split)
     before = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file() and "drivers" not in p.parts}
 
-    assert main(["resume", str(experiment)]) == 2
+    import ray
+
+    exit_code, ray_started = main(["resume", str(experiment)]), ray.is_initialized()
+    ray.shutdown()
+    assert exit_code == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith(f"tune_search.py: error: resume {experiment}: ") or "split" in line, line
     assert mention in line, line
     assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file() and "drivers" not in p.parts} == before
-    import ray
-
-    assert not ray.is_initialized()
+    assert ray_started == (damage == "searcher-state-emptied")
     if damage.startswith("state"):  # what the line promises: the trials, finished, from their own folders
         from quickdraw.experiment import load_trials
         from quickdraw.storage import Location

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.fs as pafs
 import pytest
 
 from conftest import SYNTHETIC_CLASSES, run_cli, start_cli, write_class_files
@@ -18,6 +19,7 @@ from experiment_checks import trial_dirs
 from http_mirror import Mirror, serve
 from quickdraw.experiment import read_results
 from quickdraw.storage import Location
+from quickdraw.whole_files import tune_filesystem
 from test_download import CLASSES as DOWNLOADED, download, npy_bytes, source_drawings, split_for
 
 EPOCHS = 4
@@ -111,14 +113,15 @@ def test_report_on_the_full_disk_is_one_line_then_lists_every_trial_once_there_i
 
 
 def test_resume_once_there_is_space_finishes_or_names_what_the_full_disk_damaged(filled_run):
-    """Ray Tune writes its experiment state in place, so a full disk may cut it short (Ray's, not ours to fix): then
-    resume says so in one line; otherwise the unfinished trial goes on from its checkpoint."""
+    """Ray Tune writes its experiment state in place and copies its search algorithm's state, so a full disk may cut
+    either short (Ray's, not ours to fix): then resume names the file in one line; otherwise the unfinished trial goes
+    on from its checkpoint."""
     experiment, filler, _, _, finished = filled_run
     filler.unlink(missing_ok=True)
     resumed = run_cli("resume", experiment, timeout=300)
     if resumed.returncode == 2:
         (line,) = resumed.stderr.strip().splitlines()
-        assert ".json is damaged (" in line and f"python tune_search.py report {experiment}` still lists" in line
+        assert " is damaged (" in line and f"python tune_search.py report {experiment}` still lists" in line
         return
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     for trial in trial_dirs(experiment):
@@ -163,3 +166,19 @@ def test_download_onto_a_full_disk_is_one_line_naming_it_and_leaves_no_partial_f
                            f"{data / 'cat.npy'} is full ({data}: ") and line.endswith(
         "free some space there, then run the command again"), line
     assert not [name for name in files if name.endswith(".tmp")], files  # the download itself stays, to go on from
+
+
+def test_a_copy_that_fills_the_disk_leaves_the_file_it_replaces_and_no_staged_file(tmp_path):
+    """Ray Tune's sync onto a full disk, through its local storage (quickdraw.whole_files): the copy fails with the
+    disk's error, and the experiment state it was replacing stays whole."""
+    disk = mount_tmpfs(tmp_path / "small", "1m")
+    try:
+        (disk / "experiment_state-1.json").write_bytes(b"{}" * 1000)
+        (tmp_path / "staging").mkdir()
+        (tmp_path / "staging" / "experiment_state-1.json").write_bytes(b"[]" * 2**20)  # 2 MiB, on the large disk
+        with pytest.raises(OSError, match="No space left on device"):
+            pafs.copy_files(str(tmp_path / "staging"), str(disk), destination_filesystem=tune_filesystem(True))
+        files = {p.name: p.read_bytes() for p in disk.iterdir()}
+    finally:
+        unmount(disk)
+    assert files == {"experiment_state-1.json": b"{}" * 1000}

@@ -36,7 +36,7 @@ from quickdraw.progress import console_reporter, use_on_restored
 from quickdraw.space import Dimension, Space, space_of_record
 from quickdraw.storage import Location, first_line, full_disk
 from quickdraw.trainable import train_trial
-from quickdraw.whole_files import tune_filesystem
+from quickdraw.whole_files import remove_staged_files, tune_filesystem
 
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
 CONNECT_TIMEOUT_S = 5
@@ -95,6 +95,8 @@ def resume_search(experiment: Location, address: str | None) -> Location:
         connect(address)
         split = ray.put(arrays)  # into the object store: the trials share its copy
         del arrays
+        if experiment.is_local:  # only this driver writes here now (its claim aside): the rest was left by a killed one
+            remove_staged_files(experiment.path, keep=DRIVERS_DIR)
         print(f"resuming {experiment} with the split in {location}")
         quiet_tune()
         tuner = tune.Tuner.restore(

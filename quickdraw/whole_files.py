@@ -11,15 +11,34 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import uuid
 
 import pyarrow
 import pyarrow.fs as pafs
 
 
+# What a write of ours leaves while it is under way: this module's files and Location.write_bytes' (storage.py).
+STAGED_NAME = re.compile(r".+\.tmp-[0-9a-f]{8}(?:[0-9a-f]{24})?")
+
+
 def tune_filesystem(local: bool) -> pafs.FileSystem | None:
     """The filesystem to give Ray Tune for storage: this one for a local folder, Ray's own choice (None) otherwise."""
     return pafs.PyFileSystem(WholeFilesHandler()) if local else None
+
+
+def remove_staged_files(folder: str, keep: str) -> int:
+    """Remove the staged files that writes killed halfway left under `folder` (nothing reads them), but for those in
+    its subfolder `keep`; how many."""
+    removed = 0
+    for parent, subfolders, names in os.walk(folder):
+        if parent == folder and keep in subfolders:
+            subfolders.remove(keep)
+        for name in filter(STAGED_NAME.fullmatch, names):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(parent, name))
+                removed += 1
+    return removed
 
 
 class WholeFilesHandler(pafs.FileSystemHandler):

@@ -42,9 +42,12 @@ def test_a_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
     before = reported(experiment)
     finished_before = {t: (experiment / t / "result.json").read_bytes() for t in finished}
 
+    left_staged = experiment / finished[0] / ".result.json.tmp-0badc0de"  # as a kill during Tune's sync leaves
+    left_staged.write_bytes(b'{"epoch": 1')
     resumed = run_cli("resume", experiment, timeout=300)  # at once: the killed driver's claim is stale
     assert resumed.returncode == 0, resumed.stderr[-4000:]
 
+    assert not left_staged.exists()
     for trial, result_bytes in finished_before.items():
         assert (experiment / trial / "result.json").read_bytes() == result_bytes, f"{trial} ran again"
     for trial in trial_dirs(experiment):

@@ -13,14 +13,14 @@ import pyarrow.fs as pafs
 import pytest
 
 from conftest import REPO
-from quickdraw.whole_files import tune_filesystem
+from quickdraw.whole_files import remove_staged_files, tune_filesystem
 
 OLD, NEW = b'{"epoch": 1}\n' * 1000, b'{"epoch": 2}\n' * 2000
 
 WRITER = """
 import sys, time
 import pyarrow.fs as pafs
-from quickdraw.whole_files import tune_filesystem
+from quickdraw.whole_files import remove_staged_files, tune_filesystem
 path, new, whole_files, ready = sys.argv[1], sys.argv[2].encode(), sys.argv[3] == "1", sys.argv[4]
 fs = tune_filesystem(True) if whole_files else pafs.LocalFileSystem()
 with fs.open_output_stream(path) as stream:
@@ -78,3 +78,23 @@ def test_tunes_folder_copy_through_whole_files_replaces_each_file_and_leaves_no_
     assert (storage / "experiment_state-1.json").read_bytes() == NEW
     assert (storage / "trial" / "result.json").read_bytes() == NEW * 50
     assert (storage / "trial" / "checkpoint.pt").read_bytes() == OLD
+
+
+def test_resume_s_sweep_removes_what_killed_writes_staged_and_nothing_else(tmp_path):
+    """`resume` removes the staged files killed writes left in the experiment (this module's, and storage's own), but
+    not files that only look alike, nor anything in the folder it keeps (the drivers' claims, renewed as it runs)."""
+    (tmp_path / "trial").mkdir()
+    result = tmp_path / "trial" / "result.json"
+    result.write_bytes(OLD)
+    kill_mid_write(result, whole_files=True)
+    state = tmp_path / "search.json.tmp-0123456789abcdef0123456789abcdef"  # Location.write_bytes' staged file
+    state.write_bytes(NEW)
+    kept = [tmp_path / "trial" / ".notes.tmp-draft", tmp_path / "trial" / "run.tmp-0123abc",
+            tmp_path / "drivers" / "0002.json.tmp-0123456789abcdef0123456789abcdef"]
+    for path in kept:
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(OLD)
+
+    assert remove_staged_files(str(tmp_path), keep="drivers") == 2
+    assert sorted(p for p in tmp_path.rglob("*") if p.is_file()) == sorted([result, *kept])
+    assert result.read_bytes() == OLD

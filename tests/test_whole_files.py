@@ -20,7 +20,7 @@ OLD, NEW = b'{"epoch": 1}\n' * 1000, b'{"epoch": 2}\n' * 2000
 WRITER = """
 import sys, time
 import pyarrow.fs as pafs
-from quickdraw.whole_files import remove_staged_files, tune_filesystem
+from quickdraw.whole_files import tune_filesystem
 path, new, whole_files, ready = sys.argv[1], sys.argv[2].encode(), sys.argv[3] == "1", sys.argv[4]
 fs = tune_filesystem(True) if whole_files else pafs.LocalFileSystem()
 with fs.open_output_stream(path) as stream:

@@ -18,10 +18,12 @@ import common
 import pandas as pd
 import ray
 
-from quickdraw.cli import float_list, int_list
+from quickdraw.catalogue import HYPERPARAMETER
+from quickdraw.cli import add_hyperparameter_flag
 from quickdraw.config import DataConfig, SearchConfig
 from quickdraw.report import write_report
 from quickdraw.search import run_search
+from quickdraw.space import merge
 
 
 def main() -> None:
@@ -29,7 +31,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as storage:
         config = SearchConfig(
             data=DataConfig(data_dir=args.data_dir, classes=args.classes, split=args.split),
-            lrs=args.lrs, batch_sizes=args.batch_sizes, epochs=args.epochs, storage=storage, name="overhead",
+            space=merge(tuple(d for d in (args.lr, args.batch_size) if d)), epochs=args.epochs, storage=storage,
+            name="overhead",
         )
         started = time.perf_counter()
         ray.init(logging_level="WARNING")
@@ -64,8 +67,8 @@ def trial_times(experiment: Path) -> pd.Series:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_data_flags(parser, "grid_overhead")
-    parser.add_argument("--lrs", type=float_list, default=SearchConfig.lrs)
-    parser.add_argument("--batch-sizes", type=int_list, default=SearchConfig.batch_sizes)
+    for name in ("lr", "batch_size"):  # the seed's grid by default
+        add_hyperparameter_flag(parser, HYPERPARAMETER[name])
     parser.add_argument("--epochs", type=int, default=5)
     return parser.parse_args()
 

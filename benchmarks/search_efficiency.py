@@ -23,11 +23,12 @@ import common
 import pandas as pd
 import ray
 
-from quickdraw.cli import float_list, int_list
+from quickdraw.catalogue import HYPERPARAMETER
+from quickdraw.cli import add_hyperparameter_flag
 from quickdraw.config import DataConfig, SearchConfig
 from quickdraw.experiment import load_trials
 from quickdraw.search import run_search
-from quickdraw.space import flag_space, load_space, merge
+from quickdraw.space import Space, grid_size, load_space, merge
 from quickdraw.summary import best_trial
 
 SPACE_FILE = common.REPO / "spaces" / "example.yaml"
@@ -43,27 +44,28 @@ def main() -> None:
     args = parse_args()
     ray.init(logging_level="WARNING")
     rows = []
+    grid = merge(tuple(d for d in (args.lr, args.batch_size) if d))
     with tempfile.TemporaryDirectory() as storage:
         for repeat in range(args.repeats):
             data = DataConfig(data_dir=args.data_dir, classes=args.classes, split=args.split, seed=repeat)
             for method, settings in METHODS.items():
-                config = method_config(data, {"lrs": args.lrs, "batch_sizes": args.batch_sizes, **settings},
-                                       args.epochs, storage, f"{method}-{repeat}")
+                config = method_config(data, grid, settings, args.epochs, storage, f"{method}-{repeat}")
                 rows.append({"method": method, "repeat": repeat, **run(config)})
                 print(rows[-1], flush=True)
     common.save(args.output, rows, summarise(pd.DataFrame(rows)),
-                f"{len(args.lrs) * len(args.batch_sizes)} trials x {args.epochs} epochs per method, {args.repeats} seeds "
+                f"{grid_size(grid)} trials x {args.epochs} epochs per method, {args.repeats} seeds "
                 "(mean, and min-max in brackets)",
                 floatfmt="")
 
 
-def method_config(data: DataConfig, settings: dict, epochs: int, storage: str, name: str) -> SearchConfig:
-    config = SearchConfig(data=data, epochs=epochs, storage=storage, name=name.replace(" + ", "-"), **settings)
+def method_config(data: DataConfig, grid: Space, settings: dict, epochs: int, storage: str, name: str) -> SearchConfig:
+    """The grid, or a sampler over the example space with the grid's budget of trials."""
+    config = SearchConfig(data=data, space=grid, epochs=epochs, storage=storage, name=name.replace(" + ", "-"),
+                          **settings)
     if config.search == "grid":
         return config
-    space = merge(config.dimensions, load_space(SPACE_FILE), {})
-    budget = len(config.lrs) * len(config.batch_sizes)  # the grid's trials
-    return dataclasses.replace(config, space=space, space_file=str(SPACE_FILE), num_samples=budget)
+    return dataclasses.replace(config, space=merge((), load_space(SPACE_FILE)), space_file=str(SPACE_FILE),
+                               num_samples=grid_size(grid))
 
 
 def run(config: SearchConfig) -> dict:
@@ -106,9 +108,8 @@ def parse_args() -> argparse.Namespace:
     common.add_data_flags(parser, "search_efficiency")
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--lrs", type=float_list, default=SearchConfig.lrs, help="the grid's (default: the seed's)")
-    parser.add_argument("--batch-sizes", type=int_list, default=SearchConfig.batch_sizes,
-                        help="the grid's (default: the seed's)")
+    for name in ("lr", "batch_size"):  # the grid's, the seed's by default
+        add_hyperparameter_flag(parser, HYPERPARAMETER[name])
     return parser.parse_args()
 
 

@@ -23,11 +23,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from quickdraw.catalogue import BEST_VAL_ACCURACY, BEST_VAL_LOSS, DEVICE, HYPERPARAMETERS, PRECISION, TEST_ACCURACY
 from quickdraw.compute import Compute, choose, has_native_bf16
 from quickdraw.errors import UserError
-from quickdraw.experiment import SEARCH_FILE, read_search
+from quickdraw.experiment import PARAMS_FILE
 from quickdraw.images import PREPROCESSING
 from quickdraw.model import MODELS
+from quickdraw.search_record import SEARCH_FILE, SearchRecord
 from quickdraw.storage import Location, first_line
 from quickdraw.summary import best_trial
 from quickdraw.training import CHECKPOINT_FILE, predict_logits
@@ -35,7 +37,7 @@ from quickdraw.training import CHECKPOINT_FILE, predict_logits
 BEST_MODEL_DIR = "best_model"
 WEIGHTS_FILE, CONFIG_FILE, CLASSES_FILE, PREPROCESSING_FILE = (
     "weights.pt", "config.json", "classes.txt", "preprocessing.json")
-TRIAL_SETTINGS = ("model", "lr", "batch_size", "dropout", "epochs", "seed", "precision")
+TRIAL_SETTINGS = ("epochs", "seed")  # besides the hyperparameters
 
 
 def export_best_model(experiment: Location, trials: pd.DataFrame,
@@ -49,23 +51,21 @@ def export_best_model(experiment: Location, trials: pd.DataFrame,
     best = trials.loc[index]
     trial = experiment / best.trial_dir
     try:
-        params = json.loads((trial / "params.json").read_text())
+        params = json.loads((trial / PARAMS_FILE).read_text())
         checkpoints = [c for c in trial.children() if c.name.startswith("checkpoint_")]
         last_result = histories[best.trial_dir].iloc[-1]
-        classes = read_search(experiment)["config"]["data"]["classes"]
+        classes = SearchRecord.read(experiment).config.data.classes
         state = load_tensors((checkpoints[-1] / CHECKPOINT_FILE).read_bytes())  # the last epoch's
-    except (OSError, ValueError, KeyError, IndexError, RuntimeError) as e:
+    except (OSError, ValueError, KeyError, IndexError, RuntimeError, UserError) as e:
         print(f"{experiment / BEST_MODEL_DIR} not written: the best trial's files in {trial} or {SEARCH_FILE} "
               f"cannot be read ({type(e).__name__}: {first_line(e)})", file=sys.stderr)
         return None
     config = {
-        **{key: params[key] for key in TRIAL_SETTINGS},
-        "weight_decay": params.get("weight_decay", 0.0),  # searches from before it was searchable had none
-        # What the trial's --precision resolved to, and where it ran (trials from before they reported it: as asked).
-        "precision": reported(last_result, "precision", params["precision"]), "precision_asked": params["precision"],
-        "device": reported(last_result, "device", "not recorded"),
+        **{key: params[key] for key in (*(h.name for h in HYPERPARAMETERS), *TRIAL_SETTINGS)},
+        # What the trial's --precision resolved to, and where it ran.
+        PRECISION: last_result[PRECISION], "precision_asked": params[PRECISION], DEVICE: last_result[DEVICE],
         # Fractions, unrounded, as the trial reported them to Tune.
-        **{key: float(last_result[key]) for key in ("test_accuracy", "best_val_accuracy", "best_val_loss")},
+        **{m.key: float(last_result[m.key]) for m in (TEST_ACCURACY, BEST_VAL_ACCURACY, BEST_VAL_LOSS)},
         "trial": best.trial_dir, "experiment": experiment.uri,
     }
     folder = experiment / BEST_MODEL_DIR
@@ -90,11 +90,6 @@ def load_tensors(data: bytes):
             return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError:
             raise ValueError("it holds pickled objects other than tensors, and those are never un-pickled") from None
-
-
-def reported(result: pd.Series, key: str, default: str) -> str:
-    value = result.get(key)
-    return value if isinstance(value, str) else default
 
 
 @dataclass
@@ -123,16 +118,16 @@ class BestModel:
         return cls(network, classes, config)
 
     def compute(self) -> Compute:
-        """The GPU if there is one, else the CPU, in the precision the trial tested in (bf16 or fp32; "auto" in
-        models from before it was recorded) where this hardware computes bf16 natively, else in fp32."""
+        """The GPU if there is one, else the CPU, in the precision the trial tested in (bf16 or fp32) where this
+        hardware computes bf16 natively, else in fp32."""
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        trained = self.config["precision"]
+        trained = self.config[PRECISION]
         return choose(device, "fp32" if trained == "bf16" and not has_native_bf16(device) else trained)
 
     def describe(self, compute: Compute) -> str:
         """How the model predicts, against how it was trained: a line for the user."""
         return (f"predicting in {compute.precision} on {compute.device_name()}; the model trained in "
-                f"{self.config['precision']} on {self.config.get('device', 'a device not recorded')}")
+                f"{self.config[PRECISION]} on {self.config[DEVICE]}")
 
     def probabilities(self, drawings: np.ndarray, compute: Compute | None = None) -> np.ndarray:
         """Class probabilities of (N, 28, 28) uint8 drawings, computed as the trial computed its test where the

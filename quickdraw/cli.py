@@ -1,25 +1,23 @@
-"""Command line: parse flags into a SearchConfig and call the package. Holds no logic of its own."""
+"""The command line: flags parsed and checked into configs, the package called, and its outcome printed as one line
+per error (exit code 2), the summary table, and the exit code."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import errno
+import functools
 import shlex
 import sys
 from pathlib import Path
 
+from quickdraw.catalogue import HYPERPARAMETERS, Hyperparameter
 from quickdraw.config import (
-    ASHA_GRACE_PERIOD, ASHA_REDUCTION_FACTOR, DEFAULT_SAMPLES, EXPORT_FORMATS, GOOGLE_BASE_URL, MODEL_NAMES, PRECISIONS,
-    SCHEDULERS, SEARCHES, SEED_CLASSES, DataConfig, SearchConfig, SplitSizes,
+    ASHA_GRACE_PERIOD, ASHA_REDUCTION_FACTOR, DEFAULT_SAMPLES, EXPORT_FORMATS, GOOGLE_BASE_URL, PRECISIONS, SCHEDULERS,
+    SEARCHES, SEED_CLASSES, DataConfig, SearchConfig, SplitSizes,
 )
 from quickdraw.errors import DiskFull, Interrupted, UserError
-from quickdraw.space import load_space, merge
-
-# The grid flags, and the hyperparameter each sets; given, a --space file must leave that hyperparameter out.
-HYPERPARAMETER_FLAGS = {"models": ("model", "--models"), "lrs": ("lr", "--lrs"),
-                        "batch_sizes": ("batch_size", "--batch-sizes"), "dropout": ("dropout", "--dropout"),
-                        "weight_decay": ("weight_decay", "--weight-decay")}
+from quickdraw.space import flag_dimension, load_space, merge
 
 COMMANDS = ("run", "resume", "convert", "download", "report", "predict")
 
@@ -83,20 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-concurrent-trials", type=int, metavar="N",
                      help="run at most N trials at once (a Bayesian search learns more when fewer run at once; "
                      "default: as many as the resources allow)")
-    run.add_argument("--lrs", type=float_list, metavar="LR,...",
-                     help=f"comma-separated learning rates: AdamW's, constant for seed, the one-cycle schedule's peak "
-                     f"for vgg-bn (default {joined(SearchConfig.lrs)})")
-    run.add_argument("--batch-sizes", type=int_list, metavar="N,...",
-                     help=f"comma-separated batch sizes (default {joined(SearchConfig.batch_sizes)})")
-    models = run.add_mutually_exclusive_group()
-    models.add_argument("--model", dest="models", type=lambda name: (name,),
-                        metavar="NAME", help=f"the network and its training recipe: {' or '.join(MODEL_NAMES)} "
-                        f"(default {SearchConfig.models[0]}; see docs/models.md)")
-    models.add_argument("--models", dest="models", type=name_list, metavar="NAME,...",
-                        help="comma-separated models, each trained at every learning rate and batch size")
-    run.add_argument("--dropout", type=float, help=f"dropout rate (default {SearchConfig.dropout})")
-    run.add_argument("--weight-decay", type=float,
-                     help=f"AdamW's decoupled weight decay; 0 trains as Adam does (default {SearchConfig.weight_decay:g})")
+    for hyperparameter in HYPERPARAMETERS:
+        add_hyperparameter_flag(run, hyperparameter)
     run.add_argument("--epochs", type=int, default=SearchConfig.epochs, help="epochs per trial (default %(default)s)")
     run.add_argument("--scheduler", choices=SCHEDULERS, default=SearchConfig.scheduler,
                      help="'asha': stop trials whose validation loss lags behind (Ray Tune's ASHA); "
@@ -168,6 +154,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_hyperparameter_flag(parser: argparse.ArgumentParser, hyperparameter: Hyperparameter) -> None:
+    """The hyperparameter's flag, which parses straight into its dimension of the search space; a flag that takes one
+    value as well, when the catalogue names one, excludes it."""
+    default = ",".join(map(hyperparameter.written, hyperparameter.default))
+    listed = "comma-separated values, each tried: " if hyperparameter.many else ""
+    help_text = f"{listed}{hyperparameter.meaning} (default {default})"
+    parse = functools.partial(checked_flag, hyperparameter, hyperparameter.flag, hyperparameter.many)
+    if not hyperparameter.single_flag:
+        parser.add_argument(hyperparameter.flag, dest=hyperparameter.name, type=parse,
+                            metavar=hyperparameter.metavar, help=help_text)
+        return
+    either = parser.add_mutually_exclusive_group()
+    either.add_argument(hyperparameter.single_flag, dest=hyperparameter.name,
+                        type=functools.partial(checked_flag, hyperparameter, hyperparameter.single_flag, False),
+                        metavar=hyperparameter.metavar.split(",")[0],
+                        help=f"{hyperparameter.meaning}: {hyperparameter.allowed} (default {default})")
+    either.add_argument(hyperparameter.flag, dest=hyperparameter.name, type=parse, metavar=hyperparameter.metavar,
+                        help=f"{listed}{hyperparameter.meaning}")
+
+
+def checked_flag(hyperparameter: Hyperparameter, flag: str, listed: bool, text: str):
+    try:
+        return flag_dimension(hyperparameter, text, flag, listed)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def add_address_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", default=None,
                         help="join the running Ray cluster at host:port, or 'auto' for the one on this machine "
@@ -205,10 +218,6 @@ def name_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
-def float_list(text: str) -> tuple[float, ...]:
-    return _number_list(text, float)
-
-
 def int_list(text: str) -> tuple[int, ...]:
     return _number_list(text, int)
 
@@ -242,25 +251,18 @@ def run_command(args) -> int:
 
 
 def search_config(args) -> SearchConfig:
-    """The search that `run`'s flags describe, not yet validated."""
-    given = {field: getattr(args, field) for field in HYPERPARAMETER_FLAGS if getattr(args, field) is not None}
+    """The search that `run`'s flags describe, not yet validated: the hyperparameters from --space where it names
+    them, from their flags otherwise, their defaults where neither does."""
+    given = tuple(getattr(args, h.name) for h in HYPERPARAMETERS if getattr(args, h.name) is not None)
+    file_space = load_space(args.space) if args.space is not None else ()
     return SearchConfig(
-        data=data_config(args), **given, space=search_space(args, given), search=args.search,
+        data=data_config(args), space=merge(given, file_space), search=args.search,
         space_file=args.space and str(args.space), num_samples=args.num_samples,
         max_concurrent_trials=args.max_concurrent_trials, epochs=args.epochs, storage=args.storage, name=args.name,
         gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
         address=args.address, max_failures=args.max_failures, precision=args.precision, compile=args.compile,
         scheduler=args.scheduler, grace_period=args.grace_period, reduction_factor=args.reduction_factor,
     )
-
-
-def search_space(args, given: dict):
-    """The whole space when --space names a file (the file's hyperparameters, the flags' for the rest); None for the
-    flags' grid alone."""
-    if args.space is None:
-        return None
-    flags = {HYPERPARAMETER_FLAGS[field][0]: HYPERPARAMETER_FLAGS[field][1] for field in given}
-    return merge(SearchConfig(**given).dimensions, load_space(args.space), flags)
 
 
 def resume_command(args) -> int:
@@ -290,9 +292,6 @@ def finish(experiment, address: str | None) -> int:
     from quickdraw.summary import COMPLETE, to_markdown
 
     try:
-        ray = sys.modules.get("ray")
-        if ray is not None and ray.is_initialized():
-            ray.shutdown()  # prints the trials' log lines it still holds now, not after the last line below
         summary = write_report(experiment)
     except KeyboardInterrupt:  # a second Ctrl-C, after Tune stopped on the first
         raise Interrupted(experiment) from None

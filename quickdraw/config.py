@@ -1,14 +1,15 @@
-"""Every setting of a search in one typed place; the defaults are the seed experiment's."""
+"""Every setting of a search in one typed place, checked; the defaults are the seed experiment's. What the search
+varies is its space (quickdraw.space), whose hyperparameters quickdraw.catalogue describes."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from quickdraw.errors import UserError
-from quickdraw.space import MODEL_NAMES, Space, flag_space, grid_size
+from quickdraw.space import Space, default_space, grid_size
 
 GOOGLE_BASE_URL = "https://storage.googleapis.com/quickdraw_dataset/full/numpy_bitmap/"
 PRECISIONS = ("auto", "bf16", "fp32")  # of a trial's arithmetic; see quickdraw.compute
@@ -90,16 +91,11 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class SearchConfig:
-    """A whole grid search: the data, the grid, the training recipe and where results go."""
+    """A whole search: the data, the space its trials are drawn from and how, the training, and where results go."""
 
     data: DataConfig = DataConfig()
-    lrs: tuple[float, ...] = (0.01, 0.001, 0.0001)
-    batch_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
-    models: tuple[str, ...] = ("seed",)  # more than one: the model is a dimension of the grid
-    dropout: float = 0.5
-    weight_decay: float = 0.0  # AdamW's decoupled weight decay; 0 trains exactly as the seed's Adam
-    space: Space | None = None  # every hyperparameter's values (quickdraw.space); None: the flags' grid above
-    space_file: str | None = None  # the --space file that `space` came from, for errors
+    space: Space = field(default_factory=default_space)  # every hyperparameter's value, values or distribution
+    space_file: str | None = None  # the --space file that part of `space` came from, for errors
     search: str = "grid"  # how trials are drawn from the space: see SEARCHES
     num_samples: int | None = None  # trials of a random or Optuna search (default DEFAULT_SAMPLES)
     max_concurrent_trials: int | None = None  # None: as many as the resources allow
@@ -129,15 +125,8 @@ class SearchConfig:
                 object.__setattr__(self, "reduction_factor", ASHA_REDUCTION_FACTOR)
 
     @property
-    def dimensions(self) -> Space:
-        """Every hyperparameter of the search, from --space where it names one, from the flags otherwise."""
-        if self.space is not None:
-            return self.space
-        return flag_space(self.models, self.lrs, self.batch_sizes, self.dropout, self.weight_decay)
-
-    @property
     def num_trials(self) -> int:
-        return grid_size(self.dimensions) if self.search == "grid" else self.num_samples
+        return grid_size(self.space) if self.search == "grid" else self.num_samples
 
     @property
     def concurrent_trials(self) -> int:
@@ -145,26 +134,8 @@ class SearchConfig:
         return min(self.num_trials, self.max_concurrent_trials or self.num_trials)
 
     def validate(self) -> None:
+        """The settings the flags cannot check one by one; the space's values were checked when it was made."""
         self.data.validate()
-        if not self.lrs:
-            raise UserError("--lrs is empty: give at least one learning rate, e.g. --lrs 0.001")
-        if not self.batch_sizes:
-            raise UserError("--batch-sizes is empty: give at least one, e.g. --batch-sizes 64")
-        unknown = [name for name in self.models if name not in MODEL_NAMES]
-        if unknown or not self.models:
-            raise UserError(f"--models {','.join(self.models)}: "
-                            f"{'unknown model ' + ', '.join(unknown) if unknown else 'no model given'}; "
-                            f"choose from {', '.join(MODEL_NAMES)}")
-        if len(set(self.models)) < len(self.models):
-            raise UserError(f"--models {','.join(self.models)}: a model is named twice")
-        if any(lr <= 0 for lr in self.lrs):
-            raise UserError(f"--lrs: every learning rate must be above 0, got {list(self.lrs)}")
-        if any(size < 1 for size in self.batch_sizes):
-            raise UserError(f"--batch-sizes: every batch size must be at least 1, got {list(self.batch_sizes)}")
-        if not 0 <= self.dropout < 1:
-            raise UserError(f"--dropout must be in [0, 1), got {self.dropout}")
-        if not self.weight_decay >= 0:
-            raise UserError(f"--weight-decay must be 0 or more, got {self.weight_decay}")
         if self.epochs < 1:
             raise UserError(f"--epochs must be at least 1, got {self.epochs}")
         if self.gpus_per_trial is not None and self.gpus_per_trial > 1:
@@ -199,7 +170,7 @@ class SearchConfig:
         if self.num_samples is not None:
             raise UserError(f"--num-samples: a grid runs each of its {self.num_trials} combinations once; "
                             "drop --num-samples, or add --search random or --search optuna to sample")
-        for dimension in self.dimensions:
+        for dimension in self.space:
             if dimension.sampled:
                 raise UserError(f"--space {self.space_file}: {dimension.name}: {dimension.kind} is sampled, not a "
                                 "grid; give a list of values, or add --search random or --search optuna")

@@ -35,7 +35,7 @@ CHUNK_BYTES = 1 << 16
 RETRIED_STATUSES = {429, 500, 502, 503, 504}
 
 
-class Interrupted(Exception):
+class ConnectionBroke(Exception):
     """The connection failed or broke off; what arrived is kept in the `.part` file for the next attempt."""
 
 
@@ -90,8 +90,8 @@ def download_classes(data_dir: Path, wanted: dict[str, int | None], base_url: st
             for number, job in enumerate(jobs, 1):
                 try:
                     fetch(session, job, label=f"[{number}/{len(jobs)}] {job.class_name}")
-                except Interrupted as e:
-                    raise UserError(interrupted_message(jobs[number - 1:], data_dir, base_url, e)) from None
+                except ConnectionBroke as e:
+                    raise UserError(broken_off_message(jobs[number - 1:], data_dir, base_url, e)) from None
     except OSError as e:
         raise UserError(f"cannot download into {data_dir}: {e.strerror or e}; check --data-dir") from None
     return [class_file(data_dir, job.class_name) for job in jobs]
@@ -103,7 +103,7 @@ def lock_path(data_dir: Path) -> Path:
     return Path(tempfile.gettempdir()) / f"quickdraw-download-{key}.lock"
 
 
-def interrupted_message(unfinished: list[ClassDownload], data_dir: Path, base_url: str, error: Interrupted) -> str:
+def broken_off_message(unfinished: list[ClassDownload], data_dir: Path, base_url: str, error: ConnectionBroke) -> str:
     job = unfinished[0]
     if job.part.is_file():
         return (f"download of {job.url} stopped at {job.part.stat().st_size} bytes after {ATTEMPTS} attempts "
@@ -119,7 +119,7 @@ def fetch(session: requests.Session, job: ClassDownload, label: str) -> None:
     for attempt in range(1, ATTEMPTS + 1):
         try:
             return fetch_once(session, job, label)
-        except Interrupted:
+        except ConnectionBroke:
             if attempt == ATTEMPTS:
                 raise
             time.sleep(RETRY_PAUSE_S * attempt)
@@ -167,15 +167,15 @@ def request_bytes(session: requests.Session, job: ClassDownload, start: int, sta
     try:
         response = session.get(job.url, headers=headers, stream=True, timeout=TIMEOUT_S)
     except requests.RequestException as e:
-        raise Interrupted(reason(e)) from None
+        raise ConnectionBroke(reason(e)) from None
     if response.status_code in (200, 206):
         return response
     response.close()
     if response.status_code == 416:  # the stored part does not fit the file any more
         remove_part(job)
-        raise Interrupted("the file on the server changed")
+        raise ConnectionBroke("the file on the server changed")
     if response.status_code in RETRIED_STATUSES:
-        raise Interrupted(f"HTTP {response.status_code} {response.reason}")
+        raise ConnectionBroke(f"HTTP {response.status_code} {response.reason}")
     raise UserError(
         f"{job.url} answered HTTP {response.status_code} {response.reason}: check the class name "
         "(Google's list: categories.txt in github.com/googlecreativelab/quickdraw-dataset) and --base-url"
@@ -188,7 +188,7 @@ def body_chunks(response: requests.Response) -> Iterator[bytes]:
         while chunk := response.raw.read1(CHUNK_BYTES):
             yield chunk
     except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as e:
-        raise Interrupted(reason(e)) from None
+        raise ConnectionBroke(reason(e)) from None
 
 
 def begin(job: ClassDownload, response: requests.Response, chunks: Iterator[bytes]) -> dict | None:
@@ -253,7 +253,7 @@ def copy_body(job: ClassDownload, chunks: Iterator[bytes], start: int, end: int,
             if received == end:
                 break
     if received < end:
-        raise Interrupted(f"the connection closed at byte {received} of {end}")
+        raise ConnectionBroke(f"the connection closed at byte {received} of {end}")
 
 
 def finish(job: ClassDownload, state: dict) -> None:

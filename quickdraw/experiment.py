@@ -1,9 +1,8 @@
-"""What an experiment folder, `<storage>/<name>`, holds for the parts that read it, and reading it as data.
-
-The search writes search.json; Ray Tune writes its experiment state (experiment_state-<time>.json) and a folder per
-trial with the trial's result.json; each trial writes test_predictions.npz beside them. Reading them here takes
-plain JSON and NumPy files only, never a pickle (the state's pickled fields stay undecoded hex), and no Ray:
-`report` and `predict` work on folders copied from anywhere."""
+"""Reading an experiment folder, `<storage>/<name>`, as data: Ray Tune's experiment state (experiment_state-<time>.json)
+and its folder per trial (params.json, result.json), where each trial also writes test_predictions.npz; and checking
+that what Tune's restore reads is there and whole. Plain JSON and NumPy files only, never a pickle (the state's
+pickled fields stay undecoded hex), and no Ray: `report` and `predict` work on folders copied from anywhere.
+search.json is quickdraw.search_record's."""
 
 from __future__ import annotations
 
@@ -13,13 +12,14 @@ import sys
 
 import pandas as pd
 
+from quickdraw.catalogue import DEVICE, HYPERPARAMETERS, PRECISION
 from quickdraw.dataset import DATASETS_DIR, MANIFEST_FILE
 from quickdraw.errors import UserError
-from quickdraw.space import HYPERPARAMETERS, Dimension, Space, space_of_record
+from quickdraw.search_record import SEARCH_FILE, SearchRecord
+from quickdraw.space import Dimension, Space
 from quickdraw.storage import Location, first_line
 from quickdraw.summary import trial_row, trial_table
 
-SEARCH_FILE = "search.json"  # the settings a search ran with, and where its split is: what `resume` needs
 PREDICTIONS_FILE = "test_predictions.npz"  # in each trial folder: the tested weights' class probabilities
 RESULTS_FILE = "result.json"  # in each trial folder, Tune's: a JSON line per reported result
 PARAMS_FILE = "params.json"  # in each trial folder, Tune's: the trial's config
@@ -30,17 +30,11 @@ TUNER_FILE = "tuner.pkl"  # Tune's: the Tuner, pickled; `resume` needs it
 SAVED_STATE_PREFIXES = ("basic-variant-state-", "search_gen_state-", "searcher-state-", "callback-states-")
 
 
-def read_search(experiment: Location) -> dict:
-    """search.json: {"config": the SearchConfig as a dict, "dataset": the split's location, "resources": ...,
-    "space": each hyperparameter as a space file writes it (quickdraw.space)}."""
-    return json.loads((experiment / SEARCH_FILE).read_text())
-
-
 def split_location(experiment: Location) -> Location:
     """Where the search's stored split is: where search.json says, or, when the storage was moved or copied since,
     beside the experiment, where the search stored it (<storage>/datasets/<fingerprint>). A UserError when neither
     holds it."""
-    recorded = Location.parse(read_search(experiment)["dataset"])
+    recorded = Location.parse(SearchRecord.read(experiment).dataset)
     beside = experiment.parent / DATASETS_DIR / recorded.name
     for place in (recorded, beside):
         try:
@@ -52,7 +46,7 @@ def split_location(experiment: Location) -> Location:
                     f"experiment at {beside}; copy the search's {DATASETS_DIR}/ folder beside the experiment")
 
 
-def check_resumable(experiment: Location) -> dict:
+def check_resumable(experiment: Location) -> SearchRecord:
     """search.json's record, once what Ray Tune's restore reads is there and whole; otherwise a UserError that names
     what is missing or damaged. (Whether the split is whole, load_split checks.)"""
     if not (experiment / SEARCH_FILE).is_file():
@@ -63,11 +57,9 @@ def check_resumable(experiment: Location) -> dict:
                             "command again, which starts it over in this folder")
         raise unresumable(experiment, f"{TUNER_FILE} is missing, and Ray Tune cannot continue a search without it")
     try:
-        record = read_search(experiment)
-        space_of_record(record), record["resources"]
-    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError, UserError) as e:
-        raise unresumable(experiment, f"{experiment / SEARCH_FILE} is damaged ({type(e).__name__}: {first_line(e)})") \
-            from None
+        record = SearchRecord.read(experiment)
+    except UserError as e:
+        raise unresumable(experiment, str(e)) from None
     if not whole_pickle((experiment / TUNER_FILE).read_bytes()):
         raise unresumable(experiment, f"{experiment / TUNER_FILE} is damaged (cut short or overwritten)")
     try:
@@ -105,18 +97,15 @@ def whole_pickle(data: bytes) -> bool:
         return False
 
 
-def search_space(experiment: Location, trials: pd.DataFrame) -> tuple[str, Space]:
-    """How the search drew its trials ("grid", "random" or "optuna") and the space it drew them from, one dimension
-    per hyperparameter, as search.json records them. A search.json from before spaces ran a grid of its flags
-    (without weight decay). When search.json cannot be read, the report still stands on the trials alone: a grid of
-    the values they took."""
+def space_of(experiment: Location, trials: pd.DataFrame) -> tuple[str, Space]:
+    """How the search drew its trials ("grid", "random" or "optuna") and the space it drew them from, as search.json
+    records them. When search.json cannot be read, the report still stands on the trials alone: a grid of the values
+    they took."""
     try:
-        record = read_search(experiment)
-        recorded, kind = space_of_record(record), record["config"].get("search", "grid")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, UserError):
-        recorded, kind = (), "grid"
-    by_name = {dimension.name: dimension for dimension in recorded}
-    return kind, tuple(by_name.get(name) or taken_values(trials, name) for name in HYPERPARAMETERS)
+        config = SearchRecord.read(experiment).config
+        return config.search, config.space
+    except (OSError, UserError):
+        return "grid", tuple(taken_values(trials, h.name) for h in HYPERPARAMETERS)
 
 
 def taken_values(trials: pd.DataFrame, name: str) -> Dimension:
@@ -174,22 +163,15 @@ def trial_folders(experiment: Location) -> list[Location]:
 
 
 def what_ran(histories: dict[str, pd.DataFrame]) -> dict[str, int]:
-    """How many trials ran in each precision on each device, as they reported it: {"bf16 on cpu": 15}. Trials from
-    before they reported it, or that never reported, are not counted."""
+    """How many trials ran in each precision on each device, as they reported it: {"bf16 on cpu": 15}. Trials that
+    never reported it are not counted."""
     counts: dict[str, int] = {}
     for history in histories.values():
-        if {"precision", "device"} <= set(history.columns):
+        if {PRECISION, DEVICE} <= set(history.columns):
             last = history.iloc[-1]
-            ran = f"{last.precision} on {last.device}"
+            ran = f"{last[PRECISION]} on {last[DEVICE]}"
             counts[ran] = counts.get(ran, 0) + 1
     return counts
-
-
-def record_what_ran(experiment: Location) -> None:
-    """Add to search.json what the trials' `precision` ("auto" or asked for) resolved to, and on which devices."""
-    record = read_search(experiment)
-    record["ran"] = what_ran(load_trials(experiment)[1])
-    (experiment / SEARCH_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
 
 
 def trial_number(state: dict, position: int) -> int:

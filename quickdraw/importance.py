@@ -69,7 +69,7 @@ def contains(dimension: Dimension, value) -> bool:
     return low <= value <= high
 
 
-def evaluate(table: pd.DataFrame, space: Space) -> Importance:
+def assess(table: pd.DataFrame, space: Space) -> Importance:
     """fANOVA's shares of the variance in validation accuracy, by Optuna's FanovaImportanceEvaluator."""
     if reason := why_not(table, space):
         return Importance(reason=reason)

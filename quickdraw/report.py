@@ -1,13 +1,13 @@
-"""Writing an experiment's results: summary.md, summary.csv and summary.json (quickdraw.summary, with what mattered
-from quickdraw.importance), the report page (quickdraw.report_page) and best_model/ (quickdraw.best_model), all from
-what the folder holds (quickdraw.experiment)."""
+"""The report of an experiment, every file of it written from what the folder holds (quickdraw.experiment):
+summary.md, summary.csv and summary.json (quickdraw.summary, with what mattered from quickdraw.importance), the
+figures and report.html (quickdraw.report_sections, quickdraw.report_html) and best_model/ (quickdraw.best_model)."""
 
 from __future__ import annotations
 
 from quickdraw import importance
 from quickdraw.best_model import export_best_model
-from quickdraw.experiment import load_trials, search_space
-from quickdraw.report_page import PAGE_FILE, write_page
+from quickdraw.experiment import load_trials, space_of
+from quickdraw.report_sections import PAGE_FILE, write_page
 from quickdraw.storage import Location
 from quickdraw.summary import Summary, export
 
@@ -16,8 +16,8 @@ def write_report(experiment: Location) -> Summary:
     """Rebuild the summary files, the report page and best_model/ in `experiment`, finished or not; return the
     summary (its table, space and what mattered) that they show."""
     trials, histories = load_trials(experiment)
-    search, space = search_space(experiment, trials)
-    summary = Summary(trials, space, search, importance.evaluate(trials, space))
+    search, space = space_of(experiment, trials)
+    summary = Summary(trials, space, search, importance.assess(trials, space))
     (experiment / "summary.csv").write_text(export(summary, "csv"))
     (experiment / "summary.json").write_text(export(summary, "json"))
     figures = write_page(experiment, summary, histories)

@@ -1,12 +1,12 @@
 """Search spaces: which hyperparameters a search varies, and over what. Pure data: read from a YAML or JSON file
-(`--space`, schema in docs/search-spaces.md) or made from the grid flags (`--lrs`, `--batch-sizes`, `--models`),
-checked here, and turned into Tune's domains by quickdraw.search, Optuna's distributions by quickdraw.importance and
-TensorBoard's HParams domains by quickdraw.trainable.
+(`--space`, schema in docs/search-spaces.md) or from the hyperparameters' flags (quickdraw.catalogue), checked here,
+and turned into Tune's domains by quickdraw.tuner, Optuna's distributions by quickdraw.importance and TensorBoard's
+HParams domains by quickdraw.trainable.
 
 A hyperparameter is one of
 - a single value: fixed for every trial (`dropout: 0.3`);
 - a list of values (`lr: [0.01, 0.001]`, or `{choice: [...]}`): every one under `--search grid`, one of them drawn
-  per trial under `random` and `optuna`;
+  per trial under `random` and `optuna`; a list of one value is a fixed value;
 - a distribution over [low, high], both ends included: `uniform`, `loguniform`, `randint` or `lograndint`, sampled
   by `random` and `optuna` only."""
 
@@ -17,10 +17,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from quickdraw.catalogue import HYPERPARAMETER, HYPERPARAMETERS, Hyperparameter
 from quickdraw.errors import UserError
 
-MODEL_NAMES = ("seed", "vgg-bn")  # quickdraw.model.MODELS; named here so the CLI need not import torch
-HYPERPARAMETERS = ("model", "lr", "batch_size", "dropout", "weight_decay")  # searchable, in the tables' order
 RANGES = ("uniform", "loguniform", "randint", "lograndint")  # {name: [low, high]}
 DISTRIBUTIONS = ("choice",) + RANGES
 INTEGER_RANGES = ("randint", "lograndint")
@@ -36,6 +35,10 @@ class Dimension:
     name: str
     kind: str
     args: tuple
+
+    @property
+    def hyperparameter(self) -> Hyperparameter:
+        return HYPERPARAMETER[self.name]
 
     @property
     def searched(self) -> bool:
@@ -58,18 +61,43 @@ class Dimension:
         return list(self.args) if self.kind == "values" else {self.kind: list(self.args)}
 
     def describe(self) -> str:
+        written = self.hyperparameter.written
         if self.kind == "value":
-            return f"{self.args[0]}"
+            return written(self.args[0])
         if self.kind == "values":
-            return "one of " + ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in self.args)
-        return f"{self.kind} from {self.args[0]:g} to {self.args[1]:g}"
+            return "one of " + ", ".join(map(written, self.args))
+        return f"{self.kind} from {written(self.args[0])} to {written(self.args[1])}"
 
 
-Space = tuple[Dimension, ...]
+Space = tuple[Dimension, ...]  # one Dimension per hyperparameter, in the catalogue's order
+
+
+def default_space() -> Space:
+    """The seed experiment's: its grid of learning rates and batch sizes, the rest fixed."""
+    return tuple(Dimension(h.name, "values" if len(h.default) > 1 else "value", h.default) for h in HYPERPARAMETERS)
+
+
+def space_with(**values) -> Space:
+    """The default space with some hyperparameters replaced: a tuple or list is a set of values, anything else a fixed
+    value (space_with(lr=(0.01, 0.001), dropout=0.3)). For code that builds a search without flags."""
+    given = tuple(parse_dimension(name, list(value) if isinstance(value, (tuple, list)) else value, "space_with")
+                  for name, value in values.items())
+    return merge(given)
+
+
+def flag_dimension(hyperparameter: Hyperparameter, text: str, flag: str, listed: bool) -> Dimension:
+    """What a hyperparameter's flag says: a list of values, from comma-separated text when `listed`, else one value.
+    A ValueError says what is wrong."""
+    parts = [part.strip() for part in text.split(",")] if listed else [text.strip()]
+    parts = [part for part in parts if part]
+    try:
+        return Dimension(hyperparameter.name, "values", checked_values(hyperparameter, parts, flag))
+    except UserError as e:
+        raise ValueError(str(e).removeprefix(f"{flag}: ")) from None
 
 
 def load_space(file: Path) -> Space:
-    """The space a `--space` file describes (missing hyperparameters are left to the flags: see `merge`)."""
+    """The dimensions a `--space` file names (the rest are left to the flags: see `merge`)."""
     if not file.is_file():
         raise UserError(f"--space {file}: no such file; write one as in spaces/example.yaml")
     try:
@@ -99,43 +127,45 @@ def parse_space(spec, source: str) -> Space:
 
 
 def parse_dimension(name, spec, source: str) -> Dimension:
-    if name not in HYPERPARAMETERS:
-        raise UserError(f"{source}: unknown hyperparameter {name!r}; searchable are {', '.join(HYPERPARAMETERS)}")
-    where = f"{source}: {name}"
+    if name not in HYPERPARAMETER:
+        raise UserError(f"{source}: unknown hyperparameter {name!r}; searchable are {', '.join(HYPERPARAMETER)}")
+    hyperparameter, where = HYPERPARAMETER[name], f"{source}: {name}"
     if isinstance(spec, dict):
         if len(spec) != 1 or next(iter(spec)) not in DISTRIBUTIONS:
             raise UserError(f"{where}: unknown distribution {', '.join(map(str, spec)) or '{}'}; write one of "
-                            f"{', '.join(DISTRIBUTIONS)}, e.g. {name}: {example(name)}")
+                            f"{', '.join(DISTRIBUTIONS)}, e.g. {name}: {hyperparameter.example}")
         (kind, args), = spec.items()
         if kind == "choice":
-            return Dimension(name, "values", checked_values(name, args, where))
-        return Dimension(name, kind, checked_range(name, kind, args, where))
+            return Dimension(name, "values", checked_values(hyperparameter, args, where))
+        return Dimension(name, kind, checked_range(hyperparameter, kind, args, where))
     if isinstance(spec, list):
-        return Dimension(name, "values", checked_values(name, spec, where))
-    return Dimension(name, "value", (checked_value(name, spec, where),))
+        return Dimension(name, "values", checked_values(hyperparameter, spec, where))
+    return Dimension(name, "value", (checked_value(hyperparameter, spec, where),))
 
 
-def checked_values(name: str, values, where: str) -> tuple:
+def checked_values(hyperparameter: Hyperparameter, values, where: str) -> tuple:
     if not isinstance(values, list) or not values:
-        raise UserError(f"{where}: an empty list of values; give at least one, e.g. {name}: {example(name)}")
-    values = tuple(checked_value(name, value, where) for value in values)
+        raise UserError(f"{where}: an empty list of values; give at least one, e.g. "
+                        f"{hyperparameter.name}: {hyperparameter.example}")
+    values = tuple(checked_value(hyperparameter, value, where) for value in values)
     if len(set(values)) < len(values):
         raise UserError(f"{where}: a value is listed twice in {list(values)}; list each once")
     return values
 
 
-def checked_range(name: str, kind: str, bounds, where: str) -> tuple:
+def checked_range(hyperparameter: Hyperparameter, kind: str, bounds, where: str) -> tuple:
+    name = hyperparameter.name
     if not (isinstance(bounds, list) and len(bounds) == 2):
-        raise UserError(f"{where}: {kind} takes [low, high], got {bounds!r}; e.g. {name}: {example(name)}")
-    if name == "model":
-        raise UserError(f"{where}: a model is a name, not a number; write model: {{choice: [{', '.join(MODEL_NAMES)}]}}")
+        raise UserError(f"{where}: {kind} takes [low, high], got {bounds!r}; e.g. {name}: {hyperparameter.example}")
+    if hyperparameter.kind is str:
+        raise UserError(f"{where}: a {name} is a name, not a number; write {name}: {{choice: {hyperparameter.example}}}")
     integer = kind in INTEGER_RANGES
-    if name == "batch_size" and not integer:
-        raise UserError(f"{where}: a batch size is a whole number; use randint or lograndint instead of {kind}, "
-                        f"or choice: [32, 64, 128]")
-    if name != "batch_size" and integer:
+    if hyperparameter.kind is int and not integer:
+        raise UserError(f"{where}: a {name} is a whole number; use randint or lograndint instead of {kind}, "
+                        f"or choice: {hyperparameter.example}")
+    if hyperparameter.kind is float and integer:
         raise UserError(f"{where}: {name} is a real number; use uniform or loguniform instead of {kind}")
-    low, high = (checked_value(name, bound, where) for bound in bounds)
+    low, high = (checked_value(hyperparameter, bound, where) for bound in bounds)
     if not low < high:
         fix = f"for a fixed value write {name}: {low}" if low == high else f"write [{high}, {low}]"
         raise UserError(f"{where}: {kind} needs low < high, got [{low}, {high}]; {fix}")
@@ -145,74 +175,32 @@ def checked_range(name: str, kind: str, bounds, where: str) -> tuple:
     return low, high
 
 
-def checked_value(name: str, value, where: str):
-    """One value of a hyperparameter, as the trial gets it: a model name, an int batch size, a float otherwise."""
-    if name == "model":
-        if value not in MODEL_NAMES:
-            raise UserError(f"{where}: unknown model {value!r}; choose from {', '.join(MODEL_NAMES)}")
-        return value
-    number = as_number(value)
-    if name == "batch_size":
-        if number is None or number != int(number) or number < 1:
-            raise UserError(f"{where}: {value!r} is not a batch size; batch sizes are whole numbers of 1 or more, "
-                            f"such as 32 or 64")
-        return int(number)
-    valid = {"lr": (lambda x: x > 0, "above 0"), "dropout": (lambda x: 0 <= x < 1, "from 0 up to (not including) 1"),
-             "weight_decay": (lambda x: x >= 0, "0 or more")}[name]
-    if number is None or not math.isfinite(number) or not valid[0](number):
-        raise UserError(f"{where}: {value!r} is not a valid {name}; it must be a number {valid[1]}")
-    return float(number)
-
-
-def as_number(value) -> float | None:
-    """A number, or a string YAML left as one (PyYAML reads 1e-4 as text: YAML 1.1 wants 1.0e-4)."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return value
+def checked_value(hyperparameter: Hyperparameter, value, where: str):
+    """One value of a hyperparameter, as the trial gets it."""
     try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
+        return hyperparameter.checked(value)
+    except ValueError as e:
+        raise UserError(f"{where}: {e}") from None
 
 
-def example(name: str) -> str:
-    return {"model": f"[{', '.join(MODEL_NAMES)}]", "lr": "{loguniform: [1e-4, 1e-1]}",
-            "batch_size": "[32, 64, 128]", "dropout": "{uniform: [0.1, 0.6]}",
-            "weight_decay": "{loguniform: [1e-6, 1e-2]}"}[name]
-
-
-def merge(flags: Space, file_space: Space, given_flags: dict[str, str]) -> Space:
-    """Every hyperparameter: the space file's where it names one, the flags' otherwise (in HYPERPARAMETERS order).
-    `given_flags` maps a hyperparameter to the flag the user gave for it; naming it in the file too is an error."""
+def merge(given: Space, file_space: Space = ()) -> Space:
+    """Every hyperparameter, in the catalogue's order: the space file's where it names one, else the `given` flags',
+    else its default. A hyperparameter both given by its flag and named in the file is an error."""
     from_file = {d.name: d for d in file_space}
-    for name, flag in given_flags.items():
-        if name in from_file:
-            raise UserError(f"{flag} and {name} in the --space file both set {name}; keep one of them")
-    by_name = {d.name: d for d in flags} | from_file
-    return tuple(by_name[name] for name in HYPERPARAMETERS)
-
-
-def flag_space(models, lrs, batch_sizes, dropout: float, weight_decay: float) -> Space:
-    """The space of the grid flags: learning rates by batch sizes (by models when more than one), the rest fixed."""
-    dims = [Dimension("model", "values", tuple(models)) if len(models) > 1 else Dimension("model", "value", tuple(models)),
-            Dimension("lr", "values", tuple(lrs)), Dimension("batch_size", "values", tuple(batch_sizes)),
-            Dimension("dropout", "value", (dropout,)), Dimension("weight_decay", "value", (weight_decay,))]
-    return tuple(dims)
+    for dimension in given:
+        if dimension.name in from_file:
+            raise UserError(f"{dimension.hyperparameter.flag} and {dimension.name} in the --space file both set "
+                            f"{dimension.name}; keep one of them")
+    by_name = {d.name: d for d in default_space()} | {d.name: d for d in given} | from_file
+    return tuple(by_name[h.name] for h in HYPERPARAMETERS)
 
 
 def grid_size(space: Space) -> int:
     return math.prod(len(d.args) for d in space if d.kind == "values")
 
 
-def searched(space: Space) -> list[str]:
-    return [d.name for d in space if d.searched]
-
-
-def space_of_record(record: dict) -> Space:
-    """The space a search ran with, from its search.json: the "space" it recorded (`as_spec` of each dimension),
-    or for a search from before spaces, the grid its flags made."""
-    if "space" in record:
-        return parse_space(record["space"], "search.json space")
-    config = record["config"]
-    return flag_space(config["models"], config["lrs"], config["batch_sizes"], config["dropout"], 0.0)
+def fixed_value(dimension: Dimension):
+    """The one value every trial takes, when the dimension has one; a list of one value is fixed too."""
+    if dimension.kind == "value" or (dimension.kind == "values" and len(dimension.args) == 1):
+        return dimension.args[0]
+    raise ValueError(f"{dimension.name} is searched")

@@ -1,5 +1,5 @@
 """The results table, pure pandas: a row per trial ranked by validation accuracy, with every hyperparameter the
-search could vary as a column (quickdraw.space.HYPERPARAMETERS), the trial chosen as best, and the summary's formats
+search could vary as a column (quickdraw.catalogue), the trial chosen as best, and the summary's formats
 (summary.md, csv, json, html, latex). It reads and writes no files; quickdraw.report does.
 
 The best trial is chosen on validation data, never on test data: of the trials that finished, the one with the
@@ -14,17 +14,17 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from quickdraw.space import HYPERPARAMETERS, Space
+from quickdraw.catalogue import (BEST_VAL_ACCURACY, BEST_VAL_LOSS, EPOCH, HYPERPARAMETER, HYPERPARAMETERS,
+                                 TEST_ACCURACY, TRAIN_SECONDS)
+from quickdraw.space import Space
 
-COLUMNS = [
-    "rank", *HYPERPARAMETERS, "epochs", "best_val_loss", "best_val_accuracy", "test_accuracy", "train_seconds",
-    "status", "best",
-]
+NAMES = [h.name for h in HYPERPARAMETERS]
+MEASURES = (BEST_VAL_LOSS, BEST_VAL_ACCURACY, TEST_ACCURACY, TRAIN_SECONDS)  # the metrics of a trial's row
+EPOCHS = "epochs"  # the epochs a trial ran: the last EPOCH it reported
+COLUMNS = ["rank", *NAMES, EPOCHS, *(m.key for m in MEASURES), "status", "best"]
 # trial_number: the order the search created its trials in (quickdraw.experiment.trial_number)
-RANKING = (["best_val_accuracy", "best_val_loss", "trial_number"], [False, True, True])  # columns, ascending
-LABELS = {"model": "Model", "lr": "Learning rate", "batch_size": "Batch size", "dropout": "Dropout",
-          "weight_decay": "Weight decay"}  # the hyperparameters in words
-DECIMALS = {"best_val_loss": 4, "best_val_accuracy": 2, "test_accuracy": 2, "train_seconds": 1}
+RANKING = ([BEST_VAL_ACCURACY.key, BEST_VAL_LOSS.key, "trial_number"], [False, True, True])  # columns, ascending
+DECIMALS = {m.key: m.decimals for m in MEASURES}
 # A trial's status: finished (tested), stopped (by ASHA, untested), error, or unfinished (its driver stopped).
 # The first two ran as far as the search let them.
 COMPLETE = ("finished", "stopped")
@@ -34,20 +34,9 @@ TIE_BREAK = "ties go to the lower validation loss, then to the trial that starte
 
 def trial_row(config: dict, last_result: dict, tune_status: str) -> dict:
     """A trial's row, from its config, the last result it reported (empty if none) and its status in Tune."""
-    test_accuracy = last_result.get("test_accuracy", math.nan)
-    return {
-        "model": config["model"],
-        "lr": config["lr"],
-        "batch_size": config["batch_size"],
-        "dropout": config["dropout"],
-        "weight_decay": config.get("weight_decay", 0.0),  # searches before weight decay trained without it
-        "epochs": int(last_result.get("epoch", 0)),
-        "best_val_loss": last_result.get("best_val_loss", math.nan),
-        "best_val_accuracy": 100 * last_result.get("best_val_accuracy", math.nan),
-        "test_accuracy": 100 * test_accuracy,
-        "train_seconds": last_result.get("train_seconds", math.nan),
-        "status": status(tune_status, tested=not math.isnan(test_accuracy)),
-    }
+    measures = {m.key: (100 if m.percent else 1) * last_result.get(m.key, math.nan) for m in MEASURES}
+    return {**{name: config[name] for name in NAMES}, EPOCHS: int(last_result.get(EPOCH.key, 0)), **measures,
+            "status": status(tune_status, tested=not math.isnan(measures[TEST_ACCURACY.key]))}
 
 
 def status(tune_status: str, tested: bool) -> str:
@@ -106,9 +95,9 @@ class Summary:
 
 
 def shown_hyperparameters(table: pd.DataFrame, space: Space = ()) -> list[str]:
-    """The hyperparameters the space searched or that differ between the table's trials, in HYPERPARAMETERS order."""
+    """The hyperparameters the space searched or that differ between the table's trials, in the catalogue's order."""
     searched = {d.name for d in space if d.searched}
-    return [name for name in HYPERPARAMETERS if name in searched or table[name].nunique() > 1]
+    return [name for name in NAMES if name in searched or table[name].nunique() > 1]
 
 
 def rounded(table: pd.DataFrame) -> pd.DataFrame:
@@ -129,8 +118,8 @@ def best_trial(table: pd.DataFrame):
 
 def same_for_every_trial(table: pd.DataFrame, shown) -> str:
     """The hyperparameters left out of the tables (not `shown`) with their one value, as a sentence; "" when none."""
-    constant = [name for name in HYPERPARAMETERS if name not in shown and not table.empty]
-    values = ", ".join(f"{LABELS[name].lower()} {value_text(table[name].iloc[0])}" for name in constant)
+    constant = [HYPERPARAMETER[name] for name in NAMES if name not in shown and not table.empty]
+    values = ", ".join(f"{h.phrase} {h.text(table[h.name].iloc[0])}" for h in constant)
     return f"Same for every trial: {values}." if constant else ""
 
 
@@ -159,16 +148,15 @@ def _join(values, form: str) -> str:
 
 
 def describe(row: pd.Series, shown=()) -> str:
-    """How the summary names a trial: its model, learning rate and batch size, and its dropout and weight decay when
-    they are among the `shown` hyperparameters (searched, or different between trials), so the name tells it apart."""
+    """How the summary names a trial: its model, then `settings`."""
     return f"{row.model}, {settings(row, shown)}"
 
 
 def settings(row: pd.Series, shown=()) -> str:
-    """A trial's learning rate and batch size, and its dropout and weight decay when `shown`."""
-    words = [f"lr {row.lr:.4g}", f"batch size {row.batch_size}"]
-    words += [f"{LABELS[name].lower()} {row[name]:.4g}" for name in ("dropout", "weight_decay") if name in shown]
-    return ", ".join(words)
+    """A trial's learning rate and batch size, and the other hyperparameters among the `shown` ones (searched, or
+    different between trials), so that the words tell it apart: "lr 0.001, batch size 64, dropout 0.3"."""
+    named = [h for h in HYPERPARAMETERS if h.name != "model" and (h.name in ("lr", "batch_size") or h.name in shown)]
+    return ", ".join(f"{h.phrase} {h.text(row[h.name])}" for h in named)
 
 
 def best_sentence(row: pd.Series, shown=()) -> str:
@@ -196,7 +184,7 @@ def to_markdown(summary: Summary) -> str:
     the hyperparameters that tell them apart, and a line for those that were the same for every trial."""
     table, shown = summary.table, summary.shown
     best = best_trial(table)
-    lines = ["# Test accuracy", ""]
+    lines = ["# Search results", ""]
     if best is not None:
         lines += [f"Best: **{best_sentence(table.loc[best], shown)}**.", ""]
     if per_model := best_per_model(table, shown):
@@ -220,9 +208,9 @@ def ranked_markdown(table: pd.DataFrame, shown: list[str]) -> str:
     """`Rank | <shown hyperparameters> | Validation accuracy | Test accuracy`, a row per trial, the best in bold."""
     best = best_trial(table)
     cells = {"Rank": [str(rank) for rank in table["rank"]]}
-    cells |= {LABELS[name]: [value_text(value) for value in table[name]] for name in shown}
-    cells["Validation accuracy"] = [_percent(value) for value in table.best_val_accuracy]
-    cells["Test accuracy"] = [_test_cell(row) for row in table.itertuples()]
+    cells |= {HYPERPARAMETER[name].label: [HYPERPARAMETER[name].text(value) for value in table[name]] for name in shown}
+    cells[BEST_VAL_ACCURACY.label] = [_percent(value) for value in table[BEST_VAL_ACCURACY.key]]
+    cells[TEST_ACCURACY.label] = [_test_cell(row) for row in table.itertuples()]
     frame = pd.DataFrame(cells, index=table.index)
     if best is not None:
         frame.loc[best] = [_bold(text, True) for text in frame.loc[best]]
@@ -264,11 +252,6 @@ def _test_cell(row) -> str:
         return _percent(row.test_accuracy)
     status_text = "stopped by ASHA" if row.status == "stopped" else row.status
     return f"{status_text} ({row.epochs} epoch{'' if row.epochs == 1 else 's'})"
-
-
-def value_text(value) -> str:
-    """A hyperparameter's value as the summary writes it."""
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _percent(value: float) -> str:

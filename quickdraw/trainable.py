@@ -16,6 +16,7 @@ from tensorboard.plugins.hparams import summary_v2 as hp
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as torch_hparams
 
+from quickdraw.catalogue import BEST_VAL_ACCURACY, DEVICE, EPOCH, METRICS, PRECISION, TEST_ACCURACY
 from quickdraw.compute import choose
 from quickdraw.dataset import Split
 from quickdraw.experiment import PREDICTIONS_FILE
@@ -24,17 +25,8 @@ from quickdraw.model import MODELS
 from quickdraw.space import INTEGER_RANGES, Dimension, Space
 from quickdraw.training import Hyperparameters, Trainer, split_tensors
 
-SCALAR_TAGS = {  # TensorBoard tag -> the metric reported to Tune
-    "loss/train": "train_loss",
-    "loss/validation": "val_loss",
-    "accuracy/train": "train_accuracy",
-    "accuracy/validation": "val_accuracy",
-    "accuracy/validation_best": "best_val_accuracy",
-    "optimizer/learning_rate": "learning_rate",
-    "speed/seconds_per_epoch": "epoch_seconds",
-    "speed/images_per_second": "images_per_second",
-}
-HPARAM_METRICS = ("accuracy/validation_best", "accuracy/test")
+EPOCH_SCALARS = [m for m in METRICS if m.tag and m is not TEST_ACCURACY]  # logged every epoch
+HPARAM_METRICS = (BEST_VAL_ACCURACY, TEST_ACCURACY)
 # TensorBoard's Custom Scalars dashboard: train and validation of each quantity as lines of one chart (its Scalars and
 # Time Series dashboards give every tag a card of its own). Each chart takes the tags its regular expression matches.
 CUSTOM_SCALARS = {"Train and validation": {
@@ -44,11 +36,11 @@ CUSTOM_SCALARS = {"Train and validation": {
 
 
 def train_trial(config: dict, split: Split, space: Space) -> None:
-    """`config` holds model, lr, batch_size, dropout, weight_decay, epochs, seed, precision and compile
-    (quickdraw.search); `space` says which of them the search varies, and over what, for TensorBoard."""
+    """`config` holds the hyperparameters (quickdraw.catalogue), epochs, seed, precision and compile
+    (quickdraw.tuner.param_space); `space` says which of them the search varies, and over what, for TensorBoard."""
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # else a "Checkpoint successfully created" line per epoch
     compute = choose(trial_device(), config["precision"], config["compile"])
-    ran = {"precision": compute.precision, "device": compute.device_name()}  # what "auto" resolved to, every epoch
+    ran = {PRECISION: compute.precision, DEVICE: compute.device_name()}  # what "auto" resolved to, every epoch
     torch.set_num_threads(trial_threads())
     torch.manual_seed(config["seed"])
     data = split_tensors(split, compute.device)
@@ -73,7 +65,7 @@ def train_trial(config: dict, split: Split, space: Space) -> None:
             with tempfile.TemporaryDirectory() as checkpoint_dir:
                 trainer.save(Path(checkpoint_dir))
                 if trainer.finished:
-                    metrics["test_accuracy"] = test(trainer, split, data["test"][0], writer)
+                    metrics[TEST_ACCURACY.key] = test(trainer, split, data["test"][0], writer)
                     end_hparams(writer)
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
 
@@ -100,7 +92,7 @@ def test(trainer: Trainer, split: Split, drawings: torch.Tensor, writer: Summary
     accuracy = float((predictions == split.y_test).mean())
     np.savez_compressed(Path(tune.get_context().get_trial_dir()) / PREDICTIONS_FILE, probabilities=probabilities)
     epoch = trainer.progress.epoch
-    writer.add_scalar("accuracy/test", accuracy, epoch)
+    writer.add_scalar(TEST_ACCURACY.tag, accuracy, epoch)
     writer.add_figure("test/confusion_matrix", confusion_matrix_figure(split.y_test, predictions, split.classes), epoch)
     writer.add_figure("test/misclassified", misclassified_figure(split.x_test, split.y_test, predictions, split.classes), epoch)
     return accuracy
@@ -111,7 +103,7 @@ def start_hparams(writer: SummaryWriter, config: dict, space: Space) -> None:
     values, or the interval it was drawn from), its value in this trial, and the scalar tags that hold its metrics,
     so that every trial compares in one table. Fixed settings are left out: they would be axes of one value."""
     searched = [d for d in space if d.searched]
-    metrics = [hp.Metric(tag) for tag in HPARAM_METRICS]
+    metrics = [hp.Metric(metric.tag) for metric in HPARAM_METRICS]
     declared = [hp.HParam(d.name, hparam_domain(d), description=d.describe()) for d in searched]
     writer.file_writer.add_summary(hp.hparams_config_pb(declared, metrics))
     values = {d.name: hparam_value(d, config[d.name]) for d in searched}
@@ -141,7 +133,7 @@ def hparam_domain(dimension: Dimension) -> hp.Domain:
     (64.000, 0.0010000) on a linear axis. A range stays a numeric interval, a numeric axis; TensorBoard's domains
     have no log scale (its parallel-coordinates view offers one)."""
     if dimension.kind == "values":
-        return hp.Discrete([as_written(value) for value in dimension.args])
+        return hp.Discrete([dimension.hyperparameter.written(value) for value in dimension.args])
     if dimension.kind in INTEGER_RANGES:
         return hp.IntInterval(*dimension.args)
     return hp.RealInterval(*map(float, dimension.args))
@@ -149,19 +141,10 @@ def hparam_domain(dimension: Dimension) -> hp.Domain:
 
 def hparam_value(dimension: Dimension, value):
     """The trial's value in its dimension's TensorBoard domain: as written from a list, a number from a range."""
-    return as_written(value) if dimension.kind == "values" else value
-
-
-def as_written(value) -> str:
-    """A value of a space's list as its file or flag writes it: 64, 0.001, 1e-05, seed (the shortest form that reads
-    back as the same number)."""
-    if isinstance(value, float):
-        short = f"{value:g}"
-        return short if float(short) == value else repr(value)
-    return str(value)
+    return dimension.hyperparameter.written(value) if dimension.kind == "values" else value
 
 
 def log_epoch(writer: SummaryWriter, metrics: dict) -> None:
-    for tag, key in SCALAR_TAGS.items():
-        writer.add_scalar(tag, metrics[key], metrics["epoch"])
+    for metric in EPOCH_SCALARS:
+        writer.add_scalar(metric.tag, metrics[metric.key], metrics[EPOCH.key])
     writer.flush()

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from quickdraw.catalogue import (BEST_VAL_ACCURACY, BEST_VAL_LOSS, EPOCH, EPOCH_SECONDS, IMAGES_PER_SECOND,
+                                 LEARNING_RATE, TRAIN_ACCURACY, TRAIN_LOSS, TRAIN_SECONDS, VAL_ACCURACY, VAL_LOSS)
 from quickdraw.augment import Augmentation
 from quickdraw.compute import Compute
 from quickdraw.dataset import PARTS, Split
@@ -30,7 +32,7 @@ Tensors = tuple[torch.Tensor, torch.Tensor]  # (N, 1, 28, 28) uint8 drawings and
 
 @dataclass(frozen=True)
 class Hyperparameters:
-    """What the training of one trial is set by (besides its recipe), as the search's config names them."""
+    """What the training of one trial is set by (besides its recipe), named as quickdraw.catalogue names them."""
 
     lr: float  # AdamW's learning rate, or the one-cycle schedule's peak when the recipe has one
     batch_size: int
@@ -40,9 +42,8 @@ class Hyperparameters:
 
     @classmethod
     def of(cls, config: dict) -> Hyperparameters:
-        """Those of a Tune trial's config, which holds more (model, seed, precision, ...); a search from before
-        weight decay was searchable has none."""
-        return cls(**{f.name: config[f.name] for f in fields(cls) if f.name in config})
+        """Those of a Tune trial's config, which holds more (model, seed, precision, ...)."""
+        return cls(**{f.name: config[f.name] for f in fields(cls)})
 
 
 @dataclass
@@ -106,17 +107,17 @@ class Trainer:
         progress.train_seconds += epoch_seconds
         improved = progress.record(val_loss, val_accuracy, self.model)
         metrics = {
-            "epoch": progress.epoch,
-            "train_loss": train_loss,
-            "train_accuracy": train_accuracy,
-            "val_loss": val_loss,
-            "val_accuracy": val_accuracy,
-            "best_val_loss": progress.best_val_loss,
-            "best_val_accuracy": progress.best_val_accuracy,
-            "train_seconds": progress.train_seconds,
-            "epoch_seconds": epoch_seconds,
-            "images_per_second": trained / epoch_seconds,
-            "learning_rate": self.training.optimizer.param_groups[0]["lr"],
+            EPOCH.key: progress.epoch,
+            TRAIN_LOSS.key: train_loss,
+            TRAIN_ACCURACY.key: train_accuracy,
+            VAL_LOSS.key: val_loss,
+            VAL_ACCURACY.key: val_accuracy,
+            BEST_VAL_LOSS.key: progress.best_val_loss,
+            BEST_VAL_ACCURACY.key: progress.best_val_accuracy,
+            TRAIN_SECONDS.key: progress.train_seconds,
+            EPOCH_SECONDS.key: epoch_seconds,
+            IMAGES_PER_SECOND.key: trained / epoch_seconds,
+            LEARNING_RATE.key: self.training.optimizer.param_groups[0]["lr"],
         }
         return metrics, improved
 
@@ -148,8 +149,7 @@ class Trainer:
         if self.training.schedule is not None:
             self.training.schedule.load_state_dict(state["schedule"])
         self.progress = Progress(**state["progress"])
-        if "rng" in state:  # checkpoints from before it was kept have none: the trial's seed stands
-            set_rng_state(state["rng"], self.compute.device)
+        set_rng_state(state["rng"], self.compute.device)
 
 
 def rng_state(device: torch.device) -> dict[str, torch.Tensor]:

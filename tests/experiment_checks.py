@@ -12,8 +12,8 @@ import pandas as pd
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from quickdraw.catalogue import HYPERPARAMETERS, METRICS, TEST_ACCURACY
 from quickdraw.experiment import PREDICTIONS_FILE
-from quickdraw.trainable import SCALAR_TAGS
 from ray_cluster import kill_processes
 
 
@@ -74,10 +74,10 @@ def check_tensorboard(trial: Path, history: list[dict]) -> None:
     """The trial's event file, read back with TensorBoard's own reader, holds every epoch's metrics."""
     events = EventAccumulator(str(trial))
     events.Reload()
-    for tag, key in SCALAR_TAGS.items():
-        logged = events.Scalars(tag)
+    for metric in (m for m in METRICS if m.tag and m is not TEST_ACCURACY):
+        logged = events.Scalars(metric.tag)
         assert [e.step for e in logged] == [r["epoch"] for r in history]
-        assert [e.value for e in logged] == [float(torch.tensor(r[key], dtype=torch.float32)) for r in history]
+        assert [e.value for e in logged] == [float(torch.tensor(r[metric.key], dtype=torch.float32)) for r in history]
     assert events.Scalars("accuracy/test")[-1].value == float(torch.tensor(history[-1]["test_accuracy"]))
     assert events.Scalars("speed/images_per_second")[-1].value > 0
     for tag in ("test/confusion_matrix", "test/misclassified"):
@@ -130,10 +130,8 @@ def check_markdown(markdown: str, table: pd.DataFrame) -> None:
     assert rows[bold]["Test accuracy"] == f"**{best.test_accuracy:.2f}%**"
     assert f"Best: **{best.model}, lr {best.lr:g}, batch size {best.batch_size}: validation accuracy " \
            f"{best.best_val_accuracy:.2f}%, test accuracy {best.test_accuracy:.2f}%**." in markdown
-    words = {"model": "model", "lr": "learning rate", "batch_size": "batch size", "dropout": "dropout",
-             "weight_decay": "weight decay"}
-    same = [f"{word} {table[name][0]:g}" if name != "model" else f"model {table.model[0]}"
-            for name, word in words.items() if table[name].nunique() == 1]  # a grid's single values
+    same = [f"{h.phrase} {table[h.name][0]:g}" if h.name != "model" else f"model {table.model[0]}"
+            for h in HYPERPARAMETERS if table[h.name].nunique() == 1]  # a grid's single values
     assert f"Same for every trial: {', '.join(same)}." in markdown
     assert "chosen on validation accuracy; test accuracy shown for every trial, never used to choose" in markdown
 

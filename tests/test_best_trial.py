@@ -15,7 +15,7 @@ import pytest
 from conftest import SYNTHETIC_CLASSES, run_cli, run_in_process, write_confusable_class_files
 from experiment_checks import chosen_trial, ranked_rows, results
 from quickdraw.experiment import load_trials
-from quickdraw.report_page import best_trial_predictions, grid_cell, stored_split
+from quickdraw.report_sections import best_trial_predictions, grid_cell, stored_split
 from quickdraw.storage import Location
 from quickdraw.summary import best_per_model, best_trial, tie_sentence, trial_row, trial_table
 
@@ -190,7 +190,7 @@ def test_the_best_of_each_model_is_chosen_on_validation_too():
 def test_the_table_ranks_every_trial_by_validation_accuracy():
     """Highest validation accuracy first, ties to the lower validation loss, then to the earlier trial; trials
     without a validation result last. The best trial is the first that finished, not merely the first row."""
-    config = {"model": "seed", "batch_size": 32, "dropout": 0.5}  # no weight_decay: a search from before it
+    config = {"model": "seed", "batch_size": 32, "dropout": 0.5, "weight_decay": 0.0}
     results = [  # trial id, lr, Tune's status, last result
         ("a_00000", 0.1, "TERMINATED", {"epoch": 2, "best_val_accuracy": 0.90, "best_val_loss": 0.3}),  # ASHA
         ("a_00001", 0.01, "TERMINATED", {"epoch": 4, "best_val_accuracy": 0.80, "best_val_loss": 0.4,

@@ -62,7 +62,7 @@ def _driver(address: str, data: Path, storage: str, barrier, outcomes) -> None:
     """A driver process: join the cluster, wait for the other, then ask for the split."""
     import ray
 
-    from quickdraw.search import convert_once
+    from quickdraw.cluster import convert_once
 
     ray.init(address=address, logging_level="ERROR")
     barrier.wait()

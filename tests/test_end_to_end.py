@@ -156,7 +156,8 @@ DAMAGES = {
 
 
 @pytest.mark.parametrize("damage", list(DAMAGES))
-def test_resume_of_a_damaged_search_is_one_line_and_changes_nothing(first_run, workspace, tmp_path, capsys, damage):
+def test_resume_of_a_damaged_search_is_one_line_and_changes_nothing(first_run, workspace, tmp_path, capsys, damage,
+                                                                     monkeypatch):
     """A copy of the finished search with one of the files `resume` needs missing or cut short: one line that names
     it, exit code 2, Ray never started, and the folder as it was (but for the claim the refused driver released)."""
     from quickdraw.cli import main
@@ -173,10 +174,12 @@ def test_resume_of_a_damaged_search_is_one_line_and_changes_nothing(first_run, w
     apply(experiment, split)
     before = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file() and "drivers" not in p.parts}
 
-    import ray
+    import quickdraw.cluster
 
-    exit_code, ray_started = main(["resume", str(experiment)]), ray.is_initialized()
-    ray.shutdown()
+    started = []
+    monkeypatch.setattr(quickdraw.cluster, "connect", lambda address, connect=quickdraw.cluster.connect: (
+        started.append(address), connect(address)))
+    exit_code, ray_started = main(["resume", str(experiment)]), bool(started)
     assert exit_code == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith(f"tune_search.py: error: resume {experiment}: ") or "split" in line, line

@@ -18,7 +18,7 @@ from ray.cluster_utils import Cluster
 
 from quickdraw.config import SearchConfig
 from quickdraw.errors import UserError
-from quickdraw.search import trial_resources
+from quickdraw.cluster import trial_resources
 from test_bad_input import NAME, assert_rejected, data, run_main, snapshot, storage  # noqa: F401 (fixtures)
 
 GRID = SearchConfig()  # the seed grid

@@ -13,7 +13,7 @@ import torch
 from conftest import synthetic_tensors
 from quickdraw.augment import Augmentation
 from quickdraw.compute import Compute
-from quickdraw.config import MODEL_NAMES
+from quickdraw.catalogue import MODEL_NAMES
 from quickdraw.model import MODELS
 from quickdraw.training import Hyperparameters, Trainer, evaluate, train_epoch
 

@@ -18,6 +18,7 @@ from quickdraw.config import DataConfig, SearchConfig, SplitSizes
 from quickdraw.predict import predict
 from quickdraw.report import write_report
 from quickdraw.search import run_search
+from quickdraw.space import space_with
 from quickdraw.storage import Location
 
 
@@ -42,7 +43,7 @@ def experiment(tmp_path_factory) -> Location:
         config = SearchConfig(
             data=DataConfig(data_dir=write_class_files(root / "data"), classes=SYNTHETIC_CLASSES,
                             split=SplitSizes(60, 15, 15)),
-            lrs=(0.01, 0.001), batch_sizes=(16,), epochs=1, storage=str(root / "results"), name="auto",
+            space=space_with(lr=(0.01, 0.001), batch_size=(16,)), epochs=1, storage=str(root / "results"), name="auto",
         )
         folder = run_search(config)
     finally:

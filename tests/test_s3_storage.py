@@ -104,7 +104,7 @@ def test_everything_lands_in_the_bucket_and_report_reads_it_back(s3_env, s3_expe
         client.delete_object(Bucket=BUCKET, Key=f"runs/exp/{name}")
     report = run_cli("report", s3_experiment, env=s3_env, timeout=120)
     assert report.returncode == 0, report.stderr[-3000:]
-    assert "# Test accuracy" in report.stdout
+    assert "# Search results" in report.stdout
     table = pd.read_csv(io.BytesIO(client.get_object(Bucket=BUCKET, Key="runs/exp/summary.csv")["Body"].read()))
     assert len(table) == 2 and (table.status == "finished").all()
 

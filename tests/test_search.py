@@ -12,7 +12,9 @@ import ray
 from conftest import REPO, SYNTHETIC_CLASSES, start_cli, write_class_files
 from experiment_checks import reported
 from quickdraw.config import DataConfig, SearchConfig, SplitSizes
-from quickdraw.search import run_search, trial_resources
+from quickdraw.cluster import trial_resources
+from quickdraw.search import run_search
+from quickdraw.space import space_with
 
 
 def test_trials_share_gpus_so_all_run_at_once():
@@ -37,7 +39,7 @@ def test_grid_on_a_gpu_cluster_gives_each_trial_a_share_and_falls_back_to_cpu(ra
     data = write_class_files(tmp_path / "data")
     config = SearchConfig(
         data=DataConfig(data_dir=data, classes=SYNTHETIC_CLASSES, split=SplitSizes(60, 15, 15)),
-        lrs=(0.01, 0.001), batch_sizes=(16, 32), epochs=1, storage=str(tmp_path / "results"), name="gpu",
+        space=space_with(lr=(0.01, 0.001), batch_size=(16, 32)), epochs=1, storage=str(tmp_path / "results"), name="gpu",
     )
     experiment = run_search(config)
     trials = ray.tune.ExperimentAnalysis(str(experiment)).trials

@@ -74,7 +74,7 @@ def test_random_samples_every_trial_within_the_space_and_keeps_batch_size_an_int
     assert table.batch_size.dtype.kind == "i"
     assert sorted(table.batch_size) == sorted(config["batch_size"] for config in trials)
     record = json.loads((random_search / "search.json").read_text())
-    assert record["space"]["lr"] == {"loguniform": [1e-4, 0.1]} and record["config"]["search"] == "random"
+    assert record["config"]["space"]["lr"] == {"loguniform": [1e-4, 0.1]} and record["config"]["search"] == "random"
 
 
 def test_best_model_and_predict_of_a_sampled_search(random_search, tmp_path):

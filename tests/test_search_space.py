@@ -12,8 +12,9 @@ from ray import tune
 from conftest import REPO, SYNTHETIC_CLASSES, run_cli, write_class_files
 from quickdraw.cli import build_parser, main, search_config
 from quickdraw.config import SearchConfig
-from quickdraw.search import param_space
-from quickdraw.space import Dimension, load_space, parse_space, space_of_record
+from quickdraw.search_record import config_json, config_of_json
+from quickdraw.space import Dimension, load_space, parse_space
+from quickdraw.tuner import param_space
 
 EXAMPLE = REPO / "spaces" / "example.yaml"
 
@@ -40,8 +41,8 @@ def test_yaml_and_json_mean_the_same_and_yaml_s_1e_4_is_a_number(tmp_path):
 def test_a_space_round_trips_through_search_json():
     space = load_space(EXAMPLE)
     assert parse_space({d.name: d.as_spec() for d in space}, "x") == space
-    legacy = {"config": {"models": ["seed"], "lrs": [0.01, 0.001], "batch_sizes": [32], "dropout": 0.5}}
-    assert [d.name for d in space_of_record(legacy) if d.searched] == ["lr"]
+    config = flags_config("--search", "optuna", "--space", EXAMPLE, "--models", "seed,vgg-bn", "--epochs", "3")
+    assert config_of_json(config_json(config)) == config
 
 
 def flags_config(*argv) -> SearchConfig:
@@ -51,7 +52,7 @@ def flags_config(*argv) -> SearchConfig:
 
 def test_flags_make_the_seed_grid_and_the_file_replaces_only_what_it_names():
     default = flags_config()
-    assert default.num_trials == 15 and [d.name for d in default.dimensions if d.searched] == ["lr", "batch_size"]
+    assert default.num_trials == 15 and [d.name for d in default.space if d.searched] == ["lr", "batch_size"]
     space = param_space(default)
     assert space["lr"] == tune.grid_search([0.01, 0.001, 0.0001]) and space["model"] == "seed"
     assert space["dropout"] == 0.5 and space["weight_decay"] == 0.0
@@ -85,15 +86,15 @@ BAD_SPACES = [  # (file name, its text, what the error line must name)
     ("space.yaml", "dropout: {uniform: [0.3, 0.3]}\n", ["space.yaml", "dropout", "low < high", "dropout: 0.3"]),
     ("space.yaml", "weight_decay: {loguniform: [0, 1e-2]}\n", ["space.yaml", "weight_decay", "low > 0", "uniform"]),
     ("space.yaml", "lr: {loguniform: [-1, 1e-2]}\n", ["space.yaml", "lr", "not a valid lr", "above 0"]),
-    ("space.yaml", "batch_size: [32, 64.5]\n", ["space.yaml", "batch_size", "64.5", "whole numbers"]),
-    ("space.yaml", "batch_size: {choice: [0, 64]}\n", ["space.yaml", "batch_size", "0", "whole numbers"]),
+    ("space.yaml", "batch_size: [32, 64.5]\n", ["space.yaml", "batch_size", "64.5", "whole number"]),
+    ("space.yaml", "batch_size: {choice: [0, 64]}\n", ["space.yaml", "batch_size", "0", "whole number"]),
     ("space.yaml", "batch_size: {loguniform: [16, 512]}\n", ["space.yaml", "batch_size", "lograndint"]),
     ("space.yaml", "lr: {choice: []}\n", ["space.yaml", "lr", "empty", "lr: {loguniform"]),
     ("space.yaml", "lr: []\n", ["space.yaml", "lr", "empty"]),
     ("space.yaml", "model: [seed, resnet]\n", ["space.yaml", "model", "'resnet'", "vgg-bn"]),
     ("space.yaml", "dropout: {uniform: [0.1]}\n", ["space.yaml", "dropout", "[low, high]"]),
     ("space.yaml", "lr: {uniform: [0.001, 0.01], choice: [0.1]}\n", ["space.yaml", "lr", "unknown distribution"]),
-    ("space.yaml", "dropout: 1.5\n", ["space.yaml", "dropout", "1.5", "up to (not including) 1"]),
+    ("space.yaml", "dropout: 1.5\n", ["space.yaml", "dropout", "1.5", "up to, not including, 1"]),
 ]
 
 

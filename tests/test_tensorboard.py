@@ -18,7 +18,9 @@ from playwright.sync_api import expect
 
 from conftest import SYNTHETIC_CLASSES, run_cli, write_class_files
 from experiment_checks import results, trial_dirs
-from quickdraw.trainable import HPARAM_METRICS, SCALAR_TAGS
+from quickdraw.trainable import EPOCH_SCALARS, HPARAM_METRICS
+
+SCALAR_TAGS = {metric.tag: metric.key for metric in EPOCH_SCALARS}
 from ray_cluster import free_port
 
 LRS, BATCH_SIZES, EPOCHS = (0.01, 0.001), (32, 64), 2
@@ -109,7 +111,7 @@ def test_hparams_lists_every_trial_with_its_settings_and_accuracies(experiment, 
     assert all(h["type"] == "DATA_TYPE_STRING" for h in declared.values())
     assert sorted(declared["lr"]["domainDiscrete"]) == sorted(f"{lr:g}" for lr in LRS)
     assert sorted(declared["batch_size"]["domainDiscrete"]) == sorted(str(b) for b in BATCH_SIZES)
-    assert {m["name"]["tag"] for m in info["metricInfos"]} == set(HPARAM_METRICS)
+    assert {m["name"]["tag"] for m in info["metricInfos"]} == {metric.tag for metric in HPARAM_METRICS}
     groups = post(tensorboard, "/data/plugin/hparams/session_groups", {
         "experimentName": "", "startIndex": 0, "sliceSize": 100, "colParams": [],
         "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"],
@@ -162,7 +164,7 @@ def test_hparams_table_in_the_browser_shows_values_as_written(experiment, tensor
     grid = page.locator("vaadin-grid#sessionGroupsTable")  # the table view, the dashboard's first
     page.wait_for_function(f"grid => ({TABLE_ROWS})(grid).length > {len(trials)}", arg=grid.element_handle())
     header, *rows = grid.evaluate(TABLE_ROWS)
-    assert header[0] == "Trial ID" and {"lr", "batch_size", *HPARAM_METRICS} <= set(header)
+    assert header[0] == "Trial ID" and {"lr", "batch_size", *(metric.tag for metric in HPARAM_METRICS)} <= set(header)
     table = [dict(zip(header, row)) for row in rows]
     by_label = {trial_label(experiment, name): trial for name, trial in trials.items()}
     assert sorted(row["Trial ID"] for row in table) == sorted(by_label)  # one row per trial

@@ -18,11 +18,14 @@ from PIL import Image
 
 from experiment_checks import check_ranking, ranked_rows
 from quickdraw import importance
-from quickdraw.experiment import load_trials, search_space
+from quickdraw.config import SearchConfig
+from quickdraw.experiment import load_trials, space_of
 from quickdraw.figures import validation_curves_figure
 from quickdraw.report import write_report
-from quickdraw.report_page import curve_lines
-from quickdraw.space import parse_space
+from quickdraw.report_sections import curve_lines
+from quickdraw.provenance import run_record
+from quickdraw.search_record import SearchRecord
+from quickdraw.space import merge, parse_space
 from quickdraw.storage import Location
 
 # A random search in which validation accuracy depends on the learning rate alone (best near 3e-3, worse on a log
@@ -48,12 +51,12 @@ def random_trials(count: int = TRIALS, seed: int = 0) -> list[dict]:
     return trials
 
 
-def write_experiment(folder: Path, trials: list[dict], record: dict | None) -> Location:
+def write_experiment(folder: Path, trials: list[dict], record: SearchRecord | None) -> Location:
     """An experiment folder as a search leaves it: search.json (`record`; none when None), Tune's experiment state,
     and each trial's params.json and result.json (a line per epoch; validation accuracy rising to `accuracy`)."""
     folder.mkdir(parents=True)
     if record is not None:
-        (folder / "search.json").write_text(json.dumps(record))
+        record.write(Location.parse(str(folder)))
     entries = []
     for n, trial in enumerate(trials):
         trial_id, config = f"abc_{n:05d}", {**trial["config"], "epochs": EPOCHS, "seed": 0}
@@ -75,9 +78,10 @@ def write_experiment(folder: Path, trials: list[dict], record: dict | None) -> L
     return Location.parse(str(folder))
 
 
-def random_record(space: dict = RANDOM_SPACE, search: str = "random") -> dict:
-    return {"config": {"search": search, "num_samples": TRIALS, "epochs": EPOCHS}, "dataset": "/nowhere",
-            "space": space}
+def random_record(space: dict = RANDOM_SPACE, search: str = "random") -> SearchRecord:
+    config = SearchConfig(space=merge(parse_space(space, "test")), search=search,
+                          num_samples=TRIALS if search != "grid" else None, epochs=EPOCHS)
+    return SearchRecord(config, "/nowhere", {"cpu": 1.0, "gpu": 0}, run_record({"CPU": 2.0}, 1))
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -150,7 +154,7 @@ def test_the_learning_rate_mattered_most_and_the_numbers_are_optunas(random_sear
 
 def test_the_importance_is_exactly_optunas_on_the_report_table(random_search):
     trials, _ = load_trials(random_search)
-    search, space = search_space(random_search, trials)
+    search, space = space_of(random_search, trials)
     assert search == "random" and [d.name for d in space if d.searched] == ["lr", "batch_size", "dropout"]
     study = importance.study(trials, space)
     assert len(study.trials) == TRIALS
@@ -195,19 +199,16 @@ def random_table() -> pd.DataFrame:
 
 
 def grid_trials(dropouts=(0.5,)) -> list[dict]:
-    return [{"config": {"model": "seed", "lr": lr, "batch_size": batch_size, "dropout": dropout},
+    return [{"config": {"model": "seed", "lr": lr, "batch_size": batch_size, "dropout": dropout, "weight_decay": 0.0},
              "accuracy": (0.9 if lr == 0.01 else 0.8) - batch_size / 10_000}  # mostly the learning rate
             for lr in (0.01, 0.001) for batch_size in (32, 64) for dropout in dropouts]
 
 
-def old_grid_record(dropout=0.5) -> dict:
-    """search.json as searches wrote it before spaces: the grid flags, no "space", no "search"."""
-    return {"config": {"lrs": [0.01, 0.001], "batch_sizes": [32, 64], "models": ["seed"], "dropout": dropout},
-            "dataset": "/nowhere"}
+GRID_SPACE = {"lr": [0.01, 0.001], "batch_size": [32, 64]}
 
 
 def test_a_grid_keeps_its_heatmap_and_gets_what_mattered(tmp_path):
-    experiment = write_experiment(tmp_path / "grid", grid_trials(), old_grid_record())
+    experiment = write_experiment(tmp_path / "grid", grid_trials(), random_record(GRID_SPACE, "grid"))
     summary = write_report(experiment)
     assert summary.search == "grid"
     assert [d.as_spec() for d in summary.space] == ["seed", [0.01, 0.001], [32, 64], 0.5, 0.0]
@@ -240,7 +241,7 @@ def test_one_trial_is_too_few_to_say_what_mattered(tmp_path):
     assert summary["importance_method"] == ("not computed: 1 trial finished or was stopped by ASHA with a validation "
                                             "result; comparing hyperparameters takes 2 or more")
     (trial,) = random_trials(1)
-    assert {p.name for p in (tmp_path / "one" / "report").iterdir()} == {f"curves_lr={trial['config']['lr']:g}.png"}
+    assert {p.name for p in (tmp_path / "one" / "report").iterdir()} == {f"curves_lr={trial['config']['lr']:.4g}.png"}
     page = (tmp_path / "one" / "report.html").read_text()
     assert "Not shown: the hyperparameter importance, parallel coordinates and scatters: 1 trial finished" in page
 
@@ -248,10 +249,10 @@ def test_one_trial_is_too_few_to_say_what_mattered(tmp_path):
 def test_without_search_json_the_report_uses_the_values_the_trials_took(tmp_path):
     experiment = write_experiment(tmp_path / "bare", grid_trials(), None)
     trials, _ = load_trials(experiment)
-    search, space = search_space(experiment, trials)
+    search, space = space_of(experiment, trials)
     assert search == "grid"
     assert [d.as_spec() for d in space] == ["seed", [0.001, 0.01], [32, 64], 0.5, 0.0]
-    assert importance.evaluate(trials, space).shares
+    assert importance.assess(trials, space).shares
 
 
 def test_the_curves_of_many_trials_name_the_best_eight(random_search):
@@ -261,7 +262,7 @@ def test_the_curves_of_many_trials_name_the_best_eight(random_search):
     assert len(others) == TRIALS - 8
     first = trials.iloc[0]
     status = "" if first.status == "finished" else f" ({first.status})"
-    assert list(named)[0] == f"#1 lr {first.lr:.3g} batch {first.batch_size} dropout {first.dropout:.3g}{status}"
+    assert list(named)[0] == f"#1 lr {first.lr:.4g} batch {first.batch_size} dropout {first.dropout:.4g}{status}"
     figure = validation_curves_figure("Every trial", named, others)
     legend = [text.get_text() for text in figure.legends[0].get_texts()]
     assert legend == [*named, f"{TRIALS - 8} other trials"]

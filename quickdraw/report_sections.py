@@ -1,6 +1,7 @@
-"""The report beside summary.md: figures as PNGs in report/, and report.html, one self-contained page
-holding the table and every figure (embedded, so it works downloaded from object storage too): what mattered
-(quickdraw.importance), the test-accuracy heatmap of a grid, the validation curves and the best trial's figures.
+"""The report's sections and their figures, from an experiment's results: what mattered (quickdraw.importance), the
+test-accuracy heatmap of a grid, the validation curves and the best trial's figures; written as PNGs in report/ and
+laid out in report.html by quickdraw.report_html (one self-contained page, figures embedded, so that it works
+downloaded from object storage too).
 
 A figure whose input is missing (no finished trial, no test_predictions.npz, no stored split) is left
 out, and the page says why; the rest of the report is written all the same."""
@@ -14,12 +15,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from quickdraw import figures, html_page, importance
+from quickdraw import figures, importance, report_html
+from quickdraw.catalogue import HYPERPARAMETER
 from quickdraw.dataset import Split, load_split
 from quickdraw.errors import UserError
-from quickdraw.experiment import PREDICTIONS_FILE, SEARCH_FILE, read_search, split_location, what_ran
+from quickdraw.experiment import PREDICTIONS_FILE, split_location, what_ran
+from quickdraw.search_record import SEARCH_FILE, SearchRecord
 from quickdraw.storage import Location, first_line
-from quickdraw.summary import LABELS, Summary, best_trial, describe, tie_sentence
+from quickdraw.summary import Summary, best_trial, describe, tie_sentence
 
 REPORT_DIR = "report"
 PAGE_FILE = "report.html"
@@ -28,6 +31,7 @@ CURVE_FIGURES = 6  # at most this many learning rates get a curves figure each; 
 NAMED_CURVES = 8  # the best ranked trials named in a curves figure's legend; the others are drawn grey
 CURVE_STYLE = "validation solid, training dashed"
 GRID_CELL = ["model", "lr", "batch_size"]  # a heatmap cell
+LR = HYPERPARAMETER["lr"]
 SAMPLERS = {"random": "a random search", "optuna": "an Optuna search"}  # searches that draw their trials
 
 
@@ -69,8 +73,9 @@ def write_page(experiment: Location, summary: Summary, histories: dict[str, pd.D
     for old in folder.children():
         if old.name.endswith(".png") and f"{REPORT_DIR}/{old.name}" not in written:
             old.delete()  # an earlier report's figure whose input is gone
-    (experiment / PAGE_FILE).write_text(html_page.render(experiment.name, summary, sections, search_record(experiment),
-                                                         experiment.uri, what_ran(histories)))
+    (experiment / PAGE_FILE).write_text(report_html.render(experiment.name, summary, sections,
+                                                           search_record(experiment), experiment.uri,
+                                                           what_ran(histories)))
     return written
 
 
@@ -93,7 +98,7 @@ def what_mattered_section(summary: Summary) -> Section:
                 "Parallel coordinates: every trial as a line through its hyperparameters, coloured by its validation "
                 "accuracy")
     for dimension in importance.assessed_dimensions(table, space):
-        label = LABELS[dimension.name].lower()
+        label = dimension.hyperparameter.label.lower()
         section.add(f"scatter_{dimension.name}.png", importance.scatter_figure(table, space, dimension.name),
                     f"Scatter plot: validation accuracy of each trial against its {label}")
     return section
@@ -110,7 +115,7 @@ def heatmap_section(summary: Summary) -> Section:
                                "instead of filling a grid of learning rate and batch size (What mattered compares them)")
         return section
     if trials.duplicated(GRID_CELL).any():
-        others = [LABELS[name].lower() for name in summary.shown if name not in GRID_CELL]
+        others = [HYPERPARAMETER[name].label.lower() for name in summary.shown if name not in GRID_CELL]
         section.skipped.append("the heatmap: trials share a cell of model, learning rate and batch size, differing "
                                f"in {' and '.join(others) or 'nothing searched'} (What mattered compares them)")
         return section
@@ -160,7 +165,7 @@ def grid_cell(trials: pd.DataFrame, index) -> tuple[int, int] | None:
 def row_labels(trials: pd.DataFrame) -> list[str]:
     """The heatmap's rows: learning rates, with the model's name when the grid had more than one."""
     several = trials.model.nunique() > 1
-    return [f"{model} {lr:g}" if several else f"{lr:g}" for model, lr in grid_rows(trials)]
+    return [f"{model} {LR.text(lr)}" if several else LR.text(lr) for model, lr in grid_rows(trials)]
 
 
 def untested_note(trial) -> str:
@@ -186,11 +191,12 @@ def curves_section(summary: Summary, histories: dict[str, pd.DataFrame]) -> Sect
     others = [name for name in shown if name != "lr"] or ["batch_size"]
     for lr in sorted(trials.lr.unique(), reverse=True):
         if lines := curve_lines(trials[trials.lr == lr], histories, others):
-            section.add(f"curves_lr={lr:g}.png", figures.validation_curves_figure(f"Learning rate {lr:g}", *lines),
+            section.add(f"curves_lr={LR.text(lr)}.png",
+                        figures.validation_curves_figure(f"Learning rate {LR.text(lr)}", *lines),
                         f"Line charts: validation and training accuracy and loss per epoch of the trials with learning "
-                        f"rate {lr:g}")
+                        f"rate {LR.text(lr)}")
         else:
-            section.skipped.append(f"the curves of learning rate {lr:g}: none of its trials reported an epoch")
+            section.skipped.append(f"the curves of learning rate {LR.text(lr)}: none of its trials reported an epoch")
     return section
 
 
@@ -198,7 +204,7 @@ def curve_lines(trials: pd.DataFrame, histories: dict[str, pd.DataFrame], names)
     """The per-epoch results of the trials that reported any, in rank order: the first NAMED_CURVES by legend label
     (rank and the hyperparameters `names`), the rest in a list; None when no trial reported."""
     curves = []
-    for row in trials.itertuples():
+    for _, row in trials.iterrows():
         history = histories.get(row.trial_dir)
         if history is not None and {"epoch", "val_accuracy", "val_loss"} <= set(history.columns):
             # A trial restarted from a checkpoint reports the epochs after it again: keep the last.
@@ -209,11 +215,12 @@ def curve_lines(trials: pd.DataFrame, histories: dict[str, pd.DataFrame], names)
 
 
 def curve_label(row, names) -> str:
-    """`#rank` and the trial's hyperparameters `names`, briefly, and its status unless it finished."""
-    words = {"model": f"{row.model}", "lr": f"lr {row.lr:.3g}", "batch_size": f"batch {row.batch_size}",
-             "dropout": f"dropout {row.dropout:.3g}", "weight_decay": f"wd {row.weight_decay:.3g}"}
+    """`#rank` and the trial's hyperparameters `names`, briefly (the model by its name alone), and its status unless
+    it finished: "#3 vgg-bn lr 0.001 batch 64"."""
+    words = [row.model if name == "model" else f"{HYPERPARAMETER[name].short} {HYPERPARAMETER[name].text(row[name])}"
+             for name in names]
     status = "" if row.status == "finished" else f" ({row.status})"
-    return " ".join([f"#{row.rank}"] + [words[name] for name in names]) + status
+    return " ".join([f"#{row['rank']}", *words]) + status
 
 
 def best_trial_sections(experiment: Location, summary: Summary) -> list[Section]:
@@ -268,11 +275,11 @@ def best_trial_predictions(experiment: Location, trials: pd.DataFrame, shown=())
     return best, split, probabilities
 
 
-def search_record(experiment: Location) -> dict | None:
+def search_record(experiment: Location) -> SearchRecord | None:
     """search.json, for the page's settings; None when it cannot be read (the page says so)."""
     try:
-        return read_search(experiment)
-    except (OSError, ValueError):
+        return SearchRecord.read(experiment)
+    except (OSError, UserError):
         return None
 
 

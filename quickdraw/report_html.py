@@ -1,7 +1,7 @@
-"""report.html as a person reads it, on a phone or a desktop: one self-contained file (figures embedded, a few lines
-of inline script to sort the trial table), with what was run, the ranked trials (the chosen one marked, numbers
-formatted as the summary writes them), links to the rest of the experiment, and the report's figures. The sections
-and their figures come from quickdraw.report_page; this module only lays them out."""
+"""report.html's HTML, as a person reads it on a phone or a desktop: one self-contained file (figures embedded, a few
+lines of inline script to sort the trial table), with what was run, the ranked trials (the chosen one marked, values
+written as the catalogue writes them), links to the rest of the experiment, and the report's sections. The sections
+and their figures come from quickdraw.report_sections; this module only lays them out."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import math
 import struct
 from html import escape
 
-from quickdraw.summary import (CHOICE, LABELS, TIE_BREAK, Summary, best_per_model, best_sentence, best_trial,
+from quickdraw.catalogue import BEST_VAL_ACCURACY, EPOCH, HYPERPARAMETER, TEST_ACCURACY
+from quickdraw.search_record import SearchRecord
+from quickdraw.summary import (CHOICE, EPOCHS, MEASURES, TIE_BREAK, Summary, best_per_model, best_sentence, best_trial,
                                same_for_every_trial, tie_sentence)
 
 MIN_SCALE = 0.7  # a figure is never shown narrower than this share of its pixels: a phone scrolls it sideways
@@ -48,33 +50,20 @@ document.querySelectorAll("table.sortable th button").forEach((button) => button
   body.append(...[...body.rows].sort((a, b) => compare(value(a), value(b))));
 }));
 """
-# The trial table's columns beyond the hyperparameters: header, how a value reads, and what it means.
-MEASURES = {
-    "epochs": ("Epochs", "{:d}", "epochs the trial ran"),
-    "best_val_accuracy": ("Validation accuracy", "{:.2f}%",
-                          "validation accuracy at the epoch of the lowest validation loss, whose weights are tested: "
-                          "what chooses the best trial"),
-    "test_accuracy": ("Test accuracy", "{:.2f}%",
-                      "accuracy on the test drawings of the weights with the lowest validation loss; reported only, "
-                      "never used to choose"),
-    "best_val_loss": ("Validation loss", "{:.4f}", "the lowest validation loss over the trial's epochs; breaks ties"),
-    "train_seconds": ("Training time", "{:.1f} s", "seconds spent in the training passes over the training drawings; "
-                      "Ray's time_total_s (in result.json) also counts validation, testing, checkpoints and start-up"),
-    "status": ("Status", "{}", "finished (tested), stopped (by ASHA), error, or unfinished (its driver stopped)"),
-}
-HYPERPARAMETER_FORMS = {"model": "{}", "lr": "{:.4g}", "batch_size": "{:d}", "dropout": "{:.3g}",
-                        "weight_decay": "{:.3g}"}
+STATUS_MEANING = "finished (tested), stopped (by ASHA), error, or unfinished (its driver stopped)"
+RANK_MEANING = "by validation accuracy, then validation loss, then the trial that started first"
 LINKS = {"summary.csv": "the table as CSV", "summary.json": "the table and what mattered as JSON",
          "summary.md": "the summary as Markdown", "best_model/config.json": "the chosen trial's model (best_model/)"}
 
 
-def render(title: str, summary: Summary, sections, record: dict | None, location: str, ran: dict[str, int]) -> str:
-    """The whole page. `sections` are quickdraw.report_page's; `record` is search.json (None when unreadable),
+def render(title: str, summary: Summary, sections, record: SearchRecord | None, location: str,
+           ran: dict[str, int]) -> str:
+    """The whole page. `sections` are quickdraw.report_sections'; `record` is search.json's (None when unreadable),
     `location` the experiment's path or URI, for the TensorBoard command, and `ran` how many trials ran in which
     precision on which device (quickdraw.experiment.what_ran)."""
     body = [f"<h1>Experiment {escape(title)}</h1>", f"<p>{escape(overview(summary))}</p>",
             "<h2>What was run</h2>", run_settings(record, location, ran),
-            "<h2>Every trial, ranked by validation accuracy</h2>", trial_table(summary), table_notes(summary)]
+            "<h2>Every trial, ranked by validation accuracy</h2>", ranked_table(summary), table_notes(summary)]
     for section in sections:
         body.append(f"<h2>{escape(section.heading)}</h2>")
         if section.figures:
@@ -99,11 +88,11 @@ def overview(summary: Summary) -> str:
     return text
 
 
-def run_settings(record: dict | None, location: str, ran: dict[str, int]) -> str:
+def run_settings(record: SearchRecord | None, location: str, ran: dict[str, int]) -> str:
     """What was run, as a list of terms, then how to open its TensorBoard and links to the other files."""
     items = settings_items(record) if record else {"Settings": "search.json cannot be read"}
     items["Ran in"] = escape("; ".join(f"{how} ({count} trial{'s' if count != 1 else ''})" for how, count in ran.items())
-                             or "not recorded (trials from before it was)")
+                             or "no trial reported an epoch")
     items["TensorBoard"] = f"<code>tensorboard --logdir {escape(location)}</code>"
     items["Files"] = ", ".join(f'<a href="{escape(path)}">{escape(path)}</a> ({escape(what)})'
                                for path, what in LINKS.items())
@@ -111,41 +100,36 @@ def run_settings(record: dict | None, location: str, ran: dict[str, int]) -> str
         + "</dl>"
 
 
-def settings_items(record: dict) -> dict[str, str]:
-    """search.json's config and run (escaped HTML by term); what an older search.json lacks is left out."""
-    config, run = record.get("config", {}), record.get("run", {})
-    data = config.get("data", {})
-    items = {}
-    if data:
-        split = data.get("split", {})
-        items["Classes"] = escape(f"{len(data['classes'])}: {', '.join(data['classes'])}")
-        items["Split"] = escape(f"{split.get('train', 0):,} training, {split.get('validation', 0):,} validation, "
-                                f"{split.get('test', 0):,} test drawings (seed {data.get('seed', 0)})")
-    items["Training"] = escape(f"{config.get('epochs')} epochs, --precision {config.get('precision', 'auto')}"
-                               + (", compiled" if config.get("compile") else ""))
-    items["Search"] = escape(search_words(config))
-    if resources := record.get("resources"):
-        items["Each trial"] = escape(f"{resources.get('cpu', 0):g} CPU, {resources.get('gpu', 0):g} GPU")
-    if run:
-        items["Command"] = f"<code>{escape(run.get('command', ''))}</code>"
-        items["Started"] = escape(run.get("started", ""))
-        items["Code"] = escape(f"git commit {run['git_commit']}" if run.get("git_commit") else "not a git checkout")
-        items["Packages"] = escape(", ".join(f"{name} {version}" for name, version in run.get("packages", {}).items()
-                                             if version))
-        items["Hardware"] = escape(hardware_words(run.get("hardware", {})))
+def settings_items(record: SearchRecord) -> dict[str, str]:
+    """search.json's settings and run, as escaped HTML by term."""
+    config, run, data = record.config, record.run, record.config.data
+    split = data.split
+    items = {
+        "Classes": escape(f"{len(data.classes)}: {', '.join(data.classes)}"),
+        "Split": escape(f"{split.train:,} training, {split.validation:,} validation, {split.test:,} test drawings "
+                        f"(seed {data.seed})"),
+        "Training": escape(f"{config.epochs} epochs, --precision {config.precision}"
+                           + (", compiled" if config.compile else "")),
+        "Search": escape(search_words(record)),
+        "Each trial": escape(f"{record.resources.get('cpu', 0):g} CPU, {record.resources.get('gpu', 0):g} GPU"),
+        "Command": f"<code>{escape(run['command'])}</code>",
+        "Started": escape(run["started"]),
+        "Code": escape(f"git commit {run['git_commit']}" if run["git_commit"] else "not a git checkout"),
+        "Packages": escape(", ".join(f"{name} {version}" for name, version in run["packages"].items() if version)),
+        "Hardware": escape(hardware_words(run["hardware"])),
+    }
     return items
 
 
-def search_words(config: dict) -> str:
-    search = config.get("search", "grid")
-    words = "a grid" if search == "grid" else f"{search}, {config.get('num_samples')} trials"
-    if config.get("space_file"):
-        words += f" over the space in {config['space_file']}"
-    if config.get("max_concurrent_trials"):
-        words += f", at most {config['max_concurrent_trials']} at once"
-    if config.get("scheduler") == "asha":
-        words += (f"; ASHA stopping trials (grace period {config.get('grace_period') or 'default'}, reduction "
-                  f"factor {config.get('reduction_factor') or 'default'})")
+def search_words(record: SearchRecord) -> str:
+    config = record.config
+    words = "a grid" if config.search == "grid" else f"{config.search}, {config.num_samples} trials"
+    if config.space_file:
+        words += f" over the space in {config.space_file}"
+    if config.max_concurrent_trials:
+        words += f", at most {config.max_concurrent_trials} at once"
+    if config.scheduler == "asha":
+        words += f"; ASHA stopping trials (grace period {config.grace_period}, reduction factor {config.reduction_factor:g})"
     return words
 
 
@@ -158,12 +142,13 @@ def hardware_words(hardware: dict) -> str:
             f"driver on {hardware.get('driver', '?')}")
 
 
-def trial_table(summary: Summary) -> str:
+def ranked_table(summary: Summary) -> str:
     """Every trial, ranked, with the hyperparameters that tell trials apart; the chosen trial's row marked.
     Each cell keeps its number in data-value, so that the script sorts by it."""
     table, shown = summary.table, summary.shown
     # The accuracies next to the rank: on a phone they are what shows before the table scrolls.
-    columns = ["rank", "best_val_accuracy", "test_accuracy", *shown, *(name for name in MEASURES if "accuracy" not in name)]
+    columns = ["rank", BEST_VAL_ACCURACY.key, TEST_ACCURACY.key, *shown, EPOCHS,
+               *(m.key for m in MEASURES if m not in (BEST_VAL_ACCURACY, TEST_ACCURACY)), "status"]
     chosen = best_trial(table)
     header = "".join(header_cell(column) for column in columns)
     rows = []
@@ -174,13 +159,16 @@ def trial_table(summary: Summary) -> str:
             f'<tbody>{"".join(rows)}</tbody></table></div>')
 
 
+MEASURE = {m.key: m for m in MEASURES} | {EPOCHS: EPOCH}
+
+
 def header_cell(column: str) -> str:
-    if column in MEASURES:
-        words, _, meaning = MEASURES[column]
-    elif column == "rank":
-        words, meaning = "Rank", "by validation accuracy, then validation loss, then the trial that started first"
+    if column in MEASURE:
+        words, meaning = MEASURE[column].label, MEASURE[column].meaning
+    elif column in HYPERPARAMETER:
+        words, meaning = HYPERPARAMETER[column].label, HYPERPARAMETER[column].meaning
     else:
-        words, meaning = LABELS[column], "a hyperparameter"
+        words, meaning = column.capitalize(), {"rank": RANK_MEANING, "status": STATUS_MEANING}[column]
     kind = "text" if column in ("model", "status") else "number"
     return f'<th class="{kind}" title="{escape(meaning)}"><button type="button">{escape(words)}</button></th>'
 
@@ -191,9 +179,12 @@ def cell(column: str, value, chosen: bool) -> str:
         return f'<td data-value="{value}">{value}{badge}</td>'
     if isinstance(value, float) and math.isnan(value):
         return '<td data-value=""></td>'
-    form = HYPERPARAMETER_FORMS.get(column) or MEASURES[column][1]
+    if column in HYPERPARAMETER:
+        text = HYPERPARAMETER[column].text(value)
+    else:
+        text = MEASURE[column].form.format(value) if column in MEASURE else str(value)
     kind = ' class="text"' if column in ("model", "status") else ""
-    return f'<td{kind} data-value="{escape(str(value))}">{escape(form.format(value))}</td>'
+    return f'<td{kind} data-value="{escape(str(value))}">{escape(text)}</td>'
 
 
 def table_notes(summary: Summary) -> str:

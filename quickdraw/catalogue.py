@@ -99,6 +99,12 @@ HYPERPARAMETERS = (  # in the order of every table
         short="wd",
         meaning="AdamW's decoupled weight decay; 0 trains as Adam does", kind=float, default=(0.0,),
         valid=lambda x: x >= 0, allowed="a number of 0 or more", example="{loguniform: [1.0e-6, 1.0e-2]}"),
+    Hyperparameter(
+        name="label_smoothing", flag="--label-smoothing", metavar="EPS", many=False, label="Label smoothing",
+        phrase="label smoothing", short="ls",
+        meaning="the training loss's label smoothing (torch's cross-entropy); 0 trains on the labels as they are",
+        kind=float, default=(0.0,), valid=lambda x: 0 <= x < 1, allowed="a number from 0 up to, not including, 1",
+        example="{uniform: [0.0, 0.2]}"),
 )
 HYPERPARAMETER = {hyperparameter.name: hyperparameter for hyperparameter in HYPERPARAMETERS}
 

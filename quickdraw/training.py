@@ -39,6 +39,7 @@ class Hyperparameters:
     dropout: float
     epochs: int
     weight_decay: float = 0.0  # AdamW's decoupled weight decay; at 0 AdamW takes exactly Adam's steps
+    label_smoothing: float = 0.0  # of the training loss; validation and test losses stay plain cross-entropy
 
     @classmethod
     def of(cls, config: dict) -> Hyperparameters:
@@ -73,6 +74,7 @@ class Training:
     optimizer: torch.optim.Optimizer
     augmentation: Augmentation | None = None
     schedule: torch.optim.lr_scheduler.LRScheduler | None = None
+    label_smoothing: float = 0.0  # the cross-entropy's: each target puts this share of its weight evenly on every class
 
 
 class Trainer:
@@ -87,7 +89,7 @@ class Trainer:
                                       weight_decay=hyperparameters.weight_decay)
         trained = compute.epoch_size(train_size, hyperparameters.batch_size)  # all, or whole batches when compiled
         schedule = one_cycle(optimizer, hyperparameters, trained) if recipe.one_cycle else None
-        self.training = Training(optimizer, recipe.augmentation, schedule)
+        self.training = Training(optimizer, recipe.augmentation, schedule, hyperparameters.label_smoothing)
         self.progress = Progress(best_weights=copy.deepcopy(self.model.state_dict()))
 
     @property
@@ -210,7 +212,7 @@ def train_epoch(network, training: Training, drawings, labels, batch_size: int, 
             inputs = training.augmentation(inputs)
         with compute.autocast():
             logits = network(inputs)
-        loss = F.cross_entropy(logits.float(), labels[batch])
+        loss = F.cross_entropy(logits.float(), labels[batch], label_smoothing=training.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -190,7 +190,7 @@ def test_the_best_of_each_model_is_chosen_on_validation_too():
 def test_the_table_ranks_every_trial_by_validation_accuracy():
     """Highest validation accuracy first, ties to the lower validation loss, then to the earlier trial; trials
     without a validation result last. The best trial is the first that finished, not merely the first row."""
-    config = {"model": "seed", "batch_size": 32, "dropout": 0.5, "weight_decay": 0.0}
+    config = {"model": "seed", "batch_size": 32, "dropout": 0.5, "weight_decay": 0.0, "label_smoothing": 0.0}
     results = [  # trial id, lr, Tune's status, last result
         ("a_00000", 0.1, "TERMINATED", {"epoch": 2, "best_val_accuracy": 0.90, "best_val_loss": 0.3}),  # ASHA
         ("a_00001", 0.01, "TERMINATED", {"epoch": 4, "best_val_accuracy": 0.80, "best_val_loss": 0.4,

@@ -129,3 +129,21 @@ def test_weight_decay_0_is_the_seed_s_adam_bit_for_bit_and_decay_shrinks_the_wei
     assert torch.equal(trained_weights(plain), adam)
     decayed = trained_weights(dataclasses.replace(plain, weight_decay=0.5))
     assert decayed.norm() < adam.norm()
+
+
+def training_loss(hyperparameters: Hyperparameters) -> float:
+    torch.manual_seed(0)
+    trainer = Trainer(MODELS["seed"], 3, hyperparameters, 120, Compute(CPU))
+    torch.manual_seed(1)
+    metrics, _ = trainer.run_epoch({"train": synthetic_tensors(40, seed=0), "validation": synthetic_tensors(10, seed=1)})
+    return metrics["train_loss"]
+
+
+def test_label_smoothing_0_is_the_seed_s_cross_entropy_bit_for_bit_and_smoothing_changes_the_training():
+    plain = Hyperparameters(lr=1e-3, batch_size=16, dropout=0.5, epochs=1)  # label_smoothing's default: 0
+    assert torch.equal(trained_weights(dataclasses.replace(plain, label_smoothing=0.0)), trained_weights(plain))
+    smoothed = dataclasses.replace(plain, label_smoothing=0.2)
+    assert not torch.equal(trained_weights(smoothed), trained_weights(plain))
+    # A smoothed target is never met exactly: once the network learns, its training loss stays well above the plain.
+    fast = dataclasses.replace(plain, lr=1e-2)
+    assert training_loss(dataclasses.replace(fast, label_smoothing=0.2)) > training_loss(fast) + 0.1

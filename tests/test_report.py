@@ -29,7 +29,7 @@ WHAT_MATTERED = {"hyperparameter_importance.png", "parallel_coordinates.png", "s
                  "scatter_batch_size.png"}
 FIGURES = {"test_accuracy_heatmap.png", "per_class_accuracy.png", "confusion_matrix.png", "test_probabilities.png",
            *(f"curves_lr={lr:g}.png" for lr in LRS), *WHAT_MATTERED}
-COLUMNS = ["rank", "model", "lr", "batch_size", "dropout", "weight_decay", "epochs", "best_val_loss",
+COLUMNS = ["rank", "model", "lr", "batch_size", "dropout", "weight_decay", "label_smoothing", "epochs", "best_val_loss",
            "best_val_accuracy", "test_accuracy", "train_seconds", "status", "best"]
 PAGE_HEADERS = ["Rank", "Validation accuracy", "Test accuracy", "Learning rate", "Batch size", "Epochs",
                 "Validation loss", "Training time", "Status"]  # report.html's table: searched hyperparameters only
@@ -238,7 +238,7 @@ def check_export(fmt: str, text: str, experiment: Path) -> None:
         rows = ranked_rows(text)
         assert [list(row) for row in rows] == [["Rank", "Learning rate", "Batch size", "Validation accuracy",
                                                 "Test accuracy"]] * len(LRS) * len(BATCH_SIZES)
-        assert "Same for every trial: model seed, dropout 0.5, weight decay 0." in text
+        assert "Same for every trial: model seed, dropout 0.5, weight decay 0, label smoothing 0." in text
         assert (experiment / "summary.md").read_text().startswith(text)
 
 

@@ -29,6 +29,7 @@ lr: {loguniform: [1.0e-4, 1.0e-1]}
 batch_size: {lograndint: [16, 64]}
 dropout: {uniform: [0.1, 0.6]}
 weight_decay: {loguniform: [1.0e-6, 1.0e-2]}
+label_smoothing: {uniform: [0.0, 0.2]}
 """
 
 
@@ -65,11 +66,12 @@ def test_random_samples_every_trial_within_the_space_and_keeps_batch_size_an_int
     for config in trials:
         assert 1e-4 <= config["lr"] <= 1e-1 and 0.1 <= config["dropout"] <= 0.6
         assert 1e-6 <= config["weight_decay"] <= 1e-2 and config["model"] == "seed"
+        assert 0 <= config["label_smoothing"] <= 0.2
         assert type(config["batch_size"]) is int and 16 <= config["batch_size"] <= 64
     assert len({config["lr"] for config in trials}) == 4  # sampled, not one value repeated
     for folder in trial_folders(random_search):
         assert "batch=" in folder.name and "." not in folder.name.split("batch=")[1].split("_")[0]
-        assert "_dropout=" in folder.name and "_wd=" in folder.name
+        assert "_dropout=" in folder.name and "_wd=" in folder.name and "_ls=" in folder.name
     table = pd.read_csv(random_search / "summary.csv")
     assert table.batch_size.dtype.kind == "i"
     assert sorted(table.batch_size) == sorted(config["batch_size"] for config in trials)
@@ -80,8 +82,8 @@ def test_random_samples_every_trial_within_the_space_and_keeps_batch_size_an_int
 def test_best_model_and_predict_of_a_sampled_search(random_search, tmp_path):
     best = json.loads((random_search / "best_model" / "config.json").read_text())
     params = json.loads((random_search / best["trial"] / "params.json").read_text())
-    assert {key: best[key] for key in ("lr", "batch_size", "dropout", "weight_decay")} == \
-        {key: params[key] for key in ("lr", "batch_size", "dropout", "weight_decay")}
+    names = ("lr", "batch_size", "dropout", "weight_decay", "label_smoothing")
+    assert {key: best[key] for key in names} == {key: params[key] for key in names}
     np.save(tmp_path / "drawings.npy", synthetic_drawings(1, 3))
     result = run_cli("predict", random_search, tmp_path / "drawings.npy", timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -103,7 +105,8 @@ def test_tensorboard_declares_each_searched_hyperparameter_with_its_domain(rando
     for trial, config in zip(trial_folders(random_search), configs(random_search)):
         declared = hparams_declared(trial)
         infos = declared["infos"]
-        assert set(infos) == {"lr", "batch_size", "dropout", "weight_decay"}  # model is fixed: no axis of one value
+        # model is fixed: no axis of one value
+        assert set(infos) == {"lr", "batch_size", "dropout", "weight_decay", "label_smoothing"}
         assert (infos["lr"].domain_interval.min_value, infos["lr"].domain_interval.max_value) == (1e-4, 1e-1)
         assert (infos["batch_size"].domain_interval.min_value, infos["batch_size"].domain_interval.max_value) == (16, 64)
         assert "loguniform" in infos["lr"].description and "lograndint" in infos["batch_size"].description

@@ -55,7 +55,8 @@ def test_flags_make_the_seed_grid_and_the_file_replaces_only_what_it_names():
     assert default.num_trials == 15 and [d.name for d in default.space if d.searched] == ["lr", "batch_size"]
     space = param_space(default)
     assert space["lr"] == tune.grid_search([0.01, 0.001, 0.0001]) and space["model"] == "seed"
-    assert space["dropout"] == 0.5 and space["weight_decay"] == 0.0
+    assert space["dropout"] == 0.5 and space["weight_decay"] == 0.0 and space["label_smoothing"] == 0.0
+    assert param_space(flags_config("--label-smoothing", "0.1"))["label_smoothing"] == 0.1
 
     sampled = flags_config("--search", "optuna", "--space", EXAMPLE, "--models", "seed,vgg-bn")
     assert sampled.num_trials == 15  # --num-samples' default: the seed grid's budget
@@ -136,6 +137,7 @@ def test_bad_space_file(tmp_path, capsys, data, file_name, text, mentions):
     (["--search", "random", "--space", EXAMPLE, "--dropout", "0.2"], ["--dropout", "dropout", "keep one"]),
     (["--search", "bayes"], ["--search", "invalid choice", "optuna"]),
     (["--weight-decay", "-0.1"], ["--weight-decay", "0 or more"]),
+    (["--label-smoothing", "1"], ["--label-smoothing", "up to, not including, 1"]),
 ])
 def test_flags_that_contradict_the_space_or_the_search(tmp_path, capsys, data, flags, mentions):
     try:

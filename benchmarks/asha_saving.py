@@ -26,7 +26,7 @@ from quickdraw.summary import best_trial
 def main() -> None:
     args = parse_args()
     data = DataConfig(data_dir=args.data_dir, classes=args.classes, split=args.split)
-    ray.init(logging_level="WARNING")
+    ray.init(address="local", logging_level="WARNING")
     rows = []
     with tempfile.TemporaryDirectory() as storage:
         for scheduler in ("none", "asha"):

@@ -35,7 +35,7 @@ def main() -> None:
             name="overhead",
         )
         started = time.perf_counter()
-        ray.init(logging_level="WARNING")
+        ray.init(address="local", logging_level="WARNING")
         ray_start = time.perf_counter() - started
         slots = int(ray.cluster_resources()["CPU"])  # trials take one CPU each here
         started = time.perf_counter()

@@ -42,7 +42,7 @@ METHODS = {  # name -> the settings that differ from the seed's grid
 
 def main() -> None:
     args = parse_args()
-    ray.init(logging_level="WARNING")
+    ray.init(address="local", logging_level="WARNING")
     rows = []
     grid = merge(tuple(d for d in (args.lr, args.batch_size) if d))
     with tempfile.TemporaryDirectory() as storage:

@@ -43,7 +43,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     config = DataConfig(data_dir=args.data_dir, classes=args.classes, split=args.split)
     split = split_drawings(config, find_class_files(config.data_dir, config.classes))
-    ray.init(num_cpus=1, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=1, include_dashboard=False, logging_level="WARNING")
     split = ray.get(ray.put(split))  # as a trial gets it: arrays in the object store's shared memory
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     compute = choose(device, args.precision, args.compile)

@@ -77,7 +77,8 @@ def as_number(value) -> float | None:
 HYPERPARAMETERS = (  # in the order of every table
     Hyperparameter(
         name="model", flag="--models", single_flag="--model", metavar="NAME,...", many=True, label="Model",
-        phrase="model", short="model", meaning="the network and its training recipe (docs/models.md)", kind=str, default=("seed",),
+        phrase="model", short="model", meaning="the network and its training recipe (docs/models.md)", kind=str,
+        default=("seed",),
         valid=lambda name: name in MODEL_NAMES, allowed=" or ".join(MODEL_NAMES), example="[seed, vgg-bn]"),
     Hyperparameter(
         name="lr", flag="--lrs", metavar="LR,...", many=True, label="Learning rate", phrase="lr", short="lr",
@@ -95,7 +96,8 @@ HYPERPARAMETERS = (  # in the order of every table
         meaning="the dropout rate", kind=float, default=(0.5,), valid=lambda x: 0 <= x < 1,
         allowed="a number from 0 up to, not including, 1", example="{uniform: [0.1, 0.6]}"),
     Hyperparameter(
-        name="weight_decay", flag="--weight-decay", metavar="WD", many=False, label="Weight decay", phrase="weight decay",
+        name="weight_decay", flag="--weight-decay", metavar="WD", many=False, label="Weight decay",
+        phrase="weight decay",
         short="wd",
         meaning="AdamW's decoupled weight decay; 0 trains as Adam does", kind=float, default=(0.0,),
         valid=lambda x: x >= 0, allowed="a number of 0 or more", example="{loguniform: [1.0e-6, 1.0e-2]}"),
@@ -112,7 +114,8 @@ HYPERPARAMETER = {hyperparameter.name: hyperparameter for hyperparameter in HYPE
 @dataclass(frozen=True)
 class Metric:
     """A number a trial reports to Tune (its `key` in result.json) and, with a `tag`, logs to TensorBoard. `percent`:
-    a fraction that tables show in percent. `form` formats it in tables, `decimals` rounds it in the summary files."""
+    a fraction that tables hold in percent. `form` formats a table's value, `decimals` rounds it in the summary
+    files."""
 
     key: str
     meaning: str
@@ -122,10 +125,6 @@ class Metric:
     percent: bool = False
     form: str = "{:.4g}"
     decimals: int | None = None
-
-    def text(self, value) -> str:
-        """The value as the tables show it (a percentage as 93.46%)."""
-        return self.form.format(100 * value if self.percent else value)
 
 
 EPOCH = Metric("epoch", "epochs the trial ran", label="Epochs", form="{:d}")
@@ -162,11 +161,14 @@ OBJECTIVE = BEST_VAL_ACCURACY
 
 
 def markdown_table() -> str:
-    """The searchable hyperparameters as docs/search-spaces.md lists them."""
-    rows = ["| key | flag | values | default |", "| --- | --- | --- | --- |"]
+    """The searchable hyperparameters as docs/search-spaces.md lists them (a test checks that it does)."""
+    searched_by = {str: "a list or choice", int: "a list, choice, randint or lograndint",
+                   float: "a list, choice, uniform or loguniform"}
+    rows = ["| key | flag | values | searched by | default |", "| --- | --- | --- | --- | --- |"]
     for h in HYPERPARAMETERS:
+        flags = " or ".join(f"`{flag}`" for flag in (h.single_flag, h.flag) if flag)
         default = ",".join(h.written(value) for value in h.default)
-        rows.append(f"| `{h.name}` | `{h.flag}` | {h.allowed}: {h.meaning} | `{default}` |")
+        rows.append(f"| `{h.name}` | {flags} | {h.allowed}: {h.meaning} | {searched_by[h.kind]} | `{default}` |")
     return "\n".join(rows)
 
 

@@ -132,7 +132,7 @@ def connect(address: str | None) -> None:
 
 def start_local_ray() -> None:
     try:
-        ray.init(logging_level="WARNING")
+        ray.init(address="local", logging_level="WARNING")  # a Ray of its own, whatever else runs on this machine
     except OSError as e:
         if "AF_UNIX path length" not in str(e):
             raise

@@ -129,7 +129,8 @@ def search_words(record: SearchRecord) -> str:
     if config.max_concurrent_trials:
         words += f", at most {config.max_concurrent_trials} at once"
     if config.scheduler == "asha":
-        words += f"; ASHA stopping trials (grace period {config.grace_period}, reduction factor {config.reduction_factor:g})"
+        words += (f"; ASHA stopping trials (grace period {config.grace_period}, reduction factor "
+                  f"{config.reduction_factor:g})")
     return words
 
 

@@ -59,4 +59,5 @@ def config_of_json(settings: dict) -> SearchConfig:
     space = parse_space(settings["space"], f"{SEARCH_FILE} space")
     if sorted(d.name for d in space) != sorted(HYPERPARAMETER):
         raise ValueError(f"its space names {', '.join(d.name for d in space)}, not every hyperparameter")
-    return SearchConfig(**settings | {"data": data, "space": tuple(sorted(space, key=lambda d: list(HYPERPARAMETER).index(d.name)))})
+    in_order = tuple(sorted(space, key=lambda d: list(HYPERPARAMETER).index(d.name)))
+    return SearchConfig(**settings | {"data": data, "space": in_order})

@@ -158,7 +158,8 @@ def checked_range(hyperparameter: Hyperparameter, kind: str, bounds, where: str)
     if not (isinstance(bounds, list) and len(bounds) == 2):
         raise UserError(f"{where}: {kind} takes [low, high], got {bounds!r}; e.g. {name}: {hyperparameter.example}")
     if hyperparameter.kind is str:
-        raise UserError(f"{where}: a {name} is a name, not a number; write {name}: {{choice: {hyperparameter.example}}}")
+        raise UserError(f"{where}: a {name} is a name, not a number; "
+                        f"write {name}: {{choice: {hyperparameter.example}}}")
     integer = kind in INTEGER_RANGES
     if hyperparameter.kind is int and not integer:
         raise UserError(f"{where}: a {name} is a whole number; use randint or lograndint instead of {kind}, "
@@ -198,9 +199,3 @@ def merge(given: Space, file_space: Space = ()) -> Space:
 def grid_size(space: Space) -> int:
     return math.prod(len(d.args) for d in space if d.kind == "values")
 
-
-def fixed_value(dimension: Dimension):
-    """The one value every trial takes, when the dimension has one; a list of one value is fixed too."""
-    if dimension.kind == "value" or (dimension.kind == "values" and len(dimension.args) == 1):
-        return dimension.args[0]
-    raise ValueError(f"{dimension.name} is searched")

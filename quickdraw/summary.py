@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from quickdraw.catalogue import (BEST_VAL_ACCURACY, BEST_VAL_LOSS, EPOCH, HYPERPARAMETER, HYPERPARAMETERS,
-                                 TEST_ACCURACY, TRAIN_SECONDS)
+                                 TEST_ACCURACY, TRAIN_SECONDS, Metric)
 from quickdraw.space import Space
 
 NAMES = [h.name for h in HYPERPARAMETERS]
@@ -136,15 +136,13 @@ def tie_sentence(table: pd.DataFrame, subject: str = "") -> str:
     ranks = ", ".join(f"#{rank}" for rank in tied["rank"])
     subject = subject or f"#{best['rank']}"
     if (tied.best_val_loss > best.best_val_loss).all():
-        rule = f"its lower validation loss ({best.best_val_loss:.4f}, against {_join(tied.best_val_loss, '{:.4f}')})"
+        rule = (f"its lower validation loss ({cell(BEST_VAL_LOSS, best.best_val_loss)}, against "
+                f"{', '.join(cell(BEST_VAL_LOSS, loss) for loss in tied.best_val_loss)})")
     else:
         rule = "its lower validation loss or, where the losses are equal too, for starting first"
-    return (f"{subject} tied with {ranks} on validation accuracy ({best.best_val_accuracy:.2f}%) and was "
+    accuracy = cell(BEST_VAL_ACCURACY, best.best_val_accuracy)
+    return (f"{subject} tied with {ranks} on validation accuracy ({accuracy}) and was "
             f"chosen for {rule}")
-
-
-def _join(values, form: str) -> str:
-    return ", ".join(form.format(value) for value in values)
 
 
 def describe(row: pd.Series, shown=()) -> str:
@@ -161,8 +159,8 @@ def settings(row: pd.Series, shown=()) -> str:
 
 def best_sentence(row: pd.Series, shown=()) -> str:
     """The best trial in words: what chose it, and its test accuracy."""
-    return (f"{describe(row, shown)}: validation accuracy {row.best_val_accuracy:.2f}%, "
-            f"test accuracy {row.test_accuracy:.2f}%")
+    return (f"{describe(row, shown)}: validation accuracy {cell(BEST_VAL_ACCURACY, row.best_val_accuracy)}, "
+            f"test accuracy {cell(TEST_ACCURACY, row.test_accuracy)}")
 
 
 def best_per_model(table: pd.DataFrame, shown=()) -> list[str]:
@@ -174,8 +172,9 @@ def best_per_model(table: pd.DataFrame, shown=()) -> list[str]:
         index = best_trial(group)
         if index is not None:
             row = group.loc[index]
-            bests.append(f"{model} {settings(row, shown)} (validation {row.best_val_accuracy:.2f}%, "
-                         f"test {row.test_accuracy:.2f}%)")
+            validation = cell(BEST_VAL_ACCURACY, row.best_val_accuracy)
+            bests.append(f"{model} {settings(row, shown)} (validation {validation}, "
+                         f"test {cell(TEST_ACCURACY, row.test_accuracy)})")
     return bests
 
 
@@ -209,7 +208,7 @@ def ranked_markdown(table: pd.DataFrame, shown: list[str]) -> str:
     best = best_trial(table)
     cells = {"Rank": [str(rank) for rank in table["rank"]]}
     cells |= {HYPERPARAMETER[name].label: [HYPERPARAMETER[name].text(value) for value in table[name]] for name in shown}
-    cells[BEST_VAL_ACCURACY.label] = [_percent(value) for value in table[BEST_VAL_ACCURACY.key]]
+    cells[BEST_VAL_ACCURACY.label] = [cell(BEST_VAL_ACCURACY, value) for value in table[BEST_VAL_ACCURACY.key]]
     cells[TEST_ACCURACY.label] = [_test_cell(row) for row in table.itertuples()]
     frame = pd.DataFrame(cells, index=table.index)
     if best is not None:
@@ -249,13 +248,14 @@ def export(summary: Summary, fmt: str) -> str:
 
 def _test_cell(row) -> str:
     if row.status == "finished":
-        return _percent(row.test_accuracy)
+        return cell(TEST_ACCURACY, row.test_accuracy)
     status_text = "stopped by ASHA" if row.status == "stopped" else row.status
     return f"{status_text} ({row.epochs} epoch{'' if row.epochs == 1 else 's'})"
 
 
-def _percent(value: float) -> str:
-    return "" if math.isnan(value) else f"{value:.2f}%"
+def cell(metric: Metric, value: float) -> str:
+    """A metric's value in the table (a percentage already in percent) as the tables write it; "" for none."""
+    return "" if math.isnan(value) else metric.form.format(value)
 
 
 def _bold(text: str, bold: bool) -> str:

@@ -10,6 +10,8 @@ from ray.tune import ExperimentAnalysis
 from conftest import SYNTHETIC_CLASSES, run_cli, write_class_files
 from experiment_checks import chosen_trial, results, trial_dirs
 
+pytestmark = pytest.mark.slow  # every test reads a search run with ASHA
+
 # ASHA never stops the first trial to reach a rung. Tune starts the grid in order, batch sizes varying
 # fastest, two trials at a time on two CPUs: lr 0.003 goes first so that its trials set the bar at each rung.
 LRS, BATCH_SIZES, EPOCHS = (0.003, 0.5), (16, 32), 6

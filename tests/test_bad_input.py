@@ -119,7 +119,7 @@ def test_data_dir_that_is_a_file(tmp_path, storage):
 def test_storage_that_is_a_file(data, tmp_path, command):
     storage = tmp_path / "results.txt"
     storage.write_text("not a folder")
-    result = run_cli(command, "--data-dir", data, "--classes", CLASSES, "--split", "30,6,3", "--storage", storage)
+    result = run_in_process(command, "--data-dir", data, "--classes", CLASSES, "--split", "30,6,3", "--storage", storage)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr == f"tune_search.py: error: --storage {storage} is a file: give a folder (created if " \
                             "missing) or a URI such as s3://bucket/prefix\n"
@@ -150,8 +150,8 @@ def test_class_name_that_is_a_path(data, storage, name):
 @pytest.mark.parametrize("command", ["convert", "download"])
 def test_class_name_that_is_a_path_in_other_commands(data, storage, command):
     files = snapshot(data.parent)
-    result = run_cli(command, "--data-dir", data, "--classes", "../x,cat", "--base-url", offline_url(),
-                     *(("--storage", storage) if command == "convert" else ()), timeout=TIMEOUT)
+    result = run_in_process(command, "--data-dir", data, "--classes", "../x,cat", "--base-url", offline_url(),
+                            *(("--storage", storage) if command == "convert" else ()))
     assert_rejected(result, storage, snapshot(storage), "--classes", "'../x'")
     assert snapshot(data.parent) == files
 
@@ -261,14 +261,14 @@ def test_existing_experiment_folder_is_not_overwritten(data, storage):
 
 
 def test_report_of_a_missing_folder(tmp_path):
-    result = run_cli("report", tmp_path / "no_such_experiment")
+    result = run_in_process("report", tmp_path / "no_such_experiment")
     assert_rejected(result, tmp_path, snapshot(tmp_path), "no_such_experiment")
 
 
 def test_report_of_a_folder_that_holds_no_experiment(tmp_path):
     (tmp_path / "notes.txt").write_text("not an experiment\n")
     before = snapshot(tmp_path)
-    result = run_cli("report", tmp_path)
+    result = run_in_process("report", tmp_path)
     line = assert_rejected(result, tmp_path, before, str(tmp_path))
     assert "no Ray Tune experiment" in line
 
@@ -286,6 +286,7 @@ def test_address_where_nothing_listens(data, storage):
     assert not (storage / NAME).exists()
 
 
+@pytest.mark.slow  # its own process, with its own environment
 @pytest.mark.parametrize("flags", [(), ("--address", "auto")], ids=["no-address", "address-auto"])
 def test_ray_address_where_nothing_listens(data, storage, flags):
     """ray.init() takes RAY_ADDRESS over no address and over 'auto', and retries a dead one for minutes."""
@@ -347,7 +348,7 @@ def test_storage_uri_of_an_unknown_scheme(data, tmp_path):
 
 
 def test_report_of_a_uri_of_an_unknown_scheme(tmp_path):
-    result = run_cli("report", "foo://x")
+    result = run_in_process("report", "foo://x")
     line = assert_rejected(result, tmp_path, snapshot(tmp_path), "report foo://x")
     assert "Unrecognized filesystem type" in line
 
@@ -372,14 +373,14 @@ def test_resume_takes_no_flag_but_address(storage, flags):
     """resume continues with the search's own settings: argparse itself refuses every other flag, whatever its
     value, before anything is read."""
     before = snapshot(storage)
-    result = run_cli("resume", storage / "earlier_run", *flags, timeout=TIMEOUT)
+    result = run_in_process("resume", storage / "earlier_run", *flags)
     line = assert_rejected(result, storage, before, f"unrecognized arguments: {' '.join(flags)}")
     assert line.startswith("tune_search.py: error:") and "--help" in line
 
 
 def test_the_old_resume_flag_is_an_unknown_flag(storage):
     before = snapshot(storage)
-    result = run_cli("--resume", storage / "earlier_run", timeout=TIMEOUT)
+    result = run_in_process("--resume", storage / "earlier_run")
     assert_rejected(result, storage, before, "unrecognized arguments: --resume")
 
 
@@ -395,26 +396,34 @@ def test_resume_of_something_that_is_not_a_search(storage, folder, with_address)
     """--address is the one flag resume takes: the folder is still what gets rejected, before Ray."""
     flags = ("--address", f"127.0.0.1:{free_port()}") if with_address else ()
     before = snapshot(storage)
-    result = run_cli("resume", storage / folder, *flags, timeout=TIMEOUT)
+    result = run_in_process("resume", storage / folder, *flags)
     line = assert_rejected(result, storage, before, f"resume {storage / folder}", "no search.json there")
     assert "unrecognized" not in line
     assert not (storage / folder).exists() or folder == "earlier_run"
 
 
 def test_resume_without_a_folder(tmp_path):
-    result = run_cli("resume", "", timeout=TIMEOUT)
+    result = run_in_process("resume", "")
     assert_rejected(result, tmp_path, snapshot(tmp_path), "resume needs the experiment folder")
 
 
 def test_resume_of_a_uri_of_an_unknown_scheme(tmp_path):
-    result = run_cli("resume", "foo://x", timeout=TIMEOUT)
+    result = run_in_process("resume", "foo://x")
     line = assert_rejected(result, tmp_path, snapshot(tmp_path), "resume foo://x")
     assert "Unrecognized filesystem type" in line
+
+
+def test_more_than_one_gpu_per_trial(data, storage):
+    before = snapshot(storage)
+    result = run_main(data, storage, "--gpus-per-trial", "2")
+    assert_rejected(result, storage, before, "--gpus-per-trial 2:", "trains on one GPU", "give 1 or less")
+    assert not (storage / NAME).exists()
 
 
 # --- the machine: where Ray keeps its files (checked when Ray starts, before any trial) --------------
 
 
+@pytest.mark.slow  # its own process, with its own environment
 def test_a_tmpdir_too_long_for_rays_sockets_names_what_to_set(data, storage, tmp_path):
     write_class_files(data, classes=("cat",), count=200)
     long = tmp_path / ("t" * (120 - len(str(tmp_path))))
@@ -427,6 +436,7 @@ def test_a_tmpdir_too_long_for_rays_sockets_names_what_to_set(data, storage, tmp
     assert line.endswith("export RAY_TMPDIR=/tmp")
 
 
+@pytest.mark.slow  # its own process, with its own environment
 def test_an_unwritable_home_names_what_to_set(data, storage):
     write_class_files(data, classes=("cat",), count=200)
     before = snapshot(storage)

@@ -5,7 +5,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO, SYNTHETIC_CLASSES, write_class_files
+
+pytestmark = pytest.mark.slow  # each test runs a benchmark script
 
 
 def run_benchmark(name: str, *args) -> subprocess.CompletedProcess:

@@ -12,32 +12,27 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import SYNTHETIC_CLASSES, run_cli, run_in_process, write_confusable_class_files
+from conftest import GRID, copy_experiment, run_in_process
 from experiment_checks import chosen_trial, ranked_rows, results
 from quickdraw.experiment import load_trials
 from quickdraw.report_sections import best_trial_predictions, grid_cell, stored_split
 from quickdraw.storage import Location
 from quickdraw.summary import best_per_model, best_trial, tie_sentence, trial_row, trial_table
 
-# lr 3e-5 for one epoch stays near chance; lr 0.01 learns: their test accuracies differ.
-LRS, BATCH_SIZES = (0.01, 0.00003), (16, 32)
+# lr 3e-5 stays near chance; lr 0.01 learns: their test accuracies differ.
+LRS, BATCH_SIZES = GRID.lrs, GRID.batch_sizes
 
 
 @pytest.fixture(scope="module")
-def experiment(tmp_path_factory) -> tuple[Path, pd.Series, pd.Series]:
-    """(experiment folder, the trial given the best validation results, the trial with the best test accuracy)."""
-    root = tmp_path_factory.mktemp("best")
-    data = write_confusable_class_files(root / "data")
-    result = run_cli("--data-dir", data, "--classes", ",".join(SYNTHETIC_CLASSES), "--split", "300,60,60",
-                     "--lrs", ",".join(map(str, LRS)), "--batch-sizes", ",".join(map(str, BATCH_SIZES)),
-                     "--epochs", "1", "--storage", root / "results", "--name", "grid")
-    assert result.returncode == 0, result.stderr[-3000:]
-    experiment = root / "results" / "grid"
+def experiment(grid_experiment, tmp_path_factory) -> tuple[Path, pd.Series, pd.Series]:
+    """(experiment folder, the trial given the best validation results, the trial with the best test accuracy): a
+    copy of the session's finished grid, changed."""
+    experiment = copy_experiment(grid_experiment, tmp_path_factory.mktemp("best"))
     table = pd.read_csv(experiment / "summary.csv")
     test_winner, validation_winner = table.loc[table.test_accuracy.idxmax()], table.loc[table.test_accuracy.idxmin()]
     assert validation_winner.test_accuracy < test_winner.test_accuracy, table
     give_best_validation_results(trial_folder(experiment, validation_winner))
-    report = run_cli("report", experiment)
+    report = run_in_process("report", experiment)
     assert report.returncode == 0, report.stderr[-3000:]
     return experiment, validation_winner, test_winner
 
@@ -58,6 +53,7 @@ def same_trial(row, other) -> bool:
     return (row.model, row.lr, row.batch_size) == (other.model, other.lr, other.batch_size)
 
 
+@pytest.mark.slow
 def test_the_summary_files_mark_the_validation_winner(experiment):
     folder, chosen, test_winner = experiment
     table = pd.read_csv(folder / "summary.csv")
@@ -80,6 +76,7 @@ def test_the_summary_files_mark_the_validation_winner(experiment):
            "choose (ties go to the lower validation loss, then to the trial that started first)." in markdown
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["md", "csv", "json", "html", "latex"])
 def test_every_export_format_marks_the_validation_winner(experiment, fmt):
     folder, chosen, _ = experiment
@@ -98,6 +95,7 @@ def test_every_export_format_marks_the_validation_winner(experiment, fmt):
         assert f"{chosen.lr:g}" in rows[0] and f"{chosen.batch_size}" in rows[0]
 
 
+@pytest.mark.slow
 def test_the_report_page_and_its_figures_show_the_validation_winner(experiment):
     folder, chosen, test_winner = experiment
     page = (folder / "report.html").read_text()
@@ -112,6 +110,7 @@ def test_the_report_page_and_its_figures_show_the_validation_winner(experiment):
     assert grid_cell(trials, index) == (LRS.index(chosen.lr), sorted(BATCH_SIZES).index(chosen.batch_size))
 
 
+@pytest.mark.slow
 def test_best_model_and_predict_use_the_validation_winner(experiment, tmp_path):
     folder, chosen, test_winner = experiment
     config = json.loads((folder / "best_model" / "config.json").read_text())
@@ -120,7 +119,7 @@ def test_best_model_and_predict_use_the_validation_winner(experiment, tmp_path):
 
     split = stored_split(Location.parse(str(folder)))
     np.save(tmp_path / "test.npy", split.x_test)
-    result = run_cli("predict", folder, tmp_path / "test.npy", "--top", "1")
+    result = run_in_process("predict", folder, tmp_path / "test.npy", "--top", "1")
     assert result.returncode == 0, result.stderr[-3000:]
     predicted = [line.split(": ", 1)[1].rsplit(" ", 1)[0] for line in result.stdout.splitlines()]
     accuracy = 100 * np.mean(np.array(predicted) == np.array(split.classes)[split.y_test])

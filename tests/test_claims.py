@@ -15,7 +15,7 @@ from conftest import REPO
 from quickdraw.errors import UserError
 from quickdraw.lease import DRIVERS_DIR, STALE_S, claim
 from quickdraw.storage import Location
-from test_s3_storage import BUCKET, s3_env  # noqa: F401 (a fixture: moto's S3 server on loopback)
+from conftest import BUCKET
 
 RACERS = 6
 # Each racer waits for the same moment, claims, says whether it won, and holds its claim until told to let go.
@@ -54,12 +54,14 @@ def check_one_winner(outcomes: list[str]) -> None:
     assert len(refused) == RACERS - 1 and all("is being run by another driver" in o for o in refused), outcomes
 
 
+@pytest.mark.slow
 def test_of_drivers_claiming_a_local_experiment_together_exactly_one_wins(tmp_path):
     check_one_winner(race(str(tmp_path / "exp")))
     assert [f.name for f in (tmp_path / "exp" / DRIVERS_DIR).iterdir()] == ["0001.json"]  # no staged file is left
 
 
-def test_of_drivers_claiming_an_experiment_in_a_bucket_together_exactly_one_wins(s3_env):  # noqa: F811
+@pytest.mark.slow
+def test_of_drivers_claiming_an_experiment_in_a_bucket_together_exactly_one_wins(s3_env):
     check_one_winner(race(f"s3://{BUCKET}/claims/exp", env=s3_env))
 
 

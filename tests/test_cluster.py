@@ -17,6 +17,8 @@ from quickdraw.config import DataConfig, SplitSizes
 from quickdraw.storage import Location
 from ray_cluster import LoopbackCluster
 
+pytestmark = pytest.mark.slow  # a Ray cluster of several processes
+
 
 @pytest.fixture(scope="module")
 def cluster():

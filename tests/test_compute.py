@@ -49,6 +49,7 @@ def test_bf16_and_fp32_trials_learn_alike():
     assert min(accuracies.values()) > 0.9, accuracies  # chance is 1/3
 
 
+@pytest.mark.slow
 def test_a_compiled_grid_runs_and_checkpoints(tmp_path):
     data, storage = write_class_files(tmp_path / "data"), tmp_path / "results"
     result = run_cli(

@@ -7,9 +7,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
-from conftest import SYNTHETIC_CLASSES, synthetic_drawings, write_class_files
+from conftest import SYNTHETIC_CLASSES, synthetic_drawings
 from quickdraw.config import DataConfig, SplitSizes
 from quickdraw.bitmaps import find_class_files
 from quickdraw.dataset import PARTS, _conversion_dir, conversion_lock, load_split, prepare_split, write_pngs

@@ -6,47 +6,17 @@ from __future__ import annotations
 import io
 import signal
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import SHARED_DRAWINGS, run_cli, start_cli, synthetic_drawings
-from http_mirror import Mirror, serve
+from conftest import DOWNLOADED_CLASSES as CLASSES
+from conftest import download, npy_bytes, run_cli, source_drawings, split_for, start_cli
 
-CLASSES = ("cat", "hot dog")  # "hot dog" travels as hot%20dog.npy
+pytestmark = pytest.mark.slow  # the command, as its own process, against a loopback HTTP server
+
 ROWS = 130  # drawings of each class the split takes
 HEADER_PROBE = 4096  # the first request asks for this many bytes
-
-
-def npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    return buffer.getvalue()
-
-
-def source_drawings(name: str) -> np.ndarray:
-    real = SHARED_DRAWINGS / f"{name}.npy"
-    return np.load(real) if real.is_file() else synthetic_drawings(len(name), 2500)
-
-
-@pytest.fixture
-def mirror():
-    mirror = Mirror({f"{name}.npy": npy_bytes(source_drawings(name)) for name in CLASSES})
-    server = serve(mirror)
-    yield mirror
-    server.shutdown()
-
-
-def split_for(classes, per_class=(100, 20, 10)) -> str:
-    """The --split that takes `per_class` drawings (130 in all) of each class."""
-    return ",".join(str(count * len(classes)) for count in per_class)
-
-
-def download(mirror: Mirror, data: Path, *flags, classes=CLASSES, split=None):
-    split = split or split_for(classes)
-    return run_cli("download", "--data-dir", data, "--classes", ",".join(classes), "--split", split,
-                   "--base-url", mirror.base_url, *flags, timeout=120)
 
 
 def assert_one_error_line(result, *mentions: str) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -14,13 +13,15 @@ import pandas as pd
 import pyarrow.fs as pafs
 import pytest
 
-from conftest import SYNTHETIC_CLASSES, run_cli, start_cli, write_class_files
+from conftest import DOWNLOADED_CLASSES as DOWNLOADED
+from conftest import download, npy_bytes, source_drawings, split_for, SYNTHETIC_CLASSES, run_cli, start_cli, write_class_files
 from experiment_checks import trial_dirs
 from http_mirror import Mirror, serve
 from quickdraw.experiment import read_results
 from quickdraw.storage import Location
 from quickdraw.whole_files import tune_filesystem
-from test_download import CLASSES as DOWNLOADED, download, npy_bytes, source_drawings, split_for
+
+pytestmark = pytest.mark.slow  # real searches on a full disk
 
 EPOCHS = 4
 

@@ -19,7 +19,6 @@ from ray.cluster_utils import Cluster
 from quickdraw.config import SearchConfig
 from quickdraw.errors import UserError
 from quickdraw.cluster import trial_resources
-from test_bad_input import NAME, assert_rejected, data, run_main, snapshot, storage  # noqa: F401 (fixtures)
 
 GRID = SearchConfig()  # the seed grid
 TRIALS = GRID.concurrent_trials  # 15, all at once
@@ -79,13 +78,6 @@ def test_more_than_one_gpu_per_trial_is_refused(gpus):
 def test_cpus_per_trial_must_be_a_finite_number_above_0(cpus):
     with pytest.raises(UserError, match="--cpus-per-trial"):
         SearchConfig(cpus_per_trial=cpus).validate()
-
-
-def test_the_command_refuses_more_than_one_gpu_per_trial(data, storage):  # noqa: F811 (fixtures)
-    before = snapshot(storage)
-    result = run_main(data, storage, "--gpus-per-trial", "2")
-    assert_rejected(result, storage, before, "--gpus-per-trial 2:", "trains on one GPU", "give 1 or less")
-    assert not (storage / NAME).exists()
 
 
 # --- Ray itself: all 15 trials at once ------------------------------------------------------------------------------
@@ -161,11 +153,12 @@ def assert_shared_evenly(arrivals: dict[int, tuple[str, tuple]], gpus: int) -> N
 @pytest.fixture
 def ray_with_gpus(request):
     gpus, cpus = request.param
-    ray.init(num_cpus=cpus, num_gpus=gpus, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=cpus, num_gpus=gpus, include_dashboard=False, logging_level="WARNING")
     yield gpus
     ray.shutdown()
 
 
+@pytest.mark.slow
 # One GPU and four (each GPU shared by whole and by uneven numbers of trials); two GPUs' shares are worked out above.
 @pytest.mark.parametrize("ray_with_gpus, expected", [
     pytest.param((1, 16), {"cpu": 1.0, "gpu": 0.0666}, id="1-gpu"),
@@ -192,6 +185,7 @@ def two_gpu_nodes():
         cluster.shutdown()
 
 
+@pytest.mark.slow
 def test_all_trials_run_at_once_on_two_nodes_of_2_gpus(two_gpu_nodes, pickled_by_value, tmp_path, monkeypatch):
     resources, arrivals = run_all_at_once(tmp_path, monkeypatch)
     # 4 trials a GPU, 8 a node; 6 CPUs / 8 each. The old shares, 4 / 15 GPU and 14 / 15 CPU, fitted 6 a node.

@@ -21,6 +21,8 @@ from quickdraw.search import run_search
 from quickdraw.space import space_with
 from quickdraw.storage import Location
 
+pytestmark = pytest.mark.slow  # a real search
+
 
 GPU = "cuda (a pretend bf16 GPU)"
 
@@ -38,7 +40,8 @@ def claim_native_bf16() -> None:
 def experiment(tmp_path_factory) -> Location:
     root = tmp_path_factory.mktemp("precision")
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the hook runs in workers that cannot import tests/
-    ray.init(num_cpus=2, runtime_env={"worker_process_setup_hook": claim_native_bf16}, logging_level="WARNING")
+    ray.init(address="local", num_cpus=2, runtime_env={"worker_process_setup_hook": claim_native_bf16},
+             logging_level="WARNING")
     try:
         config = SearchConfig(
             data=DataConfig(data_dir=write_class_files(root / "data"), classes=SYNTHETIC_CLASSES,

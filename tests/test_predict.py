@@ -17,11 +17,14 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, SYNTHETIC_CLASSES, imported_modules, is_ray, run_cli, write_confusable_class_files
+from conftest import (REPO, SYNTHETIC_CLASSES, imported_modules, is_ray, run_cli, run_in_process,
+                      write_confusable_class_files)
 from experiment_checks import chosen_trial, trial_dirs
 from quickdraw.dataset import load_split
 from quickdraw.model import MODELS
 from quickdraw.storage import Location
+
+pytestmark = pytest.mark.slow  # a real search of both models, and predict as its own process
 
 MODEL_NAMES = ("seed", "vgg-bn")
 LINE = re.compile(r"^(?P<name>.+): (?P<top>.+)$")
@@ -88,7 +91,7 @@ def test_predicting_the_test_split_from_a_npy_gives_the_stored_test_accuracy(sea
     split = stored_split(experiment)
     np.save(tmp_path / "test.npy", split.x_test)  # (N, 28, 28)
     np.save(tmp_path / "flat.npy", split.x_test[:5].reshape(5, 784))  # Google's own layout
-    answers = predictions(run_cli("predict", experiment, tmp_path / "test.npy", tmp_path / "flat.npy"))
+    answers = predictions(run_in_process("predict", experiment, tmp_path / "test.npy", tmp_path / "flat.npy"))
     assert len(answers) == len(split.y_test) + 5
     predicted = [answers[f"{tmp_path / 'test.npy'}[{n}]"][0][0] for n in range(len(split.y_test))]
     accuracy = 100 * np.mean(np.array(predicted) == np.array(split.classes)[split.y_test])
@@ -101,11 +104,11 @@ def test_predicting_the_test_split_from_a_npy_gives_the_stored_test_accuracy(sea
 
 def test_predicting_the_test_pngs_gives_the_stored_test_accuracy(search):
     data, storage, experiment, flags = search
-    result = run_cli("convert", *flags, "--png")  # the seed's PNGs, black on white, of the same split
+    result = run_in_process("convert", *flags, "--png")  # the seed's PNGs, black on white, of the same split
     assert result.returncode == 0, result.stderr[-3000:]
     (png_root,) = storage.glob("datasets/*/png")
     files = sorted((png_root / "test").glob("*/*.png"))
-    answers = predictions(run_cli("predict", experiment, *files))
+    answers = predictions(run_in_process("predict", experiment, *files))
     right = [answers[str(f)][0][0].capitalize() == f.parent.name for f in files]
     stored = 100 * json.loads((experiment / "best_model" / "config.json").read_text())["test_accuracy"]
     assert 100 * np.mean(right) == pytest.approx(stored)
@@ -121,7 +124,7 @@ def test_predict_does_not_import_ray(search, tmp_path):
 
 def test_predict_top_flag(search, tmp_path):
     np.save(tmp_path / "one.npy", stored_split(search[2]).x_test[:1])
-    (answer,) = predictions(run_cli("predict", search[2], tmp_path / "one.npy", "--top", "1")).values()
+    (answer,) = predictions(run_in_process("predict", search[2], tmp_path / "one.npy", "--top", "1")).values()
     assert len(answer) == 1
 
 
@@ -161,18 +164,18 @@ def test_bad_drawing_files_get_one_line_each(search, tmp_path):
     good = tmp_path / "good.npy"
     np.save(good, stored_split(search[2]).x_test[:2])
     for kind, (path, mention) in bad_files(tmp_path).items():
-        result = run_cli("predict", search[2], good, path)  # the good file first: still no answer printed
+        result = run_in_process("predict", search[2], good, path)  # the good file first: still no answer printed
         assert_one_line_error(result, str(path), mention)
 
 
 def test_predict_on_a_folder_without_a_best_model(tmp_path):
     (tmp_path / "drawing.npy").write_bytes(b"")
-    result = run_cli("predict", tmp_path, tmp_path / "drawing.npy")
+    result = run_in_process("predict", tmp_path, tmp_path / "drawing.npy")
     assert_one_line_error(result, str(tmp_path), "best_model", "report")
 
 
 def test_predict_top_must_be_positive(search, tmp_path):
-    assert_one_line_error(run_cli("predict", search[2], tmp_path / "x.npy", "--top", "0"), "--top")
+    assert_one_line_error(run_in_process("predict", search[2], tmp_path / "x.npy", "--top", "0"), "--top")
 
 
 def test_predict_with_a_damaged_best_model(search, tmp_path):
@@ -182,7 +185,7 @@ def test_predict_with_a_damaged_best_model(search, tmp_path):
         (experiment / "best_model" / file.name).write_bytes(file.read_bytes())
     (experiment / "best_model" / "weights.pt").write_bytes(b"not a torch file")
     np.save(tmp_path / "one.npy", stored_split(search[2]).x_test[:1])
-    result = run_cli("predict", experiment, tmp_path / "one.npy")
+    result = run_in_process("predict", experiment, tmp_path / "one.npy")
     assert_one_line_error(result, f"{experiment / 'best_model'} cannot be loaded", "report")
 
 
@@ -248,9 +251,9 @@ def test_a_results_folder_is_never_unpickled(search, tmp_path):
         np.savez(predictions_file, probabilities=np.array([Payload(marker)], dtype=object))
     np.save(tmp_path / "one.npy", stored_split(search[2]).x_test[:1])
 
-    predicted = run_cli("predict", experiment, tmp_path / "one.npy")
+    predicted = run_in_process("predict", experiment, tmp_path / "one.npy")
     assert_one_line_error(predicted, f"{experiment / 'best_model'} cannot be loaded", "never un-pickled")
-    reported = run_cli("report", experiment)
+    reported = run_in_process("report", experiment)
     assert not marker.exists()
     assert reported.returncode == 0 and "Traceback" not in reported.stderr, reported.stderr[-3000:]
     assert "best_model not written" in reported.stderr  # its checkpoint is no tensor file

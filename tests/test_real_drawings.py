@@ -4,6 +4,7 @@ way a new user's run fetches them: from a mirror over HTTP (a real server on loo
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from conftest import SHARED_CLASSES, SHARED_DRAWINGS, needs_shared_drawings, run_cli
@@ -11,6 +12,8 @@ from experiment_checks import check_experiment
 from http_mirror import Mirror, serve
 from quickdraw.dataset import load_split
 from quickdraw.storage import Location
+
+pytestmark = pytest.mark.slow  # a real search on the real drawings
 
 LRS, BATCH_SIZES, EPOCHS = (0.001,), (64, 128), 2
 PER_CLASS = 1000 + 200 + 100

@@ -16,19 +16,19 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import SYNTHETIC_CLASSES, imported_modules, is_ray, run_cli, run_in_process, write_confusable_class_files
+from conftest import GRID, SYNTHETIC_CLASSES, copy_experiment, imported_modules, is_ray, run_in_process
 from experiment_checks import chosen_trial, ranked_rows
 from quickdraw.config import EXPORT_FORMATS
 from quickdraw.report_html import MIN_SCALE
 from quickdraw.summary import EXPORTERS
 
-# lr 3e-5 stays near chance for two epochs, lr 0.01 learns all but the confusable fifth: validation accuracy
-# differs between trials, mostly with the learning rate, so there is something for What mattered to explain.
-LRS, BATCH_SIZES, EPOCHS = (0.01, 0.00003), (16, 32), 2
+pytestmark = pytest.mark.slow  # every test reads a finished search
+
+LRS, BATCH_SIZES, EPOCHS = GRID.lrs, GRID.batch_sizes, GRID.epochs
 WHAT_MATTERED = {"hyperparameter_importance.png", "parallel_coordinates.png", "scatter_lr.png",
                  "scatter_batch_size.png"}
 FIGURES = {"test_accuracy_heatmap.png", "per_class_accuracy.png", "confusion_matrix.png", "test_probabilities.png",
-           *(f"curves_lr={lr:g}.png" for lr in LRS), *WHAT_MATTERED}
+           *(f"curves_lr={lr:.4g}.png" for lr in LRS), *WHAT_MATTERED}
 COLUMNS = ["rank", "model", "lr", "batch_size", "dropout", "weight_decay", "label_smoothing", "epochs", "best_val_loss",
            "best_val_accuracy", "test_accuracy", "train_seconds", "status", "best"]
 PAGE_HEADERS = ["Rank", "Validation accuracy", "Test accuracy", "Learning rate", "Batch size", "Epochs",
@@ -36,18 +36,11 @@ PAGE_HEADERS = ["Rank", "Validation accuracy", "Test accuracy", "Learning rate",
 
 
 @pytest.fixture(scope="module")
-def experiment(tmp_path_factory) -> Path:
-    """One small finished grid, 2 learning rates x 2 batch sizes, 2 epochs."""
-    root = tmp_path_factory.mktemp("report")
-    data = write_confusable_class_files(root / "data")
-    result = run_cli(
-        "--data-dir", data, "--classes", ",".join(SYNTHETIC_CLASSES), "--split", "300,60,30",
-        "--lrs", ",".join(map(str, LRS)), "--batch-sizes", ",".join(map(str, BATCH_SIZES)),
-        "--epochs", EPOCHS, "--storage", root / "results", "--name", "grid",
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "report.html" in result.stdout
-    return root / "results" / "grid"
+def experiment(grid_experiment, tmp_path_factory) -> Path:
+    """The session's finished grid (conftest.GRID), copied (`report` rewrites its files) and reported where it is."""
+    experiment = copy_experiment(grid_experiment, tmp_path_factory.mktemp("report"))
+    assert run_in_process("report", experiment).returncode == 0
+    return experiment
 
 
 class Page(HTMLParser):
@@ -128,6 +121,7 @@ def test_report_html_holds_the_table_and_every_figure(experiment):
            "(fANOVA: optuna 4.9.0 FanovaImportanceEvaluator(seed=0) on 4 trials;" in page.all_text()
 
 
+@pytest.mark.browser
 @pytest.mark.parametrize("width", [390, 1400])  # a phone, a desktop
 def test_the_page_reads_in_a_browser(experiment, browser, width):
     page = browser.new_page(viewport={"width": width, "height": 900})
@@ -152,7 +146,7 @@ def test_the_page_reads_in_a_browser(experiment, browser, width):
     settings = page.locator("dl.run").inner_text()
     assert f"tensorboard --logdir {experiment}" in settings
     assert f"{len(SYNTHETIC_CLASSES)}: {', '.join(SYNTHETIC_CLASSES)}" in settings
-    assert "300 training, 60 validation, 30 test drawings" in settings and "python tune_search.py --data-dir" in settings
+    assert "300 training, 60 validation, 60 test drawings" in settings and "python tune_search.py --data-dir" in settings
     assert re.search(r"git commit [0-9a-f]{40}", settings) and f"torch {package_version('torch')}" in settings
     assert re.search(r"1 node, \d+ CPU, 0 GPU; driver on ", settings)
     for link in page.locator("dl.run a").all():
@@ -160,6 +154,7 @@ def test_the_page_reads_in_a_browser(experiment, browser, width):
     page.close()
 
 
+@pytest.mark.browser
 def test_clicking_a_column_header_sorts_the_table(experiment, browser):
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     page.goto((experiment / "report.html").as_uri())
@@ -191,7 +186,7 @@ def test_summary_md_links_the_page_and_the_figures(experiment):
 def test_report_without_format_prints_the_markdown_and_rebuilds_the_page(experiment):
     (experiment / "report.html").unlink()
     shutil.rmtree(experiment / "report")
-    result = run_cli("report", experiment)
+    result = run_in_process("report", experiment)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = ranked_rows(result.stdout)
     table = pd.read_csv(experiment / "summary.csv")
@@ -263,7 +258,7 @@ def test_export_formats_parse_on_stdout_and_in_a_file(experiment, tmp_path, fmt)
 ])
 def test_bad_output_is_one_line_and_exit_code_2(experiment, where, message):
     output = experiment / where
-    result = run_cli("report", experiment, "--format", "csv", "--output", output)
+    result = run_in_process("report", experiment, "--format", "csv", "--output", output)
     assert result.returncode == 2
     assert result.stdout == ""
     (line,) = result.stderr.strip().splitlines()
@@ -273,7 +268,7 @@ def test_bad_output_is_one_line_and_exit_code_2(experiment, where, message):
 
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc, where no file can be created")
 def test_output_that_cannot_be_written_is_one_line_and_exit_code_2(experiment):
-    result = run_cli("report", experiment, "--format", "json", "--output", "/proc/quickdraw-table.json")
+    result = run_in_process("report", experiment, "--format", "json", "--output", "/proc/quickdraw-table.json")
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("tune_search.py: error: --output /proc/quickdraw-table.json cannot be written")
@@ -305,13 +300,13 @@ def test_report_of_a_partial_experiment_skips_only_what_is_missing(experiment, t
     for predictions in partial.glob("lr=*/test_predictions.npz"):
         predictions.unlink()
 
-    result = run_cli("report", partial)
+    result = run_in_process("report", partial)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "1 of 4 trials did not finish." in result.stdout
     table = pd.read_csv(partial / "summary.csv")
     assert (table.status == "unfinished").sum() == 1
 
-    kept = {"test_accuracy_heatmap.png", *(f"curves_lr={lr:g}.png" for lr in LRS), *WHAT_MATTERED}
+    kept = {"test_accuracy_heatmap.png", *(f"curves_lr={lr:.4g}.png" for lr in LRS), *WHAT_MATTERED}
     assert {p.name for p in (partial / "report").iterdir()} == kept  # the old best-trial figures are gone
     for png in (partial / "report").iterdir():
         check_not_blank(png)
@@ -333,10 +328,10 @@ def test_report_when_no_trial_finished(experiment, tmp_path):
     for trial in partial.glob("lr=*"):
         cut_to_first_epoch(trial)
 
-    result = run_cli("report", partial)
+    result = run_in_process("report", partial)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "4 of 4 trials did not finish." in result.stdout
-    assert {p.name for p in (partial / "report").iterdir()} == {f"curves_lr={lr:g}.png" for lr in LRS}
+    assert {p.name for p in (partial / "report").iterdir()} == {f"curves_lr={lr:.4g}.png" for lr in LRS}
     text = Page((partial / "report.html").read_text()).all_text()
     assert "0 of 4 trials finished." in text
     assert "Not shown: the heatmap: no trial finished" in text
@@ -355,9 +350,9 @@ def test_report_when_the_stored_split_is_gone(experiment, tmp_path):
     record["dataset"] = str(tmp_path / "datasets" / "deleted")
     (moved / "search.json").write_text(json.dumps(record))
 
-    result = run_cli("report", moved)
+    result = run_in_process("report", moved)
     assert result.returncode == 0, result.stderr[-3000:]
-    kept = {"test_accuracy_heatmap.png", *(f"curves_lr={lr:g}.png" for lr in LRS), *WHAT_MATTERED}
+    kept = {"test_accuracy_heatmap.png", *(f"curves_lr={lr:.4g}.png" for lr in LRS), *WHAT_MATTERED}
     assert {p.name for p in (moved / "report").iterdir()} == kept
     text = Page((moved / "report.html").read_text()).all_text()
     assert "Not shown: the per-class accuracy and confusion matrix: the test drawings cannot be read from the split " \
@@ -378,7 +373,7 @@ def test_report_finds_the_split_beside_a_moved_experiment(experiment, tmp_path):
     record["dataset"] = str(tmp_path / "gone" / "datasets" / split.name)  # where it was before the move
     (moved / "search.json").write_text(json.dumps(record))
 
-    result = run_cli("report", moved)
+    result = run_in_process("report", moved)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Not shown" not in Page((moved / "report.html").read_text()).all_text()
     assert {p.name for p in (moved / "report").iterdir()} == FIGURES  # the best trial's figures too
@@ -391,7 +386,7 @@ def test_report_of_a_truncated_experiment_state_reads_the_trial_folders(experime
     (state,) = damaged.glob("experiment_state-*.json")
     state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
 
-    result = run_cli("report", damaged, "--format", "csv")
+    result = run_in_process("report", damaged, "--format", "csv")
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stderr.splitlines()[0].startswith(f"{state} is damaged (")
     assert result.stderr.splitlines()[0].endswith("; the trials are read from their own folders instead")
@@ -408,7 +403,7 @@ def test_report_without_the_best_trials_checkpoint_writes_all_but_best_model(exp
     for checkpoint in trial_dir(moved, best.lr, best.batch_size).glob("checkpoint_*"):
         shutil.rmtree(checkpoint)
 
-    result = run_cli("report", moved)
+    result = run_in_process("report", moved)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     (line,) = result.stderr.strip().splitlines()

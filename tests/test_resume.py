@@ -13,6 +13,7 @@ from experiment_checks import finished_trials, kill_driver_when, reported, resul
 EPOCHS = 8
 
 
+@pytest.mark.slow
 def test_a_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
     data = write_class_files(tmp_path / "data", count=1_500)
     experiment = tmp_path / "results" / "killed"

@@ -3,65 +3,23 @@ reach MinIO or Ceph, through AWS_ENDPOINT_URL."""
 
 import io
 import json
-import os
 import subprocess
 import sys
 import time
 import urllib.request
 
-import boto3
 import numpy as np
 import pandas as pd
 import pyarrow.fs as pafs
 import pytest
 
-from conftest import SYNTHETIC_CLASSES, run_cli, synthetic_drawings, write_class_files
+from conftest import BUCKET, SYNTHETIC_CLASSES, run_cli, s3_client, s3_keys, synthetic_drawings, write_class_files
 from experiment_checks import check_experiment
 from ray_cluster import free_port
 
-BUCKET = "quickdraw-results"
+pytestmark = pytest.mark.slow  # real searches stored in a loopback S3 server
+
 LRS, BATCH_SIZES, EPOCHS = (0.01, 0.001), (32,), 2
-
-
-@pytest.fixture(scope="module")
-def s3_env(tmp_path_factory):
-    port = free_port()
-    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "w")
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=log, stderr=subprocess.STDOUT)
-    env = {
-        **os.environ,
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    try:
-        client = s3_client(env)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                client.create_bucket(Bucket=BUCKET)
-                break
-            except Exception:
-                assert time.monotonic() < deadline and server.poll() is None, "moto server did not start"
-                time.sleep(0.3)
-        yield env
-    finally:
-        server.kill()
-        server.wait()
-        log.close()
-
-
-def s3_client(env):
-    return boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name=env["AWS_DEFAULT_REGION"],
-                        aws_access_key_id="testing", aws_secret_access_key="testing")
-
-
-def keys(env, prefix: str) -> set[str]:
-    pages = s3_client(env).get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
-    return {item["Key"] for page in pages for item in page.get("Contents", [])}
-
 
 STORAGE = f"s3://{BUCKET}/runs"
 
@@ -80,7 +38,7 @@ def s3_experiment(s3_env, tmp_path_factory) -> str:
 
 
 def test_everything_lands_in_the_bucket_and_report_reads_it_back(s3_env, s3_experiment, tmp_path):
-    stored = keys(s3_env, "runs/")
+    stored = s3_keys(s3_env, "runs/")
     datasets = {key.split("/")[2] for key in stored if key.startswith("runs/datasets/")}
     assert len(datasets) == 1
     fingerprint = datasets.pop()
@@ -153,7 +111,7 @@ def test_a_bucket_that_does_not_exist_is_one_line_before_any_work(s3_env, tmp_pa
 
 
 def test_predict_reads_the_best_model_from_the_bucket(s3_env, s3_experiment, tmp_path):
-    stored = keys(s3_env, "runs/exp/best_model/")
+    stored = s3_keys(s3_env, "runs/exp/best_model/")
     assert stored == {f"runs/exp/best_model/{name}"
                       for name in ("weights.pt", "config.json", "classes.txt", "preprocessing.json")}
     np.save(tmp_path / "drawings.npy", np.stack([synthetic_drawings(label, 1)[0] for label in range(3)]))

@@ -30,11 +30,12 @@ def test_trials_share_gpus_so_all_run_at_once():
 
 @pytest.fixture
 def ray_with_a_gpu():
-    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False)
     yield
     ray.shutdown()
 
 
+@pytest.mark.slow
 def test_grid_on_a_gpu_cluster_gives_each_trial_a_share_and_falls_back_to_cpu(ray_with_a_gpu, tmp_path):
     data = write_class_files(tmp_path / "data")
     config = SearchConfig(
@@ -51,6 +52,7 @@ def test_grid_on_a_gpu_cluster_gives_each_trial_a_share_and_falls_back_to_cpu(ra
     assert all("test_accuracy" in t.last_result for t in trials)
 
 
+@pytest.mark.slow
 def test_an_experiment_stopped_early_reports_its_unfinished_trials(tmp_path):
     data = write_class_files(tmp_path / "data")
     experiment = tmp_path / "results" / "stopped"

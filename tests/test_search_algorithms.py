@@ -18,11 +18,12 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 from conftest import SYNTHETIC_CLASSES, run_cli, start_cli, synthetic_drawings, write_class_files
-from experiment_checks import finished_trials, kill_driver_when, results
+from experiment_checks import finished_trials, kill_driver_when
 from quickdraw.experiment import load_trials
 from quickdraw.storage import Location
-from test_s3_storage import BUCKET, s3_client, s3_env  # noqa: F401 (s3_env is a fixture)
-from test_s3_storage import keys as s3_keys
+from conftest import BUCKET, s3_client, s3_keys
+
+pytestmark = pytest.mark.slow  # real random and Optuna searches
 
 SPACE = """\
 lr: {loguniform: [1.0e-4, 1.0e-1]}

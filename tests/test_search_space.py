@@ -147,8 +147,15 @@ def test_flags_that_contradict_the_space_or_the_search(tmp_path, capsys, data, f
     assert_one_line(code, err, tmp_path / "results", *mentions)
 
 
+@pytest.mark.slow
 def test_a_bad_space_file_through_the_command_line_as_a_user_runs_it(tmp_path, data):
     (tmp_path / "space.yaml").write_text("weight_decay: {loguniform: [0, 0.1]}\n")
     result = run_cli("--data-dir", data, "--classes", ",".join(SYNTHETIC_CLASSES), "--storage", tmp_path / "results",
                      "--search", "optuna", "--space", tmp_path / "space.yaml", timeout=60)
     assert_one_line(result.returncode, result.stderr, tmp_path / "results", "space.yaml", "weight_decay", "low > 0")
+
+
+def test_the_docs_list_every_hyperparameter_as_the_catalogue_describes_it():
+    from quickdraw.catalogue import markdown_table
+
+    assert markdown_table() in (REPO / "docs" / "search-spaces.md").read_text()

@@ -17,13 +17,15 @@ from quickdraw.dataset import PARTS, Split
 from quickdraw.model import MODELS
 from quickdraw.training import Hyperparameters, Trainer, split_tensors
 
+pytestmark = pytest.mark.slow  # trials on Ray's object store
+
 CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
 def shared_split():
     """A split as a trial gets it: put into Ray's object store by one process, got back zero-copy."""
-    ray.init(num_cpus=1, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=1, include_dashboard=False, logging_level="WARNING")
     parts = {}
     for part, count in zip(PARTS, (60, 20, 20)):
         parts[f"x_{part}"] = np.concatenate([synthetic_drawings(label, count, seed=len(parts)).reshape(-1, 28, 28)

@@ -16,27 +16,22 @@ import pytest
 from PIL import Image
 from playwright.sync_api import expect
 
-from conftest import SYNTHETIC_CLASSES, run_cli, write_class_files
+from conftest import GRID
 from experiment_checks import results, trial_dirs
 from quickdraw.trainable import EPOCH_SCALARS, HPARAM_METRICS
-
-SCALAR_TAGS = {metric.tag: metric.key for metric in EPOCH_SCALARS}
 from ray_cluster import free_port
 
-LRS, BATCH_SIZES, EPOCHS = (0.01, 0.001), (32, 64), 2
+pytestmark = pytest.mark.slow  # every test reads a finished search through a TensorBoard server
+
+SCALAR_TAGS = {metric.tag: metric.key for metric in EPOCH_SCALARS}
+LRS, BATCH_SIZES, EPOCHS = GRID.lrs, GRID.batch_sizes, GRID.epochs
 IMAGE_TAGS = ("test/confusion_matrix", "test/misclassified")
 WAIT_MS = 30_000  # for the browser: TensorBoard loads each dashboard's data in steps
 
 
 @pytest.fixture(scope="module")
-def experiment(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tensorboard")
-    data = write_class_files(root / "data")
-    result = run_cli("--data-dir", data, "--classes", ",".join(SYNTHETIC_CLASSES), "--split", "300,60,30",
-                     "--lrs", ",".join(map(str, LRS)), "--batch-sizes", ",".join(map(str, BATCH_SIZES)),
-                     "--epochs", EPOCHS, "--storage", root / "results", "--name", "tb")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return root / "results" / "tb"
+def experiment(grid_experiment):
+    return grid_experiment
 
 
 @pytest.fixture(scope="module")
@@ -158,6 +153,7 @@ TABLE_ROWS = """grid => {
 }"""
 
 
+@pytest.mark.browser
 def test_hparams_table_in_the_browser_shows_values_as_written(experiment, tensorboard, page):
     trials = {t.name: (json.loads((t / "params.json").read_text()), results(t)[-1]) for t in trial_dirs(experiment)}
     page.goto(f"{tensorboard}/#hparams")
@@ -189,6 +185,7 @@ def wait_until(condition, what: str) -> None:
         assert time.monotonic() < deadline, what
 
 
+@pytest.mark.browser
 def test_time_series_renders_every_scalar_and_image_card(experiment, tensorboard, page):
     runs = sorted(t.name for t in trial_dirs(experiment))
     page.set_viewport_size({"width": 1400, "height": 4500})  # every card on screen: TensorBoard draws those seen
@@ -231,6 +228,7 @@ def test_time_series_renders_every_scalar_and_image_card(experiment, tensorboard
     assert shown == {(tag, run) for tag in IMAGE_TAGS for run in runs}
 
 
+@pytest.mark.browser
 def test_custom_scalars_draw_train_and_validation_on_one_chart(experiment, tensorboard, page):
     runs = sorted(t.name for t in trial_dirs(experiment))
     page.goto(f"{tensorboard}/#custom_scalars&_smoothingWeight=0")  # unsmoothed: a line per run and tag, no more

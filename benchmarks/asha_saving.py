@@ -3,6 +3,7 @@
 validation accuracy, as the summary chooses it).
 
     python benchmarks/asha_saving.py [--data-dir ../shared/quickdraw] [--epochs 8] [--grace-period 2] [--reduction-factor 3]
+                                     [--lrs 0.01,0.001,0.0001] [--batch-sizes 32,64,128,256,512]
 
 Writes benchmarks/results/asha_saving.json.
 """
@@ -17,9 +18,12 @@ import common
 import pandas as pd
 import ray
 
+from quickdraw.catalogue import HYPERPARAMETER
+from quickdraw.cli import add_hyperparameter_flag
 from quickdraw.config import DataConfig, SearchConfig
 from quickdraw.report import write_report
 from quickdraw.search import run_search
+from quickdraw.space import grid_size, merge
 from quickdraw.summary import best_trial
 
 
@@ -28,11 +32,12 @@ def main() -> None:
     data = DataConfig(data_dir=args.data_dir, classes=args.classes, split=args.split)
     ray.init(address="local", logging_level="WARNING")
     rows = []
+    grid = merge(tuple(d for d in (args.lr, args.batch_size) if d))  # the seed's grid by default
     with tempfile.TemporaryDirectory() as storage:
         for scheduler in ("none", "asha"):
             asha = scheduler == "asha"
             config = SearchConfig(
-                data=data, epochs=args.epochs, storage=storage, name=scheduler, scheduler=scheduler,
+                data=data, space=grid, epochs=args.epochs, storage=storage, name=scheduler, scheduler=scheduler,
                 grace_period=args.grace_period if asha else None, reduction_factor=args.reduction_factor if asha else None,
             )
             rows.append(run_grid(config))
@@ -40,8 +45,8 @@ def main() -> None:
     table["trial_epochs / FIFO's"] = table.trial_epochs / table.trial_epochs[0]
     table["wall / FIFO's"] = table.wall_s / table.wall_s[0]
     common.save(args.output, rows, table,
-                f"Grid of 15 trials x {args.epochs} epochs, FIFO against ASHA (grace period {args.grace_period}, "
-                f"reduction factor {args.reduction_factor:g}), on validation loss",
+                f"Grid of {grid_size(grid)} trials x {args.epochs} epochs, FIFO against ASHA (grace period "
+                f"{args.grace_period}, reduction factor {args.reduction_factor:g}), on validation loss",
                 floatfmt=("", ".0f", ".0f", ".0f", ".1f", "g", ".0f", ".2f", ".2f", ".2f", ".2f"))
 
 
@@ -65,6 +70,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--grace-period", type=int, default=2)
     parser.add_argument("--reduction-factor", type=float, default=3)
+    for name in ("lr", "batch_size"):
+        add_hyperparameter_flag(parser, HYPERPARAMETER[name])
     return parser.parse_args()
 
 

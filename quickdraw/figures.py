@@ -12,6 +12,8 @@ matplotlib.use("Agg")  # no display on cluster nodes
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from quickdraw.catalogue import EPOCH, TRAIN_ACCURACY, TRAIN_LOSS, VAL_ACCURACY, VAL_LOSS  # noqa: E402
+
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
     """counts[true, predicted]"""
@@ -99,23 +101,25 @@ def accuracy_heatmap_figure(accuracy: np.ndarray, row_labels: list[str], batch_s
 
 def validation_curves_figure(title: str, histories: dict, others: list = ()) -> plt.Figure:
     """Validation accuracy and loss per epoch, one line per trial (histories: legend label -> Tune's per-epoch
-    results with columns epoch, val_accuracy and val_loss), and the training ones dashed in the same colour where the
+    results, with the catalogue's epoch, val_accuracy and val_loss), and the training ones dashed in the same colour where the
     results have them (train_accuracy, train_loss); `others`, more trials' results, are thin grey lines under one
     legend entry, so that the legend of a search with many trials stays readable."""
     figure, (accuracy_axes, loss_axes) = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
+    epoch, val_accuracy, val_loss = EPOCH.key, VAL_ACCURACY.key, VAL_LOSS.key
     for n, history in enumerate(others):
         label = f"{len(others)} other trial{'s' if len(others) > 1 else ''}" if n == 0 else None
-        accuracy_axes.plot(history["epoch"], 100 * history["val_accuracy"], color="lightgrey", linewidth=1,
+        accuracy_axes.plot(history[epoch], 100 * history[val_accuracy], color="lightgrey", linewidth=1,
                            label=label, zorder=1)
-        loss_axes.plot(history["epoch"], history["val_loss"], color="lightgrey", linewidth=1, zorder=1)
+        loss_axes.plot(history[epoch], history[val_loss], color="lightgrey", linewidth=1, zorder=1)
     for label, history in histories.items():
-        line, = accuracy_axes.plot(history["epoch"], 100 * history["val_accuracy"], marker="o", markersize=3,
+        line, = accuracy_axes.plot(history[epoch], 100 * history[val_accuracy], marker="o", markersize=3,
                                    label=label)
-        loss_axes.plot(history["epoch"], history["val_loss"], marker="o", markersize=3, color=line.get_color())
-        if {"train_accuracy", "train_loss"} <= set(history.columns):
-            accuracy_axes.plot(history["epoch"], 100 * history["train_accuracy"], linestyle="--", linewidth=1,
+        loss_axes.plot(history[epoch], history[val_loss], marker="o", markersize=3, color=line.get_color())
+        if {TRAIN_ACCURACY.key, TRAIN_LOSS.key} <= set(history.columns):
+            accuracy_axes.plot(history[epoch], 100 * history[TRAIN_ACCURACY.key], linestyle="--", linewidth=1,
                                color=line.get_color())
-            loss_axes.plot(history["epoch"], history["train_loss"], linestyle="--", linewidth=1, color=line.get_color())
+            loss_axes.plot(history[epoch], history[TRAIN_LOSS.key], linestyle="--", linewidth=1,
+                           color=line.get_color())
     accuracy_axes.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy: validation solid, training dashed")
     loss_axes.set(xlabel="epoch", ylabel="loss", title="Loss: validation solid, training dashed")
     for axes in (accuracy_axes, loss_axes):

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from quickdraw import figures, importance, report_html
-from quickdraw.catalogue import HYPERPARAMETER
+from quickdraw.catalogue import EPOCH, HYPERPARAMETER, TEST_ACCURACY, VAL_ACCURACY, VAL_LOSS
 from quickdraw.dataset import Split, load_split
 from quickdraw.errors import UserError
 from quickdraw.experiment import PREDICTIONS_FILE, split_location, what_ran
@@ -123,7 +123,7 @@ def heatmap_section(summary: Summary) -> Section:
         section.skipped.append("the heatmap: no trial finished, so no trial has a test accuracy")
         return section
     trials = trials.assign(note=[untested_note(row) for row in trials.itertuples()])
-    accuracy, notes = grid(trials, "test_accuracy").astype(float), grid(trials, "note")
+    accuracy, notes = grid(trials, TEST_ACCURACY.key).astype(float), grid(trials, "note")
     tie = tie_sentence(trials, subject="The outlined trial")
     figure = figures.accuracy_heatmap_figure(accuracy, row_labels(trials), grid_columns(trials), notes,
                                              best=grid_cell(trials, best_trial(trials)), tied=bool(tie))
@@ -206,9 +206,10 @@ def curve_lines(trials: pd.DataFrame, histories: dict[str, pd.DataFrame], names)
     curves = []
     for _, row in trials.iterrows():
         history = histories.get(row.trial_dir)
-        if history is not None and {"epoch", "val_accuracy", "val_loss"} <= set(history.columns):
+        if history is not None and {EPOCH.key, VAL_ACCURACY.key, VAL_LOSS.key} <= set(history.columns):
             # A trial restarted from a checkpoint reports the epochs after it again: keep the last.
-            curves.append((curve_label(row, names), history.drop_duplicates("epoch", keep="last").sort_values("epoch")))
+            kept = history.drop_duplicates(EPOCH.key, keep="last").sort_values(EPOCH.key)
+            curves.append((curve_label(row, names), kept))
     if not curves:
         return None
     return dict(curves[:NAMED_CURVES]), [history for _, history in curves[NAMED_CURVES:]]

@@ -48,11 +48,13 @@ def test_grid_overhead_times_a_real_grid(tmp_path):
 
 def test_asha_saving_runs_both_grids(tmp_path):
     output = tmp_path / "asha.json"
-    run_benchmark("asha_saving", *small_data(tmp_path), "--epochs", "3", "--grace-period", "1", "--output", output)
+    # lr 0.003 learns, lr 0.5 stays at chance, and trials start in grid order: ASHA has something to stop.
+    run_benchmark("asha_saving", *small_data(tmp_path), "--lrs", "0.003,0.5", "--batch-sizes", "16,32", "--epochs",
+                  "3", "--grace-period", "1", "--reduction-factor", "2", "--output", output)
     fifo, asha = json.loads(output.read_text())
     assert (fifo["scheduler"], asha["scheduler"]) == ("none", "asha")
-    assert fifo["trials"] == asha["trials"] == 15 and fifo["stopped"] == 0
-    assert fifo["trial_epochs"] == 15 * 3
+    assert fifo["trials"] == asha["trials"] == 4 and fifo["stopped"] == 0
+    assert fifo["trial_epochs"] == 4 * 3
     assert asha["stopped"] > 0 and asha["trial_epochs"] < fifo["trial_epochs"]
     assert 0 <= asha["best_test_accuracy"] <= 100
 

@@ -48,18 +48,6 @@ def node_history(experiment: Path) -> dict[str, list[tuple[int, str]]]:
     return {t.name: [(r["epoch"], r["node_ip"]) for r in results(t)] for t in trial_dirs(experiment)}
 
 
-def test_the_grid_spreads_over_every_node(cluster, tmp_path):
-    data = write_class_files(tmp_path / "data", count=2_000)
-    storage = tmp_path / "results"
-    output = finish(start_cli(*grid_args(cluster, data, storage, "spread", "3000,600,300", 2, 128), env=cluster.env))
-
-    assert "converted into" in output
-    nodes = {ip for history in node_history(storage / "spread").values() for _, ip in history}
-    assert set(cluster.worker_ips) < nodes and len(nodes) == 3, nodes
-    table = pd.read_csv(storage / "spread" / "summary.csv")
-    assert len(table) == 3 and (table.status == "finished").all()
-
-
 def _driver(address: str, data: Path, storage: str, barrier, outcomes) -> None:
     """A driver process: join the cluster, wait for the other, then ask for the split."""
     import ray
@@ -94,8 +82,9 @@ def test_drivers_asking_for_the_same_split_at_the_same_moment_convert_it_once(cl
     assert len(list((storage / "datasets").iterdir())) == 1
 
 
-def test_a_worker_node_dies_and_its_trial_continues_elsewhere_from_its_checkpoint(cluster, tmp_path):
-    """An Optuna search (the grid spreads over the nodes above): Optuna's trials survive a node as the grid's do."""
+def test_the_trials_spread_over_every_node_and_one_that_loses_its_node_continues_elsewhere(cluster, tmp_path):
+    """An Optuna search on the head and two worker nodes, one trial a node; a worker node dies mid-trial and its trial
+    continues on another node from its checkpoint."""
     data = write_class_files(tmp_path / "data", count=1_200)
     storage = tmp_path / "results"
     # Epochs of about half a second: 20 of them keep a trial on the victim long enough for its results to reach the
@@ -112,7 +101,11 @@ def test_a_worker_node_dies_and_its_trial_continues_elsewhere_from_its_checkpoin
         assert time.monotonic() < deadline and driver.poll() is None, "no trial ran two epochs on the victim node"
         time.sleep(0.2)
     assert cluster.kill_node(victim) > 0
-    finish(driver)
+    output = finish(driver)
+    assert "converted into" in output
+
+    nodes = {ip for history in node_history(experiment).values() for _, ip in history}
+    assert set(cluster.worker_ips) < nodes and len(nodes) == 3, nodes  # every node ran a trial
 
     moved = 0
     for trial, history in node_history(experiment).items():

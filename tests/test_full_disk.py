@@ -68,7 +68,7 @@ def filled_run(disk, tmp_path_factory):
     data = write_class_files(tmp_path_factory.mktemp("data"), count=600)
     experiment = disk / "full"
     driver = start_cli("--data-dir", data, "--classes", ",".join(SYNTHETIC_CLASSES), "--split", "1500,150,75",
-                       "--lrs", "0.001", "--batch-sizes", "16,512", "--epochs", EPOCHS, "--storage", disk,
+                       "--lrs", "0.001", "--batch-sizes", "8,512", "--epochs", EPOCHS, "--storage", disk,
                        "--name", experiment.name, "--max-failures", "0")
     finished = {}
     deadline = time.monotonic() + 240

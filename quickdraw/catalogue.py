@@ -34,6 +34,7 @@ class Hyperparameter:
     allowed: str  # what `valid` accepts, in words
     example: str  # how a --space file searches it
     single_flag: str = ""  # a flag that takes exactly one value, as an alternative to `flag`
+    always_named: bool = False  # named in every trial's folder, console row and sentence; the others when searched
 
     def text(self, value) -> str:
         """A value as tables, sentences, the console and folder names write it: 0.001, 64, seed."""
@@ -84,12 +85,12 @@ HYPERPARAMETERS = (  # in the order of every table
         name="lr", flag="--lrs", metavar="LR,...", many=True, label="Learning rate", phrase="lr", short="lr",
         meaning="AdamW's learning rate: constant for seed, the one-cycle schedule's peak for vgg-bn", kind=float,
         default=(0.01, 0.001, 0.0001), valid=lambda x: x > 0, allowed="a number above 0",
-        example="{loguniform: [1.0e-4, 1.0e-1]}"),
+        example="{loguniform: [1.0e-4, 1.0e-1]}", always_named=True),
     Hyperparameter(
         name="batch_size", flag="--batch-sizes", metavar="N,...", many=True, label="Batch size", phrase="batch size",
         short="batch",
         meaning="drawings per training step", kind=int, default=(32, 64, 128, 256, 512), valid=lambda n: n >= 1,
-        allowed="a whole number of 1 or more", example="[32, 64, 128]"),
+        allowed="a whole number of 1 or more", example="[32, 64, 128]", always_named=True),
     Hyperparameter(
         name="dropout", flag="--dropout", metavar="P", many=False, label="Dropout", phrase="dropout",
         short="dropout",

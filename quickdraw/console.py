@@ -21,7 +21,6 @@ from quickdraw.space import Space
 
 REPORT_EVERY_S = 30
 MAX_ROWS = 20  # before the end, past that: the running trials, then the best of the others
-ALWAYS_SHOWN = ("lr", "batch_size")
 ACCURACIES = (VAL_ACCURACY, BEST_VAL_ACCURACY)
 SETTLED = (Trial.TERMINATED, Trial.ERROR)  # finished, stopped by ASHA, or failed for good: no more epochs this run
 PROGRESS_FORMAT = ("{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} trial-epochs "
@@ -41,7 +40,7 @@ class Console(tune.Callback):
     expect_restore = False
 
     def __init__(self, space: Space):
-        self.columns = [d.hyperparameter for d in space if d.searched or d.name in ALWAYS_SHOWN]
+        self.columns = [d.hyperparameter for d in space if d.searched or d.hyperparameter.always_named]
         self.started = time.time()
         self.last_report = 0.0
         self.total: int | None = None  # trials the search makes; None: unknown (endless)

@@ -153,7 +153,7 @@ def describe(row: pd.Series, shown=()) -> str:
 def settings(row: pd.Series, shown=()) -> str:
     """A trial's learning rate and batch size, and the other hyperparameters among the `shown` ones (searched, or
     different between trials), so that the words tell it apart: "lr 0.001, batch size 64, dropout 0.3"."""
-    named = [h for h in HYPERPARAMETERS if h.name != "model" and (h.name in ("lr", "batch_size") or h.name in shown)]
+    named = [h for h in HYPERPARAMETERS if h.name != "model" and (h.always_named or h.name in shown)]
     return ", ".join(f"{h.phrase} {h.text(row[h.name])}" for h in named)
 
 

@@ -22,7 +22,6 @@ from quickdraw.storage import Location, first_line
 from quickdraw.trainable import train_trial
 from quickdraw.whole_files import tune_filesystem
 
-ALWAYS_TAGGED = ("lr", "batch_size")  # in every trial's folder name; the others when searched
 RESTORE_LOGGER = "ray.tune.execution.tune_controller"  # where Tune logs a restore it could not do, with its cause
 
 
@@ -31,7 +30,8 @@ def trainable(split: Split, resources: dict, space: Space):
 
 
 def build_tuner(config: SearchConfig, trainable, storage: Location, name: str) -> tune.Tuner:
-    tagged = tuple(d.name for d in config.space if d.searched and d.name not in ALWAYS_TAGGED)
+    tagged = tuple([d.name for d in config.space if d.hyperparameter.always_named]
+                   + [d.name for d in config.space if d.searched and not d.hyperparameter.always_named])
     return tune.Tuner(
         trainable,
         param_space=param_space(config),
@@ -108,14 +108,14 @@ def scheduler(config: SearchConfig) -> TrialScheduler | None:
                          grace_period=config.grace_period, reduction_factor=config.reduction_factor)
 
 
-def trial_dirname(trial, tagged: tuple[str, ...] = ()) -> str:
-    """Folder (and TensorBoard run) name: the trial's learning rate and batch size, the `tagged` hyperparameters
-    (the others the search varies) and the trial's number, which makes it unique: lr=0.001_batch=64_00003,
+def trial_dirname(trial, tagged: tuple[str, ...]) -> str:
+    """Folder (and TensorBoard run) name: the `tagged` hyperparameters (the learning rate and batch size, then the
+    others the search varies) and the trial's number, which makes it unique: lr=0.001_batch=64_00003,
     lr=0.001_batch=64_model=vgg-bn_00003. Short, so that TensorBoard's run lists show it whole. The number is the
     one Tune's experiment tag starts with: the searcher's count of the trials it created, kept across `resume`
     (from 0 in a grid or a random search; from 1 under Optuna); Tune's trial id where a tag has none."""
     tags = [f"{HYPERPARAMETER[name].short}={HYPERPARAMETER[name].text(trial.config[name])}"
-            for name in (*ALWAYS_TAGGED, *tagged)]
+            for name in tagged]
     number = tag_number(trial.experiment_tag)
     return "_".join([*tags, trial.trial_id if number is None else f"{number:05d}"])
 

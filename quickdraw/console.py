@@ -58,7 +58,8 @@ class Console(tune.Callback):
         return {"trial_epochs": self.trial_epochs}
 
     def set_state(self, state: dict) -> None:
-        self.restored = True
+        """Tune restored the search: the ETA counts only the trial-epochs done after this."""
+        self.baseline, self.restored = state["trial_epochs"], True
 
     def on_step_end(self, iteration: int, trials: list[Trial], **info):
         if self.baseline is None and trials:
@@ -77,9 +78,7 @@ class Console(tune.Callback):
         print(self.status(trials, done), flush=True)
 
     def status(self, trials: list[Trial], done: bool) -> str:
-        counts: dict[str, int] = {}
-        for trial in trials:
-            counts[trial.status] = counts.get(trial.status, 0) + 1
+        counts = count_statuses(trials)
         of = f"/{self.total}" if self.total and self.total < sys.maxsize else ""
         elapsed = time.time() - self.started
         lines = ["== Status ==", f"Current time: {datetime.now():%Y-%m-%d %H:%M:%S} "

@@ -12,7 +12,7 @@ from pathlib import Path
 from quickdraw.catalogue import HYPERPARAMETER
 from quickdraw.config import DataConfig, SearchConfig, SplitSizes
 from quickdraw.errors import UserError
-from quickdraw.space import parse_space
+from quickdraw.space import merge, parse_space
 from quickdraw.storage import Location, first_line
 
 SEARCH_FILE = "search.json"
@@ -59,5 +59,4 @@ def config_of_json(settings: dict) -> SearchConfig:
     space = parse_space(settings["space"], f"{SEARCH_FILE} space")
     if sorted(d.name for d in space) != sorted(HYPERPARAMETER):
         raise ValueError(f"its space names {', '.join(d.name for d in space)}, not every hyperparameter")
-    in_order = tuple(sorted(space, key=lambda d: list(HYPERPARAMETER).index(d.name)))
-    return SearchConfig(**settings | {"data": data, "space": in_order})
+    return SearchConfig(**settings | {"data": data, "space": merge(space)})  # in the catalogue's order

@@ -67,7 +67,7 @@ def run_variant(name: str, args) -> dict:
     while not trainer.finished:
         trainer.run_epoch(data)
     seconds = (time.perf_counter() - started) / args.epochs
-    wrong = int((trainer.test_probabilities(data["test"][0]).argmax(1) != split.y_test).sum())
+    wrong = int((trainer.best_probabilities(data["test"][0]).argmax(1) != split.y_test).sum())
     progress = trainer.progress
     return {"variant": name, "best_val_accuracy": 100 * progress.best_val_accuracy,
             "test_accuracy": 100 * (1 - wrong / len(data["test"][1])), "test_errors": wrong,

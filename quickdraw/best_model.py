@@ -1,12 +1,13 @@
-"""The best trial's model, for use after the search: `<experiment>/best_model/` holds
+"""The search's best model, for use after the search: which trials make it, and `<experiment>/best_model/`, which holds
 
-  weights.pt          the network's state dict (the weights that were tested), loadable with weights_only=True
-  config.json         the model's name, the trial's hyperparameters and accuracies, and where it came from
-  classes.txt         the class names, one per line, in the order of the network's outputs
-  preprocessing.json  how a drawing becomes the network's input (quickdraw.images)
+  weights_<k>.pt      each member's state dict (the weights its trial tested), loadable with weights_only=True
+  config.json         the members (their trials, weights in the average, views, hyperparameters and accuracies),
+                      the model's validation and test accuracy, and where it came from
+  classes.txt         the class names, one per line, in the order of the networks' outputs
+  preprocessing.json  how a drawing becomes a network's input (quickdraw.images)
 
-and `BestModel` loads it to classify drawings (quickdraw.predict). The best trial is quickdraw.summary's, chosen on
-validation accuracy.
+and `BestModel` loads it to classify drawings (quickdraw.predict). The members are chosen by ensemble selection on
+validation probabilities (quickdraw.ensemble); one member is the single best trial.
 """
 
 from __future__ import annotations
@@ -25,57 +26,133 @@ import torch
 
 from quickdraw.catalogue import BEST_VAL_ACCURACY, BEST_VAL_LOSS, DEVICE, HYPERPARAMETERS, PRECISION, TEST_ACCURACY
 from quickdraw.compute import Compute, choose, has_native_bf16
+from quickdraw.dataset import Split
+from quickdraw.ensemble import ChosenModel, Member, average, greedy_selection, mirrored_helps
 from quickdraw.errors import UserError
 from quickdraw.experiment import PARAMS_FILE
 from quickdraw.images import PREPROCESSING
 from quickdraw.model import MODELS
-from quickdraw.search_record import SEARCH_FILE, SearchRecord
+from quickdraw.predictions import PREDICTED_PARTS, PREDICTIONS_FILE, Predictions
+from quickdraw.search_record import SearchRecord
 from quickdraw.storage import Location, first_line
 from quickdraw.summary import best_trial
-from quickdraw.training import CHECKPOINT_FILE, predict_logits
+from quickdraw.training import CHECKPOINT_FILE, predict_probabilities
 
 BEST_MODEL_DIR = "best_model"
-WEIGHTS_FILE, CONFIG_FILE, CLASSES_FILE, PREPROCESSING_FILE = (
-    "weights.pt", "config.json", "classes.txt", "preprocessing.json")
+CONFIG_FILE, CLASSES_FILE, PREPROCESSING_FILE = "config.json", "classes.txt", "preprocessing.json"
+WEIGHTS_PREFIX = "weights_"  # weights_0.pt, weights_1.pt, ...: the members' in config.json's order
 TRIAL_SETTINGS = ("epochs", "seed")  # besides the hyperparameters
 
 
-def export_best_model(experiment: Location, trials: pd.DataFrame,
-                      histories: dict[str, pd.DataFrame]) -> Location | None:
-    """Write best_model/ for the best trial, chosen on validation (`trials` and `histories` as the report loaded
-    them). None when no trial finished, or when the files it needs are gone (a line on stderr says which): the rest
-    of the report stands without it."""
+def choose_model(experiment: Location, trials: pd.DataFrame, split: Split | None, size: int,
+                 no_split: str = "") -> ChosenModel | None:
+    """The model best_model/ holds: an ensemble of up to `size` selection steps over the finished trials, chosen on
+    their validation probabilities (`split` holds the labels; None when it cannot be read, `no_split` says why).
+    The best trial alone when there is nothing to choose from; None when no trial finished."""
     index = best_trial(trials)
     if index is None:
         return None
     best = trials.loc[index]
-    trial = experiment / best.trial_dir
-    try:
-        params = json.loads((trial / PARAMS_FILE).read_text())
-        checkpoints = [c for c in trial.children() if c.name.startswith("checkpoint_")]
-        last_result = histories[best.trial_dir].iloc[-1]
-        classes = SearchRecord.read(experiment).config.data.classes
-        state = load_tensors((checkpoints[-1] / CHECKPOINT_FILE).read_bytes())  # the last epoch's
-    except (OSError, ValueError, KeyError, IndexError, RuntimeError, UserError) as e:
-        print(f"{experiment / BEST_MODEL_DIR} not written: the best trial's files in {trial} or {SEARCH_FILE} "
-              f"cannot be read ({type(e).__name__}: {first_line(e)})", file=sys.stderr)
+    if split is None:
+        return single_trial(best, size, f"the best trial alone: {no_split}")
+    shapes = {part: (len(split.part(part)[1]), len(split.classes)) for part in PREDICTED_PARTS}
+    names, views, left_out = [], [], []
+    for trial_dir in trials.trial_dir[trials.status == "finished"]:  # in the table's order: ties go to the first
+        try:
+            predictions = Predictions.read(experiment / trial_dir / PREDICTIONS_FILE, shapes)
+        except ValueError as e:
+            left_out.append(str(e))
+            continue
+        mirrored = bool(predictions.mirrored) and mirrored_helps(
+            predictions.plain["validation"], predictions.mirrored["validation"], split.y_validation)
+        names.append((trial_dir, mirrored))
+        views.append(predictions.view(mirrored))
+    if not views:
+        return single_trial(best, size, f"the best trial alone: {'; '.join(left_out)}")
+    chosen = greedy_selection([view["validation"] for view in views], split.y_validation, size)
+    weights = list(chosen.values())
+    probabilities = {part: average([views[i][part] for i in chosen], weights) for part in PREDICTED_PARTS}
+    accuracy = {part: 100 * float((probabilities[part].argmax(1) == split.part(part)[1]).mean())
+                for part in PREDICTED_PARTS}
+    members = tuple(Member(names[i][0], weight, names[i][1]) for i, weight in chosen.items())
+    note = f"left out of the selection: {'; '.join(left_out)}" if left_out else ""
+    return ChosenModel(members, accuracy["validation"], accuracy["test"], size, probabilities["test"], note)
+
+
+def single_trial(row: pd.Series, size: int, note: str) -> ChosenModel:
+    return ChosenModel((Member(row.trial_dir, 1.0, False),), row[BEST_VAL_ACCURACY.key], row[TEST_ACCURACY.key], size,
+                       note=note)
+
+
+def export_best_model(experiment: Location, chosen: ChosenModel | None,
+                      histories: dict[str, pd.DataFrame]) -> Location | None:
+    """Write best_model/ for the chosen model (`histories` as the report loaded them). Every member's files are read
+    before anything is written: when one is missing or damaged, a line on stderr says which, best_model/ is left as it
+    was, and None is returned (the rest of the report stands without it)."""
+    if chosen is None:
         return None
+    folder = experiment / BEST_MODEL_DIR
+    try:
+        classes = SearchRecord.read(experiment).config.data.classes
+        members = [read_member(experiment, member, f"{WEIGHTS_PREFIX}{k}.pt", len(classes), histories)
+                   for k, member in enumerate(chosen.members)]
+    except (OSError, ValueError, KeyError, IndexError, RuntimeError, UserError) as e:
+        print(f"{folder} not written (left as it was): {first_line(e)}", file=sys.stderr)
+        return None
+    first = members[0][0]
     config = {
+        "members": [entry for entry, _ in members],
+        # In percent in the report; fractions here, as the trials reported theirs to Tune.
+        "validation_accuracy": chosen.validation_accuracy / 100, "test_accuracy": chosen.test_accuracy / 100,
+        "ensemble_size": chosen.size,
+        # What the first member's --precision resolved to, and where it ran: predict computes so where it can.
+        PRECISION: first[PRECISION], DEVICE: first[DEVICE], "experiment": experiment.uri,
+    }
+    if (folder / CONFIG_FILE).is_file():
+        (folder / CONFIG_FILE).delete()  # until the new one is written, the folder is not a model
+    for entry, weights in members:
+        (folder / entry["weights_file"]).write_bytes(weights)
+    written = {entry["weights_file"] for entry, _ in members}
+    for old in folder.children():
+        if old.name.startswith(WEIGHTS_PREFIX) and old.name not in written:
+            old.delete()  # a member of an earlier export
+    (folder / CLASSES_FILE).write_text("\n".join(classes) + "\n")
+    (folder / PREPROCESSING_FILE).write_text(json.dumps(PREPROCESSING, indent=2) + "\n")
+    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")  # last: its presence means complete
+    return folder
+
+
+def read_member(experiment: Location, member: Member, weights_file: str, num_classes: int,
+                histories: dict[str, pd.DataFrame]) -> tuple[dict, bytes]:
+    """A member's entry in config.json and its weights as torch.save writes them (for `weights_file`), once they load
+    into its network; a ValueError that names the trial and the file when they cannot."""
+    trial = experiment / member.trial_dir
+    file = trial / PARAMS_FILE
+    try:
+        params = json.loads(file.read_text())
+        checkpoints = [c for c in trial.children() if c.name.startswith("checkpoint_")]
+        if not checkpoints:
+            raise ValueError("it has no checkpoint")
+        file = checkpoints[-1] / CHECKPOINT_FILE
+        state = load_tensors(file.read_bytes())  # the last epoch's
+        weights = state["progress"]["best_weights"]
+        MODELS[params["model"]].build(num_classes, params["dropout"]).load_state_dict(weights)
+        last_result = histories[member.trial_dir].iloc[-1]
+    except (OSError, ValueError, KeyError, IndexError, RuntimeError, TypeError) as e:
+        raise ValueError(f"the member {member.trial_dir} cannot be read from {file} ({type(e).__name__}: "
+                         f"{first_line(e)})") from None
+    buffer = io.BytesIO()
+    torch.save(weights, buffer)
+    entry = {
+        "weights_file": weights_file,
+        "weight": member.weight, "mirrored": member.mirrored, "trial": member.trial_dir,
         **{key: params[key] for key in (*(h.name for h in HYPERPARAMETERS), *TRIAL_SETTINGS)},
         # What the trial's --precision resolved to, and where it ran.
         PRECISION: last_result[PRECISION], "precision_asked": params[PRECISION], DEVICE: last_result[DEVICE],
         # Fractions, unrounded, as the trial reported them to Tune.
         **{m.key: float(last_result[m.key]) for m in (TEST_ACCURACY, BEST_VAL_ACCURACY, BEST_VAL_LOSS)},
-        "trial": best.trial_dir, "experiment": experiment.uri,
     }
-    folder = experiment / BEST_MODEL_DIR
-    buffer = io.BytesIO()
-    torch.save(state["progress"]["best_weights"], buffer)
-    (folder / WEIGHTS_FILE).write_bytes(buffer.getvalue())
-    (folder / CLASSES_FILE).write_text("\n".join(classes) + "\n")
-    (folder / PREPROCESSING_FILE).write_text(json.dumps(PREPROCESSING, indent=2) + "\n")
-    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")  # last: its presence means complete
-    return folder
+    return entry, buffer.getvalue()
 
 
 def load_tensors(data: bytes):
@@ -94,7 +171,7 @@ def load_tensors(data: bytes):
 
 @dataclass
 class BestModel:
-    network: torch.nn.Module
+    networks: list[torch.nn.Module]  # config["members"]'s, in its order
     classes: list[str]
     config: dict
 
@@ -109,16 +186,22 @@ class BestModel:
         try:
             config = json.loads((folder / CONFIG_FILE).read_text())
             classes = (folder / CLASSES_FILE).read_text().split("\n")[:-1]
-            network = MODELS[config["model"]].build(len(classes), config["dropout"])
-            weights = load_tensors((folder / WEIGHTS_FILE).read_bytes())
-            network.load_state_dict(weights)
-        except (OSError, ValueError, KeyError, RuntimeError, pickle.UnpicklingError) as e:
+            networks = []
+            for member in config["members"]:
+                network = MODELS[member["model"]].build(len(classes), member["dropout"])
+                network.load_state_dict(load_tensors((folder / member["weights_file"]).read_bytes()))
+                networks.append(network)
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError, pickle.UnpicklingError) as e:
             raise UserError(f"{folder} cannot be loaded ({type(e).__name__}: {first_line(e)}); "
                             f"run `python tune_search.py report {experiment}` to export it again") from None
-        return cls(network, classes, config)
+        return cls(networks, classes, config)
+
+    @property
+    def members(self) -> list[dict]:
+        return self.config["members"]
 
     def compute(self) -> Compute:
-        """The GPU if there is one, else the CPU, in the precision the trial tested in (bf16 or fp32) where this
+        """The GPU if there is one, else the CPU, in the precision the trials tested in (bf16 or fp32) where this
         hardware computes bf16 natively, else in fp32."""
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         trained = self.config[PRECISION]
@@ -126,14 +209,15 @@ class BestModel:
 
     def describe(self, compute: Compute) -> str:
         """How the model predicts, against how it was trained: a line for the user."""
-        return (f"predicting in {compute.precision} on {compute.device_name()}; the model trained in "
+        model = f"{len(self.members)} networks, averaged" if len(self.members) > 1 else "1 network"
+        return (f"predicting with {model}, in {compute.precision} on {compute.device_name()}; the model trained in "
                 f"{self.config[PRECISION]} on {self.config[DEVICE]}")
 
     def probabilities(self, drawings: np.ndarray, compute: Compute | None = None) -> np.ndarray:
-        """Class probabilities of (N, 28, 28) uint8 drawings, computed as the trial computed its test where the
-        hardware allows (see `compute`)."""
+        """Class probabilities of (N, 28, 28) uint8 drawings: each member's, computed as its trial computed its
+        test where the hardware allows (see `compute`), in its view, then averaged with the members' weights."""
         compute = compute or self.compute()
-        device = compute.device
-        network = compute.prepare(self.network)
-        inputs = torch.from_numpy(drawings).to(device).unsqueeze(1)
-        return predict_logits(network, inputs, compute).softmax(1).cpu().numpy()
+        inputs = torch.from_numpy(drawings).to(compute.device).unsqueeze(1)
+        each = [predict_probabilities(compute.prepare(network), inputs, compute, member["mirrored"]).cpu().numpy()
+                for network, member in zip(self.networks, self.members)]
+        return average(each, [member["weight"] for member in self.members])

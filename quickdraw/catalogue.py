@@ -108,6 +108,13 @@ HYPERPARAMETERS = (  # in the order of every table
         meaning="the training loss's label smoothing (torch's cross-entropy); 0 trains on the labels as they are",
         kind=float, default=(0.0,), valid=lambda x: 0 <= x < 1, allowed="a number from 0 up to, not including, 1",
         example="{uniform: [0.0, 0.2]}"),
+    Hyperparameter(
+        name="ema_decay", flag="--ema-decay", metavar="DECAY", many=False, label="EMA decay", phrase="EMA decay",
+        short="ema",
+        meaning="the decay of an exponential moving average of the weights, updated every step and validated and "
+                "tested in their place (BatchNorm statistics recomputed on the training drawings); 0 uses the "
+                "weights as trained", kind=float, default=(0.0,), valid=lambda x: 0 <= x < 1,
+        allowed="a number from 0 up to, not including, 1", example="[0.0, 0.998]"),
 )
 HYPERPARAMETER = {hyperparameter.name: hyperparameter for hyperparameter in HYPERPARAMETERS}
 

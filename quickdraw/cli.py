@@ -14,7 +14,7 @@ from pathlib import Path
 from quickdraw.catalogue import HYPERPARAMETERS, Hyperparameter
 from quickdraw.config import (
     ASHA_GRACE_PERIOD, ASHA_REDUCTION_FACTOR, DEFAULT_SAMPLES, EXPORT_FORMATS, GOOGLE_BASE_URL, PRECISIONS, SCHEDULERS,
-    SEARCHES, SEED_CLASSES, DataConfig, SearchConfig, SplitSizes,
+    SEARCHES, SEED_CLASSES, DataConfig, SearchConfig, SplitSizes, check_ensemble,
 )
 from quickdraw.errors import DiskFull, Interrupted, UserError
 from quickdraw.space import flag_dimension, load_space, merge
@@ -106,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="bf16 autocast or fp32; auto takes bf16 where the GPU or CPU computes it natively (default %(default)s)")
     run.add_argument("--compile", action="store_true",
                      help="torch.compile each trial's model (slower than eager on a small CPU: see benchmarks/README.md)")
+    add_ensemble_flag(run, "(default %(default)s)")
     add_address_flag(run)
     run.set_defaults(handler=run_command)
 
@@ -141,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--format", choices=EXPORT_FORMATS, default="md",
                         help="format of the table printed or written to --output (default %(default)s)")
     report.add_argument("--output", metavar="FILE", help="write the table to FILE (a path or URI) instead of printing it")
+    add_ensemble_flag(report, "(default: the search's own --ensemble)", default=None)
     report.set_defaults(handler=report_command)
 
     predict = commands.add_parser(
@@ -179,6 +181,12 @@ def checked_flag(hyperparameter: Hyperparameter, flag: str, listed: bool, text: 
         return flag_dimension(hyperparameter, text, flag, listed)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_ensemble_flag(parser: argparse.ArgumentParser, default_words: str, default=SearchConfig.ensemble) -> None:
+    parser.add_argument("--ensemble", type=int, metavar="N", default=default,
+                        help="best_model/ is an ensemble of the finished trials, chosen on validation by up to N steps "
+                        "of greedy ensemble selection; 1: the best trial alone (docs/models.md) " + default_words)
 
 
 def add_address_flag(parser: argparse.ArgumentParser) -> None:
@@ -262,6 +270,7 @@ def search_config(args) -> SearchConfig:
         gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
         address=args.address, max_failures=args.max_failures, precision=args.precision, compile=args.compile,
         scheduler=args.scheduler, grace_period=args.grace_period, reduction_factor=args.reduction_factor,
+        ensemble=args.ensemble,
     )
 
 
@@ -292,7 +301,7 @@ def finish(experiment, address: str | None) -> int:
     from quickdraw.summary import COMPLETE, to_markdown
 
     try:
-        summary = write_report(experiment)
+        summary = write_report(experiment)  # with the ensemble size the search recorded
     except KeyboardInterrupt:  # a second Ctrl-C, after Tune stopped on the first
         raise Interrupted(experiment) from None
     except OSError as e:
@@ -349,6 +358,8 @@ def report_command(args) -> int:
     from quickdraw.storage import Location, output_file, write_output
 
     experiment = Location.parse(args.experiment, flag="report")
+    if args.ensemble is not None:
+        check_ensemble(args.ensemble)
     output = output_file(args.output) if args.output is not None else None
     if not experiment.is_dir():
         raise UserError(f"{experiment} is not a folder: give the experiment folder <storage>/<name>")
@@ -356,7 +367,7 @@ def report_command(args) -> int:
     from quickdraw.summary import export
 
     try:
-        summary = write_report(experiment)
+        summary = write_report(experiment, args.ensemble)
     except OSError as e:
         if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
             raise

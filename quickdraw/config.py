@@ -18,6 +18,8 @@ EXPORT_FORMATS = ("md", "csv", "json", "html", "latex")  # quickdraw.summary.EXP
 SEARCHES = ("grid", "random", "optuna")  # every combination of the lists; Tune's random sampling; Optuna's TPE
 DEFAULT_SAMPLES = 15  # trials of a random or Optuna search: the seed grid's budget
 SCHEDULERS = ("none", "asha")  # none: Tune's FIFO, every trial runs all its epochs
+# The most steps of the ensemble selection that chooses best_model/ (quickdraw.ensemble); 1: the best trial alone.
+ENSEMBLE_SIZE = 10
 ASHA_GRACE_PERIOD = 2
 ASHA_REDUCTION_FACTOR = 3.0
 NAME_MAX_BYTES = 255  # the longest file name of ext4, XFS, tmpfs and NFS (Linux's NAME_MAX)
@@ -40,6 +42,11 @@ class SplitSizes:
             (share(self.train, i), share(self.validation, i), share(self.test, i))
             for i in range(num_classes)
         ]
+
+
+def check_ensemble(size: int) -> None:
+    if size < 1:
+        raise UserError(f"--ensemble must be at least 1 (1: the best trial alone), got {size}")
 
 
 def check_class_name(name: str) -> None:
@@ -111,6 +118,7 @@ class SearchConfig:
     scheduler: str = "none"  # "asha": Tune's ASHAScheduler stops trials whose validation loss lags
     grace_period: int | None = None  # ASHA: epochs every trial runs before it can be stopped
     reduction_factor: float | None = None  # ASHA's eta: rungs every eta times as many epochs, 1/eta go on
+    ensemble: int = ENSEMBLE_SIZE  # the most steps of the ensemble selection that chooses best_model/
 
     def __post_init__(self):
         if self.search != "grid" and self.num_samples is None:
@@ -155,6 +163,7 @@ class SearchConfig:
         if self.name is not None and len(self.name.encode()) > NAME_MAX_BYTES:
             raise UserError(f"--name is {len(self.name.encode())} bytes long, and file systems take folder names of at "
                             f"most {NAME_MAX_BYTES}: give a shorter one")
+        check_ensemble(self.ensemble)
         self._validate_scheduler()
         self._validate_search()
 

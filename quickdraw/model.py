@@ -21,6 +21,11 @@ class Recipe:
     augmentation: Augmentation | None = None  # random transforms of each training batch; None: drawings as they are
     one_cycle: bool = False  # torch's OneCycleLR over all the trial's steps instead of a constant rate
 
+    @property
+    def mirrors(self) -> bool:
+        """Whether the network trains on mirror images too, so that a mirrored view at test time is one it knows."""
+        return self.augmentation is not None and self.augmentation.mirror
+
 
 class SeedCNN(nn.Module):
     """Three 3x3 conv layers (16, 32, 64 filters), each followed by 2x2 max pooling, then dropout

@@ -13,7 +13,7 @@ from html import escape
 from quickdraw.catalogue import BEST_VAL_ACCURACY, EPOCH, HYPERPARAMETER, TEST_ACCURACY
 from quickdraw.search_record import SearchRecord
 from quickdraw.summary import (CHOICE, EPOCHS, MEASURES, TIE_BREAK, Summary, best_per_model, best_sentence, best_trial,
-                               same_for_every_trial, tie_sentence)
+                               comparison, members_sentence, same_for_every_trial, tie_sentence)
 
 MIN_SCALE = 0.7  # a figure is never shown narrower than this share of its pixels: a phone scrolls it sideways
 STYLE = """
@@ -53,7 +53,7 @@ document.querySelectorAll("table.sortable th button").forEach((button) => button
 STATUS_MEANING = "finished (tested), stopped (by ASHA), error, or unfinished (its driver stopped)"
 RANK_MEANING = "by validation accuracy, then validation loss, then the trial that started first"
 LINKS = {"summary.csv": "the table as CSV", "summary.json": "the table and what mattered as JSON",
-         "summary.md": "the summary as Markdown", "best_model/config.json": "the chosen trial's model (best_model/)"}
+         "summary.md": "the summary as Markdown", "best_model/config.json": "the chosen model (best_model/)"}
 
 
 def render(title: str, summary: Summary, sections, record: SearchRecord | None, location: str,
@@ -63,7 +63,8 @@ def render(title: str, summary: Summary, sections, record: SearchRecord | None, 
     precision on which device (quickdraw.experiment.what_ran)."""
     body = [f"<h1>Experiment {escape(title)}</h1>", f"<p>{escape(overview(summary))}</p>",
             "<h2>What was run</h2>", run_settings(record, location, ran),
-            "<h2>Every trial, ranked by validation accuracy</h2>", ranked_table(summary), table_notes(summary)]
+            "<h2>Every trial, ranked by validation accuracy</h2>", ranked_table(summary), table_notes(summary),
+            *chosen_model(summary)]
     for section in sections:
         body.append(f"<h2>{escape(section.heading)}</h2>")
         if section.figures:
@@ -186,6 +187,15 @@ def cell(column: str, value, chosen: bool) -> str:
         text = MEASURE[column].form.format(value) if column in MEASURE else str(value)
     kind = ' class="text"' if column in ("model", "status") else ""
     return f'<td{kind} data-value="{escape(str(value))}">{escape(text)}</td>'
+
+
+def chosen_model(summary: Summary) -> list[str]:
+    """The best trial and the chosen model (best_model/) side by side, and its members."""
+    if summary.chosen is None:
+        return []
+    table = comparison(summary).to_html(index=False, border=0, classes="chosen-model", escape=True)
+    return ["<h2>The chosen model (best_model/)</h2>", f'<div class="scroll">{table}</div>',
+            f"<p>{escape(members_sentence(summary))}</p>"]
 
 
 def table_notes(summary: Summary) -> str:

@@ -1,14 +1,13 @@
 """The report's sections and their figures, from an experiment's results: what mattered (quickdraw.importance), the
-test-accuracy heatmap of a grid, the validation curves and the best trial's figures; written as PNGs in report/ and
+test-accuracy heatmap of a grid, the validation curves and the chosen model's figures; written as PNGs in report/ and
 laid out in report.html by quickdraw.report_html (one self-contained page, figures embedded, so that it works
 downloaded from object storage too).
 
-A figure whose input is missing (no finished trial, no test_predictions.npz, no stored split) is left
-out, and the page says why; the rest of the report is written all the same."""
+A figure whose input is missing (no finished trial, no trial's predictions.npz, no stored split) is left out, and the
+page says why; the rest of the report is written all the same."""
 
 from __future__ import annotations
 
-import io
 import zipfile
 from dataclasses import dataclass, field
 
@@ -19,10 +18,10 @@ from quickdraw import figures, importance, report_html
 from quickdraw.catalogue import EPOCH, HYPERPARAMETER, TEST_ACCURACY, VAL_ACCURACY, VAL_LOSS
 from quickdraw.dataset import Split, load_split
 from quickdraw.errors import UserError
-from quickdraw.experiment import PREDICTIONS_FILE, split_location, what_ran
+from quickdraw.experiment import split_location, what_ran
 from quickdraw.search_record import SEARCH_FILE, SearchRecord
 from quickdraw.storage import Location, first_line
-from quickdraw.summary import Summary, best_trial, describe, tie_sentence
+from quickdraw.summary import Summary, best_trial, chosen_words, tie_sentence
 
 REPORT_DIR = "report"
 PAGE_FILE = "report.html"
@@ -33,10 +32,6 @@ CURVE_STYLE = "validation solid, training dashed"
 GRID_CELL = ["model", "lr", "batch_size"]  # a heatmap cell
 LR = HYPERPARAMETER["lr"]
 SAMPLERS = {"random": "a random search", "optuna": "an Optuna search"}  # searches that draw their trials
-
-
-class Missing(Exception):
-    """An input a figure needs is not there; the message says which, for the page."""
 
 
 @dataclass(frozen=True)
@@ -57,13 +52,14 @@ class Section:
         self.figures[name] = Picture(figures.png_bytes(figure), alt)
 
 
-def write_page(experiment: Location, summary: Summary, histories: dict[str, pd.DataFrame]) -> list[str]:
+def write_page(experiment: Location, summary: Summary, histories: dict[str, pd.DataFrame], split: Split | None,
+               no_split: str = "") -> list[str]:
     """Write report/*.png and report.html; return the figures' paths relative to the experiment.
 
     `summary.table` has each trial's folder name (trial_dir), `histories` each trial's per-epoch results by folder
-    name."""
+    name; `split` the validation and test drawings (None when they cannot be read, `no_split` says why)."""
     sections = [what_mattered_section(summary), heatmap_section(summary), curves_section(summary, histories),
-                *best_trial_sections(experiment, summary)]
+                *chosen_model_sections(summary, split, no_split)]
     folder = experiment / REPORT_DIR
     written = []
     for section in sections:
@@ -224,56 +220,39 @@ def curve_label(row, names) -> str:
     return " ".join([f"#{row['rank']}", *words]) + status
 
 
-def best_trial_sections(experiment: Location, summary: Summary) -> list[Section]:
-    per_class = Section("Per-class test accuracy of the best trial",
-                        "The share of each class's test drawings that the best trial (chosen on validation "
-                        "accuracy) classified right, and which classes it took for which.")
-    drawings = Section(f"{SAMPLE_SIZE} test drawings and their class probabilities (best trial)",
+def chosen_model_sections(summary: Summary, split: Split | None, no_split: str) -> list[Section]:
+    chosen = summary.chosen
+    model = chosen_words(summary) if chosen else "the chosen model"
+    per_class = Section("Per-class test accuracy of the chosen model",
+                        f"The share of each class's test drawings that the chosen model ({model}, in best_model/) "
+                        "classified right, and which classes it took for which.")
+    drawings = Section(f"{SAMPLE_SIZE} test drawings and their class probabilities (chosen model)",
                        "Up to a third of them classified wrong, the rest right, picked with a fixed seed.")
-    try:
-        best, split, probabilities = best_trial_predictions(experiment, summary.table, summary.shown)
-    except Missing as e:
-        per_class.skipped.append(f"the per-class accuracy and confusion matrix: {e}")
-        drawings.skipped.append(f"the test drawings: {e}")
+    if chosen is None:
+        missing = "no trial finished, so there is no model to show"
+    elif split is None:
+        missing = no_split
+    else:
+        missing = chosen.note if chosen.test_probabilities is None else ""
+    if missing:
+        per_class.skipped.append(f"the per-class accuracy and confusion matrix: {missing}")
+        drawings.skipped.append(f"the test drawings: {missing}")
         return [per_class, drawings]
+    probabilities = chosen.test_probabilities
     predictions = probabilities.argmax(1)
-    title = f"Per-class test accuracy, best trial: {describe(best, summary.shown)}"
+    title = f"Per-class test accuracy, chosen model: {model}"
     per_class.add("per_class_accuracy.png", figures.per_class_accuracy_figure(split.y_test, predictions, split.classes,
                                                                               title),
-                  "Bar chart: the best trial's test accuracy for each class, and over all classes")
+                  "Bar chart: the chosen model's test accuracy for each class, and over all classes")
     per_class.add("confusion_matrix.png", figures.confusion_matrix_figure(split.y_test, predictions, split.classes),
-                  "Confusion matrix of the best trial: test drawings counted by true class (rows) and predicted class "
-                  "(columns)")
-    chosen = sample_drawings(split.y_test, predictions)
-    figure = figures.probabilities_figure(
-        split.x_test[chosen], split.y_test[chosen], probabilities[chosen], split.classes
-    )
+                  "Confusion matrix of the chosen model: test drawings counted by true class (rows) and predicted "
+                  "class (columns)")
+    sample = sample_drawings(split.y_test, predictions)
+    figure = figures.probabilities_figure(split.x_test[sample], split.y_test[sample], probabilities[sample],
+                                          split.classes)
     drawings.add("test_probabilities.png", figure,
-                 f"{len(chosen)} test drawings, each beside bars of the class probabilities the best trial gave it")
+                 f"{len(sample)} test drawings, each beside bars of the class probabilities the chosen model gave it")
     return [per_class, drawings]
-
-
-def best_trial_predictions(experiment: Location, trials: pd.DataFrame, shown=()) -> tuple[pd.Series, Split, np.ndarray]:
-    """The best trial (quickdraw.summary.best_trial), the split it was tested on, and its test probabilities;
-    `shown` as quickdraw.summary.describe takes it, for messages."""
-    index = best_trial(trials)
-    if index is None:
-        raise Missing("no trial finished, so there is no best trial")
-    best = trials.loc[index]
-    name = f"the best trial ({describe(best, shown)})"
-    file = experiment / best.trial_dir / PREDICTIONS_FILE if best.trial_dir else None
-    if file is None or not file.is_file():
-        raise Missing(f"{name} has no {PREDICTIONS_FILE}")
-    split = stored_split(experiment)
-    try:
-        with np.load(io.BytesIO(file.read_bytes()), allow_pickle=False) as arrays:
-            probabilities = arrays["probabilities"]
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
-        raise Missing(f"the {PREDICTIONS_FILE} of {name} cannot be read ({first_line(e)})") from None
-    if probabilities.shape != (len(split.y_test), len(split.classes)):
-        raise Missing(f"the {PREDICTIONS_FILE} of {name} holds {probabilities.shape} probabilities, but the split "
-                      f"has {len(split.y_test)} test drawings of {len(split.classes)} classes")
-    return best, split, probabilities
 
 
 def search_record(experiment: Location) -> SearchRecord | None:
@@ -284,15 +263,14 @@ def search_record(experiment: Location) -> SearchRecord | None:
         return None
 
 
-def stored_split(experiment: Location) -> Split:
-    """The test part of the split the search trained on (the only part the report shows; the others stay unread),
-    from where its search.json says it is."""
+def evaluation_split(experiment: Location) -> tuple[Split | None, str]:
+    """The validation and test parts of the split the search trained on (the training part stays unread), from where
+    its search.json says it is; None and why when they cannot be read."""
     try:
-        return load_split(split_location(experiment), parts=("test",))
+        return load_split(split_location(experiment), parts=("validation", "test")), ""
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, UserError) as e:
-        raise Missing(
-            f"the test drawings cannot be read from the split that {SEARCH_FILE} names ({first_line(e)})"
-        ) from None
+        return None, f"the validation and test drawings cannot be read from the split that {SEARCH_FILE} names " \
+                     f"({first_line(e)})"
 
 
 def sample_drawings(labels: np.ndarray, predictions: np.ndarray, count: int = SAMPLE_SIZE, seed: int = 0):

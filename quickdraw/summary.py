@@ -4,7 +4,10 @@ search could vary as a column (quickdraw.catalogue), the trial chosen as best, a
 
 The best trial is chosen on validation data, never on test data: of the trials that finished, the one with the
 highest best-validation accuracy; on a tie the lower best-validation loss, then the earlier trial in the search's
-order (its trial number, from Tune's experiment tag: trial ids of searchers such as Optuna's are random). Test accuracy is reported for every trial and used for nothing else."""
+order (its trial number, from Tune's experiment tag: trial ids of searchers such as Optuna's are random). Test accuracy is reported for every trial and used for nothing else.
+
+The chosen model, best_model/, is an ensemble of finished trials chosen on validation too (quickdraw.ensemble); the
+summary shows it beside the best trial."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import pandas as pd
 
 from quickdraw.catalogue import (BEST_VAL_ACCURACY, BEST_VAL_LOSS, EPOCH, HYPERPARAMETER, HYPERPARAMETERS,
                                  TEST_ACCURACY, TRAIN_SECONDS, Metric)
+from quickdraw.ensemble import ChosenModel
 from quickdraw.space import Space
 
 NAMES = [h.name for h in HYPERPARAMETERS]
@@ -87,6 +91,7 @@ class Summary:
     space: Space
     search: str
     importance: Importance
+    chosen: ChosenModel | None = None  # best_model/'s; None when no trial finished
 
     @property
     def shown(self) -> list[str]:
@@ -178,6 +183,65 @@ def best_per_model(table: pd.DataFrame, shown=()) -> list[str]:
     return bests
 
 
+def rank_of(table: pd.DataFrame, trial_dir: str) -> int:
+    return int(table.loc[table.trial_dir == trial_dir, "rank"].iloc[0])
+
+
+def chosen_words(summary: Summary) -> str:
+    """The chosen model in words: "an ensemble of 3 trials (#1, #2, #5)", or "trial #1 alone"."""
+    members = summary.chosen.members
+    mirrored = " with mirrored views" if all(m.mirrored for m in members) else ""
+    if len(members) == 1:
+        return f"trial #{rank_of(summary.table, members[0].trial_dir)} alone{mirrored}"
+    ranks = ", ".join(f"#{rank_of(summary.table, m.trial_dir)}" for m in members)
+    return f"an ensemble of {len(members)} trials ({ranks}){mirrored}"
+
+
+def members_sentence(summary: Summary) -> str:
+    """How the chosen model was chosen, and its members with their weights and views."""
+    chosen = summary.chosen
+    members = ", ".join(f"#{rank_of(summary.table, m.trial_dir)} {m.weight:.2f}"
+                        + (" (mirrored views)" if m.mirrored else "") for m in chosen.members)
+    text = (f"Chosen on validation by greedy ensemble selection with replacement (at most {chosen.size} steps; "
+            f"test accuracy is only reported). Members and their weights in the average: {members}.")
+    return f"{text} {chosen.note[0].upper()}{chosen.note[1:]}." if chosen.note else text
+
+
+def comparison(summary: Summary) -> pd.DataFrame:
+    """The best trial and the chosen model side by side: their validation and test accuracy, as text."""
+    best, chosen = summary.table.loc[best_trial(summary.table)], summary.chosen
+    rows = [(f"best trial (#{best['rank']})", best.best_val_accuracy, best.test_accuracy),
+            (f"chosen model: {chosen_words(summary)}", chosen.validation_accuracy, chosen.test_accuracy)]
+    return pd.DataFrame([(name, cell(BEST_VAL_ACCURACY, validation), cell(TEST_ACCURACY, test))
+                         for name, validation, test in rows],
+                        columns=["Model", BEST_VAL_ACCURACY.label, TEST_ACCURACY.label])
+
+
+def chosen_markdown(summary: Summary) -> list[str]:
+    if summary.chosen is None:
+        return []
+    table = comparison(summary).to_markdown(index=False, colalign=["left", "right", "right"], disable_numparse=True)
+    return ["## The chosen model (best_model/)", "", table, "", members_sentence(summary), ""]
+
+
+def chosen_record(summary: Summary) -> dict:
+    """summary.json's account of the chosen model: its members (by folder and rank, with weight and view) and its
+    accuracies beside the best trial's, in percent."""
+    chosen, table = summary.chosen, summary.table
+    if chosen is None:
+        return {"chosen_model": None}
+    best = table.loc[best_trial(table)]
+    members = [{"trial_dir": m.trial_dir, "rank": rank_of(table, m.trial_dir), "weight": m.weight,
+                "mirrored": m.mirrored} for m in chosen.members]
+    return {"chosen_model": {
+        "members": members, "ensemble": chosen.size, "note": chosen.note,
+        BEST_VAL_ACCURACY.key: round(chosen.validation_accuracy, BEST_VAL_ACCURACY.decimals),
+        TEST_ACCURACY.key: round(chosen.test_accuracy, TEST_ACCURACY.decimals),
+        "best_trial": {"rank": int(best["rank"]),
+                       **{m.key: round(float(best[m.key]), m.decimals) for m in (BEST_VAL_ACCURACY, TEST_ACCURACY)}},
+    }}
+
+
 def to_markdown(summary: Summary) -> str:
     """The best trial in words, then one table of every trial ranked by validation accuracy (the best in bold) with
     the hyperparameters that tell them apart, and a line for those that were the same for every trial."""
@@ -188,6 +252,7 @@ def to_markdown(summary: Summary) -> str:
         lines += [f"Best: **{best_sentence(table.loc[best], shown)}**.", ""]
     if per_model := best_per_model(table, shown):
         lines += ["Best of each model: " + "; ".join(per_model) + ".", ""]
+    lines += chosen_markdown(summary)
     stopped = (table["status"] == "stopped").sum()
     if stopped:
         lines += [f"{stopped} of {len(table)} trials {'was' if stopped == 1 else 'were'} stopped early by ASHA.", ""]
@@ -225,11 +290,12 @@ def to_html(table: pd.DataFrame) -> str:
 
 
 def to_json(summary: Summary) -> str:
-    """{"trials": the rows, ranked; "hyperparameter_importance": {name: share}; "importance_method": how}. Numbers
+    """{"trials": the rows, ranked; "hyperparameter_importance": {name: share}; "importance_method": how;
+    "chosen_model": best_model/'s members and accuracies beside the best trial's}. Numbers
     keep every digit (pandas' to_json would cut a sampled learning rate to 10 decimals); NaN is null."""
     rows = [{name: None if isinstance(value, float) and math.isnan(value) else value for name, value in row.items()}
             for row in rounded(summary.table).to_dict(orient="records")]
-    return json.dumps({"trials": rows, **summary.importance.record()}, indent=2) + "\n"
+    return json.dumps({"trials": rows, **summary.importance.record(), **chosen_record(summary)}, indent=2) + "\n"
 
 
 EXPORTERS = {  # format -> the summary as text; config.EXPORT_FORMATS names them for the CLI

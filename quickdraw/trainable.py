@@ -1,6 +1,6 @@
 """Tune's trainable: one trial of the search. Its config in, quickdraw.training trains; every epoch goes to
 TensorBoard and to Tune (`tune.report`, with a checkpoint when validation improved and at the last epoch), and the
-last epoch tests the weights with the lowest validation loss."""
+last epoch tests the weights with the lowest validation loss and keeps their probabilities (quickdraw.predictions)."""
 
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ from torch.utils.tensorboard.summary import hparams as torch_hparams
 from quickdraw.catalogue import BEST_VAL_ACCURACY, DEVICE, EPOCH, METRICS, PRECISION, TEST_ACCURACY
 from quickdraw.compute import choose
 from quickdraw.dataset import Split
-from quickdraw.experiment import PREDICTIONS_FILE
 from quickdraw.figures import confusion_matrix_figure, misclassified_figure
-from quickdraw.model import MODELS
+from quickdraw.model import MODELS, Recipe
+from quickdraw.predictions import PREDICTED_PARTS, PREDICTIONS_FILE, Predictions
 from quickdraw.space import INTEGER_RANGES, Dimension, Space
 from quickdraw.training import Hyperparameters, Trainer, split_tensors
 
@@ -44,8 +44,8 @@ def train_trial(config: dict, split: Split, space: Space) -> None:
     torch.set_num_threads(trial_threads())
     torch.manual_seed(config["seed"])
     data = split_tensors(split, compute.device)
-    trainer = Trainer(MODELS[config["model"]], len(split.classes), Hyperparameters.of(config), len(split.y_train),
-                      compute)
+    recipe = MODELS[config["model"]]
+    trainer = Trainer(recipe, len(split.classes), Hyperparameters.of(config), len(split.y_train), compute)
     if (checkpoint := tune.get_checkpoint()) is not None:  # a restart: go on from the last checkpoint
         with checkpoint.as_directory() as directory:
             trainer.load(Path(directory))
@@ -65,7 +65,7 @@ def train_trial(config: dict, split: Split, space: Space) -> None:
             with tempfile.TemporaryDirectory() as checkpoint_dir:
                 trainer.save(Path(checkpoint_dir))
                 if trainer.finished:
-                    metrics[TEST_ACCURACY.key] = test(trainer, split, data["test"][0], writer)
+                    metrics[TEST_ACCURACY.key] = test(trainer, recipe, split, data, writer)
                     end_hparams(writer)
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
 
@@ -84,17 +84,20 @@ def trial_threads() -> int:
     return max(1, int(cpus))
 
 
-def test(trainer: Trainer, split: Split, drawings: torch.Tensor, writer: SummaryWriter) -> float:
-    """Test accuracy of the best weights; their probabilities go beside the event file, their mistakes into
-    TensorBoard."""
-    probabilities = trainer.test_probabilities(drawings)
-    predictions = probabilities.argmax(1)
-    accuracy = float((predictions == split.y_test).mean())
-    np.savez_compressed(Path(tune.get_context().get_trial_dir()) / PREDICTIONS_FILE, probabilities=probabilities)
+def test(trainer: Trainer, recipe: Recipe, split: Split, data: dict, writer: SummaryWriter) -> float:
+    """Test accuracy of the best weights; their validation and test probabilities go beside the event file (with
+    mirrored views too when the recipe trains on mirror images), their mistakes into TensorBoard."""
+    def probabilities(mirrored: bool) -> dict[str, np.ndarray]:
+        return {part: trainer.best_probabilities(data[part][0], mirrored) for part in PREDICTED_PARTS}
+
+    predictions = Predictions(probabilities(False), probabilities(True) if recipe.mirrors else {})
+    predictions.write(Path(tune.get_context().get_trial_dir()) / PREDICTIONS_FILE)
+    predicted = predictions.plain["test"].argmax(1)
+    accuracy = float((predicted == split.y_test).mean())
     epoch = trainer.progress.epoch
     writer.add_scalar(TEST_ACCURACY.tag, accuracy, epoch)
-    writer.add_figure("test/confusion_matrix", confusion_matrix_figure(split.y_test, predictions, split.classes), epoch)
-    writer.add_figure("test/misclassified", misclassified_figure(split.x_test, split.y_test, predictions, split.classes), epoch)
+    writer.add_figure("test/confusion_matrix", confusion_matrix_figure(split.y_test, predicted, split.classes), epoch)
+    writer.add_figure("test/misclassified", misclassified_figure(split.x_test, split.y_test, predicted, split.classes), epoch)
     return accuracy
 
 

@@ -1,11 +1,12 @@
 """Training one network on Quick Draw bitmaps held as tensors: the epoch loop, evaluation, the learning-rate
-schedule, the best weights so far and the state a checkpoint keeps.
+schedule, the average of the weights, the best weights so far and the state a checkpoint keeps.
 
 It imports neither Ray nor TensorBoard: quickdraw.trainable runs it as a Tune trial, benchmarks/model_ablation.py
-runs it directly, and quickdraw.best_model predicts with its `predict_logits`."""
+runs it directly, and quickdraw.best_model predicts with its `predict_probabilities`."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
 from quickdraw.catalogue import (BEST_VAL_ACCURACY, BEST_VAL_LOSS, EPOCH, EPOCH_SECONDS, IMAGES_PER_SECOND,
                                  LEARNING_RATE, TRAIN_ACCURACY, TRAIN_LOSS, TRAIN_SECONDS, VAL_ACCURACY, VAL_LOSS)
@@ -40,6 +42,7 @@ class Hyperparameters:
     epochs: int
     weight_decay: float = 0.0  # AdamW's decoupled weight decay; at 0 AdamW takes exactly Adam's steps
     label_smoothing: float = 0.0  # of the training loss; validation and test losses stay plain cross-entropy
+    ema_decay: float = 0.0  # of the weights' moving average, validated and tested in their place; 0: no average
 
     @classmethod
     def of(cls, config: dict) -> Hyperparameters:
@@ -75,6 +78,7 @@ class Training:
     augmentation: Augmentation | None = None
     schedule: torch.optim.lr_scheduler.LRScheduler | None = None
     label_smoothing: float = 0.0  # the cross-entropy's: each target puts this share of its weight evenly on every class
+    average: AveragedModel | None = None  # the weights' exponential moving average, updated after every step
 
 
 class Trainer:
@@ -89,7 +93,9 @@ class Trainer:
                                       weight_decay=hyperparameters.weight_decay)
         trained = compute.epoch_size(train_size, hyperparameters.batch_size)  # all, or whole batches when compiled
         schedule = one_cycle(optimizer, hyperparameters, trained) if recipe.one_cycle else None
-        self.training = Training(optimizer, recipe.augmentation, schedule, hyperparameters.label_smoothing)
+        average = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(hyperparameters.ema_decay))
+                   if hyperparameters.ema_decay > 0 else None)
+        self.training = Training(optimizer, recipe.augmentation, schedule, hyperparameters.label_smoothing, average)
         self.progress = Progress(best_weights=copy.deepcopy(self.model.state_dict()))
 
     @property
@@ -103,11 +109,12 @@ class Trainer:
                                                  self.hyperparameters.batch_size, self.compute)
         epoch_seconds = time.perf_counter() - started
         trained = self.compute.epoch_size(len(data["train"][1]), self.hyperparameters.batch_size)
-        val_loss, val_accuracy = evaluate(self.network, *data["validation"], self.compute)
         progress = self.progress
         progress.epoch += 1
         progress.train_seconds += epoch_seconds
-        improved = progress.record(val_loss, val_accuracy, self.model)
+        with self.averaged_weights(data["train"][0]):
+            val_loss, val_accuracy = evaluate(self.network, *data["validation"], self.compute)
+            improved = progress.record(val_loss, val_accuracy, self.model)
         metrics = {
             EPOCH.key: progress.epoch,
             TRAIN_LOSS.key: train_loss,
@@ -123,19 +130,39 @@ class Trainer:
         }
         return metrics, improved
 
-    def test_probabilities(self, drawings: torch.Tensor) -> np.ndarray:
-        """Class probabilities from the best weights so far (the lowest validation loss), which stay loaded."""
+    @contextlib.contextmanager
+    def averaged_weights(self, train_drawings: torch.Tensor):
+        """With a moving average of the weights, the model holds the average inside the block, with BatchNorm
+        statistics recomputed for it on the training drawings (those it has are the trained weights'), and its trained
+        weights again after; without one, the trained weights throughout."""
+        average = self.training.average
+        if average is None:
+            yield
+            return
+        trained = copy.deepcopy(self.model.state_dict())
+        self.model.load_state_dict(average.module.state_dict())
+        with self.compute.autocast():
+            update_bn((self.compute.inputs(batch) for batch in train_drawings.split(EVAL_BATCH_SIZE)), self.model)
+        try:
+            yield
+        finally:
+            self.model.load_state_dict(trained)
+
+    def best_probabilities(self, drawings: torch.Tensor, mirrored: bool = False) -> np.ndarray:
+        """Class probabilities from the best weights so far (the lowest validation loss), which stay loaded; with
+        `mirrored`, the mean of each drawing's and its mirror image's."""
         self.model.load_state_dict(self.progress.best_weights)
-        return predict_logits(self.network, drawings, self.compute).softmax(1).cpu().numpy()
+        return predict_probabilities(self.network, drawings, self.compute, mirrored).cpu().numpy()
 
     def save(self, directory: Path) -> None:
         """Write the state a restart continues from: weights, optimizer, schedule, progress and the random number
         generators' states (torch's global CPU generator, and the GPU's when training on one), so that a restart
         shuffles and drops out as the uninterrupted trial would have, instead of replaying its first epoch."""
         schedule = self.training.schedule
+        average = self.training.average
         state = {"model": self.model.state_dict(), "optimizer": self.training.optimizer.state_dict(),
                  "progress": self.progress.__dict__, "schedule": schedule.state_dict() if schedule else None,
-                 "rng": rng_state(self.compute.device)}
+                 "average": average.state_dict() if average else None, "rng": rng_state(self.compute.device)}
         torch.save(state, directory / CHECKPOINT_FILE)
 
     def load(self, directory: Path) -> None:
@@ -150,6 +177,8 @@ class Trainer:
         self.training.optimizer.load_state_dict(state["optimizer"])
         if self.training.schedule is not None:
             self.training.schedule.load_state_dict(state["schedule"])
+        if self.training.average is not None:
+            self.training.average.load_state_dict(state["average"])
         self.progress = Progress(**state["progress"])
         set_rng_state(state["rng"], self.compute.device)
 
@@ -218,6 +247,8 @@ def train_epoch(network, training: Training, drawings, labels, batch_size: int, 
         optimizer.step()
         if training.schedule is not None:
             training.schedule.step()
+        if training.average is not None:
+            training.average.update_parameters(network)
         total_loss += loss.detach() * len(batch)
         correct += (logits.argmax(1) == labels[batch]).sum()
     return total_loss.item() / count, correct.item() / count
@@ -229,6 +260,22 @@ def evaluate(network, drawings, labels, compute: Compute) -> tuple[float, float]
     logits = predict_logits(network, drawings, compute)
     labels = labels.to(logits.device)
     return F.cross_entropy(logits, labels).item(), (logits.argmax(1) == labels).float().mean().item()
+
+
+@torch.no_grad()
+def predict_probabilities(network, drawings, compute: Compute, mirrored: bool = False) -> torch.Tensor:
+    """fp32 class probabilities of every drawing, in batches as `predict_logits` computes them; with `mirrored`, the
+    mean of the probabilities of each drawing and of its mirror image (left-right), a test-time view for a network
+    trained on mirrored drawings."""
+    network.eval()
+
+    def batch_probabilities(batch: torch.Tensor) -> torch.Tensor:
+        inputs = compute.dynamic_batch(compute.inputs(batch))
+        views = (inputs, inputs.flip(-1)) if mirrored else (inputs,)
+        return torch.stack([network(view).float().softmax(1) for view in views]).mean(0)
+
+    with compute.autocast():
+        return torch.cat([batch_probabilities(batch) for batch in drawings.split(EVAL_BATCH_SIZE)])
 
 
 @torch.no_grad()

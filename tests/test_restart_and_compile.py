@@ -99,7 +99,7 @@ def test_a_compiled_trial_compiles_one_graph_to_train_and_one_to_evaluate(monkey
         compiled = {"train": synthetic_tensors(34, seed=0), "validation": synthetic_tensors(30, seed=1)}
         while not trainer.finished:
             metrics, _ = trainer.run_epoch(compiled)
-        trainer.test_probabilities(synthetic_tensors(7, seed=2)[0])
+        trainer.best_probabilities(synthetic_tensors(7, seed=2)[0])
     finally:
         torch.set_num_threads(threads)
         torch._dynamo.reset()

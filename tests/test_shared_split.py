@@ -64,5 +64,5 @@ def test_training_validating_and_testing_leave_the_shared_split_as_it_was(shared
                       Compute(CPU))
     while not trainer.finished:
         trainer.run_epoch(data)
-    trainer.test_probabilities(data["test"][0])
+    trainer.best_probabilities(data["test"][0])
     assert fingerprint(shared_split) == before

@@ -46,3 +46,8 @@ def save(path: Path, rows: list[dict], table: pd.DataFrame, title: str, floatfmt
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(rows, indent=2) + "\n")
     print(f"\nwritten to {path}")
+
+
+def spread(values: pd.Series, fmt: str = "{:.2f}") -> str:
+    """The mean of the repeats, and their range in brackets."""
+    return f"{fmt.format(values.mean())} [{fmt.format(values.min())}-{fmt.format(values.max())}]"

@@ -89,18 +89,14 @@ def summarise(rows: pd.DataFrame) -> pd.DataFrame:
     for method, group in rows.groupby("method", sort=False):
         lines.append({
             "method": method,
-            "best validation accuracy (%)": spread(group.best_val_accuracy),
-            "its test accuracy (%)": spread(group.test_accuracy),
-            "trial-epochs": spread(group.trial_epochs, "{:.0f}"),
-            "trial-epochs / grid's": spread(group.epochs_ratio),
-            "wall / grid's": spread(group.wall_ratio),
+            "best validation accuracy (%)": common.spread(group.best_val_accuracy),
+            "its test accuracy (%)": common.spread(group.test_accuracy),
+            "trial-epochs": common.spread(group.trial_epochs, "{:.0f}"),
+            "trial-epochs / grid's": common.spread(group.epochs_ratio),
+            "wall / grid's": common.spread(group.wall_ratio),
             "reached the grid's best": f"{group.reached_grid.sum()} of {len(group)}",
         })
     return pd.DataFrame(lines)
-
-
-def spread(values: pd.Series, fmt: str = "{:.2f}") -> str:
-    return f"{fmt.format(values.mean())} [{fmt.format(values.min())}-{fmt.format(values.max())}]"
 
 
 def parse_args() -> argparse.Namespace:

@@ -54,10 +54,29 @@ def choose_model(experiment: Location, trials: pd.DataFrame, split: Split | None
         return None
     best = trials.loc[index]
     if split is None:
-        return single_trial(best, size, f"the best trial alone: {no_split}")
+        return single_trial(best, size, f"the best trial alone, as {no_split}")
+    candidates, left_out = read_candidates(experiment, trials, split)
+    if not candidates:
+        more = f", and {len(left_out) - 1} more" if len(left_out) > 1 else ""
+        return single_trial(best, size, f"the best trial alone, as no finished trial's {PREDICTIONS_FILE} can be "
+                                        f"read ({left_out[0]}{more})")
+    chosen = greedy_selection([view["validation"] for _, _, view in candidates], split.y_validation, size)
+    weights = list(chosen.values())
+    probabilities = {part: average([candidates[i][2][part] for i in chosen], weights) for part in PREDICTED_PARTS}
+    accuracy = {part: 100 * float((probabilities[part].argmax(1) == split.part(part)[1]).mean())
+                for part in PREDICTED_PARTS}
+    members = tuple(Member(candidates[i][0], weight, candidates[i][1]) for i, weight in chosen.items())
+    note = f"left out of the selection: {'; '.join(left_out)}" if left_out else ""
+    return ChosenModel(members, accuracy["validation"], accuracy["test"], size, probabilities["test"], note)
+
+
+def read_candidates(experiment: Location, trials: pd.DataFrame,
+                    split: Split) -> tuple[list[tuple[str, bool, dict]], list[str]]:
+    """Each finished trial, in the table's order (ties go to the first), whose predictions.npz can be read, as (its
+    folder, whether its mirrored view is taken, the view's probabilities by part); and why the others cannot."""
     shapes = {part: (len(split.part(part)[1]), len(split.classes)) for part in PREDICTED_PARTS}
-    names, views, left_out = [], [], []
-    for trial_dir in trials.trial_dir[trials.status == "finished"]:  # in the table's order: ties go to the first
+    candidates, left_out = [], []
+    for trial_dir in trials.trial_dir[trials.status == "finished"]:
         try:
             predictions = Predictions.read(experiment / trial_dir / PREDICTIONS_FILE, shapes)
         except ValueError as e:
@@ -65,18 +84,8 @@ def choose_model(experiment: Location, trials: pd.DataFrame, split: Split | None
             continue
         mirrored = bool(predictions.mirrored) and mirrored_helps(
             predictions.plain["validation"], predictions.mirrored["validation"], split.y_validation)
-        names.append((trial_dir, mirrored))
-        views.append(predictions.view(mirrored))
-    if not views:
-        return single_trial(best, size, f"the best trial alone: {'; '.join(left_out)}")
-    chosen = greedy_selection([view["validation"] for view in views], split.y_validation, size)
-    weights = list(chosen.values())
-    probabilities = {part: average([views[i][part] for i in chosen], weights) for part in PREDICTED_PARTS}
-    accuracy = {part: 100 * float((probabilities[part].argmax(1) == split.part(part)[1]).mean())
-                for part in PREDICTED_PARTS}
-    members = tuple(Member(names[i][0], weight, names[i][1]) for i, weight in chosen.items())
-    note = f"left out of the selection: {'; '.join(left_out)}" if left_out else ""
-    return ChosenModel(members, accuracy["validation"], accuracy["test"], size, probabilities["test"], note)
+        candidates.append((trial_dir, mirrored, predictions.view(mirrored)))
+    return candidates, left_out
 
 
 def single_trial(row: pd.Series, size: int, note: str) -> ChosenModel:
@@ -106,7 +115,8 @@ def export_best_model(experiment: Location, chosen: ChosenModel | None,
         "validation_accuracy": chosen.validation_accuracy / 100, "test_accuracy": chosen.test_accuracy / 100,
         "ensemble_size": chosen.size,
         # What the first member's --precision resolved to, and where it ran: predict computes so where it can.
-        PRECISION: first[PRECISION], DEVICE: first[DEVICE], "experiment": experiment.uri,
+        PRECISION: first[PRECISION], "precision_asked": first["precision_asked"], DEVICE: first[DEVICE],
+        "experiment": experiment.uri,
     }
     if (folder / CONFIG_FILE).is_file():
         (folder / CONFIG_FILE).delete()  # until the new one is written, the folder is not a model
@@ -132,7 +142,8 @@ def read_member(experiment: Location, member: Member, weights_file: str, num_cla
         params = json.loads(file.read_text())
         checkpoints = [c for c in trial.children() if c.name.startswith("checkpoint_")]
         if not checkpoints:
-            raise ValueError("it has no checkpoint")
+            file = trial
+            raise ValueError("the folder holds no checkpoint")
         file = checkpoints[-1] / CHECKPOINT_FILE
         state = load_tensors(file.read_bytes())  # the last epoch's
         weights = state["progress"]["best_weights"]
@@ -209,8 +220,8 @@ class BestModel:
 
     def describe(self, compute: Compute) -> str:
         """How the model predicts, against how it was trained: a line for the user."""
-        model = f"{len(self.members)} networks, averaged" if len(self.members) > 1 else "1 network"
-        return (f"predicting with {model}, in {compute.precision} on {compute.device_name()}; the model trained in "
+        several = f"with {len(self.members)} networks, averaged, " if len(self.members) > 1 else ""
+        return (f"predicting {several}in {compute.precision} on {compute.device_name()}; the model trained in "
                 f"{self.config[PRECISION]} on {self.config[DEVICE]}")
 
     def probabilities(self, drawings: np.ndarray, compute: Compute | None = None) -> np.ndarray:

@@ -34,13 +34,14 @@ def split_location(experiment: Location) -> Location:
     """Where the search's stored split is: where search.json says, or, when the storage was moved or copied since,
     beside the experiment, where the search stored it (<storage>/datasets/<fingerprint>). A UserError when neither
     holds it."""
-    recorded = Location.parse(SearchRecord.read(experiment).dataset)
-    beside = experiment.parent / DATASETS_DIR / recorded.name
-    for place in (recorded, beside):
+    recorded = SearchRecord.read(experiment).dataset
+    beside = experiment.parent / DATASETS_DIR / recorded.rstrip("/").rpartition("/")[2]
+    for place in (recorded, beside.uri):
         try:
-            if (place / MANIFEST_FILE).is_file():
-                return place
-        except OSError:  # a bucket that is gone, or that these credentials cannot read
+            location = Location.parse(place)
+            if (location / MANIFEST_FILE).is_file():
+                return location
+        except (OSError, UserError):  # a bucket that is gone, or out of reach, or that these credentials cannot read
             continue
     raise UserError(f"the split that {experiment / SEARCH_FILE} names is gone: not at {recorded}, nor beside the "
                     f"experiment at {beside}; copy the search's {DATASETS_DIR}/ folder beside the experiment")

@@ -9,11 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from quickdraw.catalogue import HYPERPARAMETERS, METRICS, TEST_ACCURACY
-from quickdraw.experiment import PREDICTIONS_FILE
+from quickdraw.predictions import PREDICTIONS_FILE
+from quickdraw.report_sections import evaluation_split
+from quickdraw.storage import Location
 from ray_cluster import kill_processes
 
 
@@ -29,6 +32,8 @@ def check_experiment(experiment: Path, lrs, batch_sizes, epochs: int) -> pd.Data
     """Every trial ran all epochs, logged, checkpointed and tested; the summaries agree with it."""
     trials = trial_dirs(experiment)
     assert len(trials) == len(lrs) * len(batch_sizes)
+    split, why = evaluation_split(Location.parse(str(experiment)))
+    assert split is not None, why
     expected_rows = []
     for trial in trials:
         history = results(trial)
@@ -40,6 +45,7 @@ def check_experiment(experiment: Path, lrs, batch_sizes, epochs: int) -> pd.Data
         check_checkpoint(trial, epochs)
         check_checkpoint_epochs(history)
         check_tensorboard(trial, history)
+        check_predictions(trial, history, split.y_validation)
         expected_rows.append((config["lr"], config["batch_size"], round(100 * last["test_accuracy"], 2)))
 
     table = pd.read_csv(experiment / "summary.csv")
@@ -83,8 +89,17 @@ def check_tensorboard(trial: Path, history: list[dict]) -> None:
     for tag in ("test/confusion_matrix", "test/misclassified"):
         (image,) = events.Images(tag)
         assert image.width > 100 and image.height > 100
-    probabilities = np.load(trial / PREDICTIONS_FILE)["probabilities"]
-    assert np.allclose(probabilities.sum(1), 1, atol=1e-4)
+
+
+def check_predictions(trial: Path, history: list[dict], validation_labels: np.ndarray) -> None:
+    """The tested weights' validation and test probabilities are beside the event file; their validation accuracy is
+    the best validation result the trial reported, as they are the weights that reached it."""
+    with np.load(trial / PREDICTIONS_FILE) as predictions:
+        assert sorted(predictions.files) == ["test", "validation"]  # the seed CNN trains on no mirror images
+        for part in predictions.files:
+            assert np.allclose(predictions[part].sum(1), 1, atol=1e-4)
+        accuracy = np.mean(predictions["validation"].argmax(1) == validation_labels)
+    assert accuracy == pytest.approx(history[-1]["best_val_accuracy"], abs=1e-6)
 
 
 def chosen_trial(table: pd.DataFrame) -> pd.Series:

@@ -14,8 +14,10 @@ import pytest
 
 from conftest import GRID, copy_experiment, run_in_process
 from experiment_checks import chosen_trial, ranked_rows, results
+from quickdraw.catalogue import HYPERPARAMETERS
 from quickdraw.experiment import load_trials
-from quickdraw.report_sections import best_trial_predictions, grid_cell, stored_split
+from quickdraw.predictions import PREDICTIONS_FILE
+from quickdraw.report_sections import evaluation_split, grid_cell
 from quickdraw.storage import Location
 from quickdraw.summary import best_per_model, best_trial, tie_sentence, trial_row, trial_table
 
@@ -31,7 +33,7 @@ def experiment(grid_experiment, tmp_path_factory) -> tuple[Path, pd.Series, pd.S
     table = pd.read_csv(experiment / "summary.csv")
     test_winner, validation_winner = table.loc[table.test_accuracy.idxmax()], table.loc[table.test_accuracy.idxmin()]
     assert validation_winner.test_accuracy < test_winner.test_accuracy, table
-    give_best_validation_results(trial_folder(experiment, validation_winner))
+    give_best_validation_results(experiment, trial_folder(experiment, validation_winner))
     report = run_in_process("report", experiment)
     assert report.returncode == 0, report.stderr[-3000:]
     return experiment, validation_winner, test_winner
@@ -42,11 +44,17 @@ def trial_folder(experiment: Path, row: pd.Series) -> Path:
     return folder
 
 
-def give_best_validation_results(trial: Path) -> None:
-    """The trial's last reported result, as if its validation had gone better than every other trial's."""
+def give_best_validation_results(experiment: Path, trial: Path) -> None:
+    """The trial's last reported result and its validation probabilities, as if its validation had gone better than
+    every other trial's: right on every drawing, and sure of it (no other trial can add to it in an ensemble)."""
     history = results(trial)
     history[-1].update(best_val_accuracy=1.0, best_val_loss=0.001)
     (trial / "result.json").write_text("".join(json.dumps(row) + "\n" for row in history))
+    labels = evaluation_split(Location.parse(str(experiment)))[0].y_validation
+    with np.load(trial / PREDICTIONS_FILE) as predictions:
+        arrays = dict(predictions)
+    arrays["validation"] = np.eye(arrays["validation"].shape[1], dtype=np.float32)[labels]
+    np.savez_compressed(trial / PREDICTIONS_FILE, **arrays)
 
 
 def same_trial(row, other) -> bool:
@@ -103,9 +111,10 @@ def test_the_report_page_and_its_figures_show_the_validation_winner(experiment):
     trials, _ = load_trials(Location.parse(str(folder)))
     index = best_trial(trials)
     assert same_trial(trials.loc[index], chosen) and trials.best.sum() == 1 and trials.loc[index].best
-    best, split, probabilities = best_trial_predictions(Location.parse(str(folder)), trials)
-    assert same_trial(best, chosen)
-    assert 100 * np.mean(probabilities.argmax(1) == split.y_test) == pytest.approx(chosen.test_accuracy, abs=0.01)
+    split, _ = evaluation_split(Location.parse(str(folder)))
+    with np.load(folder / trials.loc[index].trial_dir / PREDICTIONS_FILE) as predictions:
+        test = predictions["test"]
+    assert 100 * np.mean(test.argmax(1) == split.y_test) == pytest.approx(chosen.test_accuracy, abs=0.01)
     # The heatmap's rows go by learning rate, high to low, whatever the table's (ranked) order.
     assert grid_cell(trials, index) == (LRS.index(chosen.lr), sorted(BATCH_SIZES).index(chosen.batch_size))
 
@@ -114,10 +123,13 @@ def test_the_report_page_and_its_figures_show_the_validation_winner(experiment):
 def test_best_model_and_predict_use_the_validation_winner(experiment, tmp_path):
     folder, chosen, test_winner = experiment
     config = json.loads((folder / "best_model" / "config.json").read_text())
-    assert (config["model"], config["lr"], config["batch_size"]) == (chosen.model, chosen.lr, chosen.batch_size)
-    assert config["best_val_accuracy"] == 1.0 and round(100 * config["test_accuracy"], 2) == chosen.test_accuracy
+    (member,) = config["members"]  # right and sure on every validation drawing: no other trial adds to it
+    assert (member["model"], member["lr"], member["batch_size"]) == (chosen.model, chosen.lr, chosen.batch_size)
+    assert member["weight"] == 1 and not member["mirrored"]
+    assert member["best_val_accuracy"] == 1.0 and round(100 * member["test_accuracy"], 2) == chosen.test_accuracy
+    assert config["validation_accuracy"] == 1.0 and config["test_accuracy"] == pytest.approx(member["test_accuracy"])
 
-    split = stored_split(Location.parse(str(folder)))
+    split, _ = evaluation_split(Location.parse(str(folder)))
     np.save(tmp_path / "test.npy", split.x_test)
     result = run_in_process("predict", folder, tmp_path / "test.npy", "--top", "1")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -189,7 +201,7 @@ def test_the_best_of_each_model_is_chosen_on_validation_too():
 def test_the_table_ranks_every_trial_by_validation_accuracy():
     """Highest validation accuracy first, ties to the lower validation loss, then to the earlier trial; trials
     without a validation result last. The best trial is the first that finished, not merely the first row."""
-    config = {"model": "seed", "batch_size": 32, "dropout": 0.5, "weight_decay": 0.0, "label_smoothing": 0.0}
+    config = {h.name: h.default[0] for h in HYPERPARAMETERS} | {"batch_size": 32}
     results = [  # trial id, lr, Tune's status, last result
         ("a_00000", 0.1, "TERMINATED", {"epoch": 2, "best_val_accuracy": 0.90, "best_val_loss": 0.3}),  # ASHA
         ("a_00001", 0.01, "TERMINATED", {"epoch": 4, "best_val_accuracy": 0.80, "best_val_loss": 0.4,

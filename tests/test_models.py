@@ -147,3 +147,44 @@ def test_label_smoothing_0_is_the_seed_s_cross_entropy_bit_for_bit_and_smoothing
     # A smoothed target is never met exactly: once the network learns, its training loss stays well above the plain.
     fast = dataclasses.replace(plain, lr=1e-2)
     assert training_loss(dataclasses.replace(fast, label_smoothing=0.2)) > training_loss(fast) + 0.1
+
+
+def test_with_an_ema_the_average_of_the_weights_is_validated_and_kept_with_its_own_batch_norm_statistics():
+    data = {"train": synthetic_tensors(40, seed=0), "validation": synthetic_tensors(10, seed=1)}
+    hyperparameters = Hyperparameters(lr=3e-3, batch_size=16, dropout=0.5, epochs=2, ema_decay=0.9)
+    torch.manual_seed(0)
+    trainer = Trainer(MODELS["vgg-bn"], 3, hyperparameters, 120, Compute(CPU))
+    torch.manual_seed(1)
+    metrics, improved = trainer.run_epoch(data)
+    average = trainer.training.average.module
+    trained, best = trainer.model.state_dict(), trainer.progress.best_weights
+    assert improved
+    for name, parameter in average.named_parameters():  # the average's weights, not the trained ones
+        assert torch.equal(best[name], parameter) and not torch.equal(best[name], trained[name]), name
+    # Its batch norms' statistics were recomputed for it: those of the training drawings through the average.
+    recomputed = copy.deepcopy(average)
+    torch.optim.swa_utils.update_bn([Compute(CPU).inputs(data["train"][0])], recomputed)
+    first_norm = next(name for name, _ in average.named_buffers() if name.endswith("running_mean"))
+    assert torch.allclose(best[first_norm], recomputed.state_dict()[first_norm], atol=1e-5)
+    assert not torch.allclose(trained[first_norm], best[first_norm], atol=1e-3)  # the trained weights kept theirs
+    # Validated: the loss reported is the average's, with those statistics.
+    scored = MODELS["vgg-bn"].build(3, 0.5)
+    scored.load_state_dict(best)
+    assert evaluate(scored, *data["validation"], Compute(CPU))[0] == pytest.approx(metrics["val_loss"], rel=1e-5)
+
+
+def test_ema_decay_0_trains_as_without_one_bit_for_bit_and_a_restart_continues_the_average(tmp_path):
+    plain = Hyperparameters(lr=1e-3, batch_size=16, dropout=0.5, epochs=1)
+    assert torch.equal(trained_weights(dataclasses.replace(plain, ema_decay=0.0)), trained_weights(plain))
+    data = {"train": synthetic_tensors(40, seed=0), "validation": synthetic_tensors(10, seed=1)}
+    averaged = Hyperparameters(lr=3e-3, batch_size=16, dropout=0.5, epochs=2, ema_decay=0.9)
+    straight = Trainer(MODELS["vgg-bn"], 3, averaged, 120, Compute(CPU))
+    straight.run_epoch(data)
+    straight.save(tmp_path)
+    restarted = Trainer(MODELS["vgg-bn"], 3, averaged, 120, Compute(CPU))
+    restarted.load(tmp_path)
+    for trainer in (straight, restarted):
+        torch.manual_seed(1)
+        trainer.run_epoch(data)
+    for name, value in straight.training.average.state_dict().items():
+        assert torch.equal(value, restarted.training.average.state_dict()[name]), name

@@ -1,6 +1,7 @@
-"""A grid over both models, the best trial exported to best_model/, and `predict` run on it as a user runs it:
-the test split through predict gives back the stored test accuracy, from a .npy and from the PNGs that
-`convert --png` writes; bad files get one line and exit code 2."""
+"""A grid over both models, the ensemble chosen on validation exported to best_model/, and `predict` run on it as a
+user runs it: the test split through predict gives back the test accuracy the report states, from a .npy and from
+the PNGs that `convert --png` writes, also once the trials' folders are gone; a damaged member leaves best_model/ as it
+was; bad files get one line and exit code 2."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from quickdraw.storage import Location
 pytestmark = pytest.mark.slow  # a real search of both models, and predict as its own process
 
 MODEL_NAMES = ("seed", "vgg-bn")
+LRS = (0.003, 0.01)
 LINE = re.compile(r"^(?P<name>.+): (?P<top>.+)$")
 
 
@@ -36,8 +38,8 @@ def search(tmp_path_factory):
     root = tmp_path_factory.mktemp("predict")
     data, storage = write_confusable_class_files(root / "data"), root / "results"
     flags = ["--data-dir", data, "--classes", ",".join(SYNTHETIC_CLASSES), "--split", "300,60,60", "--storage", storage]
-    result = run_cli(*flags, "--models", ",".join(MODEL_NAMES), "--lrs", "0.003", "--batch-sizes", "32",
-                     "--epochs", "3", "--name", "both")
+    result = run_cli(*flags, "--models", ",".join(MODEL_NAMES), "--lrs", ",".join(map(str, LRS)), "--batch-sizes",
+                     "32", "--epochs", "3", "--name", "both")
     assert result.returncode == 0, result.stderr[-3000:]
     return data, storage, storage / "both", flags
 
@@ -61,29 +63,72 @@ def test_the_grid_trains_each_model_at_each_setting(search):
     experiment = search[2]
     trials = trial_dirs(experiment)
     models = {t.name: json.loads((t / "params.json").read_text())["model"] for t in trials}
-    assert sorted(models.values()) == list(MODEL_NAMES)
+    assert sorted(models.values()) == sorted(MODEL_NAMES * len(LRS))
     assert all(f"_batch=32_model={model}_" in name for name, model in models.items())  # folder names say the model
     table = pd.read_csv(experiment / "summary.csv")
-    assert sorted(table.model) == list(MODEL_NAMES)
+    assert sorted(table.model) == sorted(MODEL_NAMES * len(LRS))
     assert (table.status == "finished").all() and (table.test_accuracy > 60).all(), table
     assert (table.test_accuracy < 100).all()  # the confusable fifth
     summary = (experiment / "summary.md").read_text()
     assert "Best of each model: seed " in summary and "; vgg-bn " in summary
 
 
-def test_the_best_trial_is_exported_with_its_tested_weights(search):
+def test_best_model_holds_the_members_chosen_on_validation_with_their_tested_weights(search):
     experiment = search[2]
     folder = experiment / "best_model"
     config = json.loads((folder / "config.json").read_text())
+    chosen = json.loads((experiment / "summary.json").read_text())["chosen_model"]
     table = pd.read_csv(experiment / "summary.csv")
-    best = chosen_trial(table)
-    assert (config["model"], config["lr"], config["batch_size"]) == (best.model, best.lr, best.batch_size)
-    assert round(100 * config["test_accuracy"], 2) == best.test_accuracy
+    assert [(m["trial"], m["weight"], m["mirrored"]) for m in config["members"]] == \
+        [(m["trial_dir"], m["weight"], m["mirrored"]) for m in chosen["members"]]
+    assert sum(m["weight"] for m in config["members"]) == pytest.approx(1)
+    assert round(100 * config["test_accuracy"], 2) == chosen["test_accuracy"]
+    # Never worse on validation than the best trial, which the table marks; test accuracy only reported.
+    assert chosen["best_val_accuracy"] >= chosen_trial(table).best_val_accuracy == chosen["best_trial"]["best_val_accuracy"]
+    for member in config["members"]:
+        trial = experiment / member["trial"]
+        params = json.loads((trial / "params.json").read_text())
+        assert all(member[name] == params[name] for name in ("model", "lr", "batch_size", "dropout", "ema_decay"))
+        assert member["mirrored"] <= (member["model"] == "vgg-bn")  # only a network trained on mirror images
+        weights = torch.load(folder / member["weights_file"], weights_only=True)
+        network = MODELS[member["model"]].build(len(SYNTHETIC_CLASSES), member["dropout"])
+        network.load_state_dict(weights)  # strict: every tensor of the named model, nothing else
+        (checkpoint,) = sorted(trial.glob("checkpoint_*/trial_state.pt"))[-1:]
+        tested = torch.load(checkpoint, weights_only=True)["progress"]["best_weights"]
+        assert all(torch.equal(weights[name], tested[name]) for name in tested)
     assert (folder / "classes.txt").read_text().splitlines() == list(SYNTHETIC_CLASSES)
     assert "numpy_bitmap" in json.loads((folder / "preprocessing.json").read_text())["bitmap"]
-    weights = torch.load(folder / "weights.pt", weights_only=True)
-    network = MODELS[config["model"]].build(len(SYNTHETIC_CLASSES), config["dropout"])
-    network.load_state_dict(weights)  # strict: every tensor of the named model, nothing else
+
+
+def test_a_damaged_or_missing_member_leaves_best_model_as_it_was(search, tmp_path):
+    import shutil
+
+    experiment = tmp_path / "copy"
+    shutil.copytree(search[2], experiment)
+    before = {file.name: file.read_bytes() for file in (experiment / "best_model").iterdir()}
+    member = json.loads((experiment / "best_model" / "config.json").read_text())["members"][-1]["trial"]
+    checkpoint = sorted((experiment / member).glob("checkpoint_*"))[-1]
+    for damage in ("cut short", "missing"):
+        if damage == "missing":
+            shutil.rmtree(checkpoint)
+        else:
+            data = (checkpoint / "trial_state.pt").read_bytes()
+            (checkpoint / "trial_state.pt").write_bytes(data[:len(data) // 2])
+        reported = run_in_process("report", experiment)
+        assert reported.returncode == 0, reported.stderr[-3000:]
+        (line,) = [line for line in reported.stderr.splitlines() if "best_model" in line]
+        assert line.startswith(f"{experiment / 'best_model'} not written (left as it was): the member {member} ")
+        assert {file.name: file.read_bytes() for file in (experiment / "best_model").iterdir()} == before
+
+
+def test_best_model_predicts_alone_once_the_trials_are_gone(search, tmp_path):
+    import shutil
+
+    moved = tmp_path / "moved"
+    shutil.copytree(search[2] / "best_model", moved / "best_model")  # nothing of the experiment but best_model/
+    np.save(tmp_path / "test.npy", stored_split(search[2]).x_test)
+    assert run_in_process("predict", moved, tmp_path / "test.npy").stdout.replace(str(moved), "") == \
+        run_in_process("predict", search[2], tmp_path / "test.npy").stdout.replace(str(search[2]), "")
 
 
 def test_predicting_the_test_split_from_a_npy_gives_the_stored_test_accuracy(search, tmp_path):
@@ -95,6 +140,7 @@ def test_predicting_the_test_split_from_a_npy_gives_the_stored_test_accuracy(sea
     assert len(answers) == len(split.y_test) + 5
     predicted = [answers[f"{tmp_path / 'test.npy'}[{n}]"][0][0] for n in range(len(split.y_test))]
     accuracy = 100 * np.mean(np.array(predicted) == np.array(split.classes)[split.y_test])
+    assert round(accuracy, 2) == json.loads((experiment / "summary.json").read_text())["chosen_model"]["test_accuracy"]
     assert accuracy == pytest.approx(100 * json.loads((experiment / "best_model" / "config.json").read_text())["test_accuracy"])
     for n in range(5):
         first = answers[f"{tmp_path / 'flat.npy'}[{n}]"]
@@ -183,7 +229,7 @@ def test_predict_with_a_damaged_best_model(search, tmp_path):
     (experiment / "best_model").mkdir(parents=True)
     for file in (search[2] / "best_model").iterdir():
         (experiment / "best_model" / file.name).write_bytes(file.read_bytes())
-    (experiment / "best_model" / "weights.pt").write_bytes(b"not a torch file")
+    (experiment / "best_model" / "weights_0.pt").write_bytes(b"not a torch file")
     np.save(tmp_path / "one.npy", stored_split(search[2]).x_test[:1])
     result = run_in_process("predict", experiment, tmp_path / "one.npy")
     assert_one_line_error(result, f"{experiment / 'best_model'} cannot be loaded", "report")
@@ -242,13 +288,13 @@ def test_a_results_folder_is_never_unpickled(search, tmp_path):
     state_file.write_text(json.dumps(planted))
     pickles = [*experiment.rglob("*.pkl"), *experiment.glob("basic-variant-state*"),
                *experiment.glob("searcher-state-*"), experiment / "tuner.pkl",
-               *experiment.glob("*/checkpoint_*/*.pt"), experiment / "best_model" / "weights.pt"]
-    assert len(list(experiment.glob("*/checkpoint_*/*.pt"))) == 2  # each trial's training checkpoint
+               *experiment.glob("*/checkpoint_*/*.pt"), *experiment.glob("best_model/weights_*.pt")]
+    assert len(list(experiment.glob("*/checkpoint_*/*.pt"))) == 4  # each trial's training checkpoint
     for file in pickles:
         file.write_bytes(payload)
-    torch.save(Payload(marker), experiment / "best_model" / "weights.pt")  # the payload in torch.save's zip format
-    for predictions_file in experiment.glob("*/test_predictions.npz"):
-        np.savez(predictions_file, probabilities=np.array([Payload(marker)], dtype=object))
+    torch.save(Payload(marker), experiment / "best_model" / "weights_0.pt")  # the payload in torch.save's zip format
+    for predictions_file in experiment.glob("*/predictions.npz"):
+        np.savez(predictions_file, validation=np.array([Payload(marker)], dtype=object))
     np.save(tmp_path / "one.npy", stored_split(search[2]).x_test[:1])
 
     predicted = run_in_process("predict", experiment, tmp_path / "one.npy")
@@ -257,7 +303,7 @@ def test_a_results_folder_is_never_unpickled(search, tmp_path):
     assert not marker.exists()
     assert reported.returncode == 0 and "Traceback" not in reported.stderr, reported.stderr[-3000:]
     assert "best_model not written" in reported.stderr  # its checkpoint is no tensor file
-    assert "test_predictions.npz of the best trial" in (experiment / "report.html").read_text()
+    assert "predictions.npz cannot be read" in (experiment / "report.html").read_text()
 
 
 def test_predict_bounds_a_long_thin_image_by_its_ink(search, tmp_path):

@@ -29,7 +29,8 @@ WHAT_MATTERED = {"hyperparameter_importance.png", "parallel_coordinates.png", "s
                  "scatter_batch_size.png"}
 FIGURES = {"test_accuracy_heatmap.png", "per_class_accuracy.png", "confusion_matrix.png", "test_probabilities.png",
            *(f"curves_lr={lr:.4g}.png" for lr in LRS), *WHAT_MATTERED}
-COLUMNS = ["rank", "model", "lr", "batch_size", "dropout", "weight_decay", "label_smoothing", "epochs", "best_val_loss",
+COLUMNS = ["rank", "model", "lr", "batch_size", "dropout", "weight_decay", "label_smoothing", "ema_decay", "epochs",
+           "best_val_loss",
            "best_val_accuracy", "test_accuracy", "train_seconds", "status", "best"]
 PAGE_HEADERS = ["Rank", "Validation accuracy", "Test accuracy", "Learning rate", "Batch size", "Epochs",
                 "Validation loss", "Training time", "Status"]  # report.html's table: searched hyperparameters only
@@ -99,7 +100,8 @@ def test_report_html_holds_the_table_and_every_figure(experiment):
     assert page.tags[0] == "html" and "table" in page.tags
     for header in PAGE_HEADERS:
         assert header in page.cells
-    assert page.tags.count("tr") == 1 + len(LRS) * len(BATCH_SIZES)  # header and a row per trial
+    # The trials' table: a header and a row per trial; the chosen model's: a header, the best trial and the model.
+    assert page.tags.count("tr") == 1 + len(LRS) * len(BATCH_SIZES) + 3
     assert {image["data-file"] for image in page.images} == FIGURES
     for image in page.images:  # embedded, the same PNG as the file beside it, with words for what it shows
         prefix = "data:image/png;base64,"
@@ -216,7 +218,7 @@ def check_export(fmt: str, text: str, experiment: Path) -> None:
     elif fmt == "json":
         summary = json.loads(text)
         assert summary == json.loads((experiment / "summary.json").read_text())
-        assert set(summary) == {"trials", "hyperparameter_importance", "importance_method"}
+        assert set(summary) == {"trials", "hyperparameter_importance", "importance_method", "chosen_model"}
         assert len(summary["trials"]) == len(LRS) * len(BATCH_SIZES) and list(summary["trials"][0]) == COLUMNS
         assert pd.DataFrame(summary["trials"]).equals(pd.read_csv(experiment / "summary.csv"))
         assert sum(summary["hyperparameter_importance"].values()) == pytest.approx(1)
@@ -233,7 +235,7 @@ def check_export(fmt: str, text: str, experiment: Path) -> None:
         rows = ranked_rows(text)
         assert [list(row) for row in rows] == [["Rank", "Learning rate", "Batch size", "Validation accuracy",
                                                 "Test accuracy"]] * len(LRS) * len(BATCH_SIZES)
-        assert "Same for every trial: model seed, dropout 0.5, weight decay 0, label smoothing 0." in text
+        assert "Same for every trial: model seed, dropout 0.5, weight decay 0, label smoothing 0, EMA decay 0." in text
         assert (experiment / "summary.md").read_text().startswith(text)
 
 
@@ -292,12 +294,12 @@ def cut_to_first_epoch(trial: Path) -> None:
 
 
 def test_report_of_a_partial_experiment_skips_only_what_is_missing(experiment, tmp_path):
-    """Stopped early: one trial reported a single epoch, and no trial left test_predictions.npz
-    (as with an older version)."""
+    """Stopped early: one trial reported a single epoch, and no trial left predictions.npz (as with an older
+    version): best_model/ is the best trial alone, and the page says why it has no figures of it."""
     partial = tmp_path / "partial"
     shutil.copytree(experiment, partial)
     cut_to_first_epoch(trial_dir(partial, LRS[0], BATCH_SIZES[1]))
-    for predictions in partial.glob("lr=*/test_predictions.npz"):
+    for predictions in partial.glob("lr=*/predictions.npz"):
         predictions.unlink()
 
     result = run_in_process("report", partial)
@@ -314,9 +316,12 @@ def test_report_of_a_partial_experiment_skips_only_what_is_missing(experiment, t
     assert {image["data-file"] for image in page.images} == kept
     text = page.all_text()
     best = chosen_trial(table)
-    best_trial = f"the best trial (seed, lr {best.lr:g}, batch size {best.batch_size})"
-    assert f"Not shown: the per-class accuracy and confusion matrix: {best_trial} has no test_predictions.npz" in text
-    assert f"Not shown: the test drawings: {best_trial} has no test_predictions.npz" in text
+    alone = (f"the best trial alone, as no finished trial's predictions.npz can be read "
+             f"({trial_dir(partial, best.lr, best.batch_size) / 'predictions.npz'} is missing, and 2 more)")
+    assert f"Not shown: the per-class accuracy and confusion matrix: {alone}." in text
+    assert f"Not shown: the test drawings: {alone}." in text
+    config = json.loads((partial / "best_model" / "config.json").read_text())
+    assert [member["trial"] for member in config["members"]] == [trial_dir(partial, best.lr, best.batch_size).name]
     assert text.count("Not shown") == 2
     markdown = (partial / "summary.md").read_text()
     assert "(report/test_accuracy_heatmap.png)" in markdown and "per_class_accuracy" not in markdown
@@ -338,9 +343,9 @@ def test_report_when_no_trial_finished(experiment, tmp_path):
     assert "Not shown: the hyperparameter importance, parallel coordinates and scatters: 0 trials finished or were " \
            "stopped by ASHA with a validation result; comparing hyperparameters takes 2 or more." in text
     assert json.loads((partial / "summary.json").read_text())["hyperparameter_importance"] == {}
-    assert "Not shown: the per-class accuracy and confusion matrix: no trial finished, so there is no best trial." \
+    assert "Not shown: the per-class accuracy and confusion matrix: no trial finished, so there is no model to show." \
         in text
-    assert "Not shown: the test drawings: no trial finished, so there is no best trial." in text
+    assert "Not shown: the test drawings: no trial finished, so there is no model to show." in text
 
 
 def test_report_when_the_stored_split_is_gone(experiment, tmp_path):
@@ -355,7 +360,8 @@ def test_report_when_the_stored_split_is_gone(experiment, tmp_path):
     kept = {"test_accuracy_heatmap.png", *(f"curves_lr={lr:.4g}.png" for lr in LRS), *WHAT_MATTERED}
     assert {p.name for p in (moved / "report").iterdir()} == kept
     text = Page((moved / "report.html").read_text()).all_text()
-    assert "Not shown: the per-class accuracy and confusion matrix: the test drawings cannot be read from the split " \
+    assert "Not shown: the per-class accuracy and confusion matrix: the validation and test drawings cannot be read " \
+           "from the split " \
            f"that search.json names (the split that {moved / 'search.json'} names is gone: not at " \
            f"{tmp_path / 'datasets' / 'deleted'}, nor beside the experiment at {tmp_path / 'datasets' / 'deleted'}; " \
            "copy the search's datasets/ folder beside the experiment)" in text
@@ -407,6 +413,8 @@ def test_report_without_the_best_trials_checkpoint_writes_all_but_best_model(exp
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     (line,) = result.stderr.strip().splitlines()
-    assert line.startswith(f"{moved / 'best_model'} not written: the best trial's files in")
+    folder = trial_dir(moved, best.lr, best.batch_size)
+    assert line.startswith(f"{moved / 'best_model'} not written (left as it was): the member {folder.name} cannot be "
+                           f"read from {folder} (ValueError: the folder holds no checkpoint)")
     assert not (moved / "best_model").exists() and (moved / "report.html").is_file()
     assert "# Search results" in result.stdout

@@ -81,10 +81,11 @@ def test_random_samples_every_trial_within_the_space_and_keeps_batch_size_an_int
 
 
 def test_best_model_and_predict_of_a_sampled_search(random_search, tmp_path):
-    best = json.loads((random_search / "best_model" / "config.json").read_text())
-    params = json.loads((random_search / best["trial"] / "params.json").read_text())
-    names = ("lr", "batch_size", "dropout", "weight_decay", "label_smoothing")
-    assert {key: best[key] for key in names} == {key: params[key] for key in names}
+    members = json.loads((random_search / "best_model" / "config.json").read_text())["members"]
+    names = ("lr", "batch_size", "dropout", "weight_decay", "label_smoothing", "ema_decay")
+    for member in members:  # each with its own trial's sampled hyperparameters
+        params = json.loads((random_search / member["trial"] / "params.json").read_text())
+        assert {key: member[key] for key in names} == {key: params[key] for key in names}
     np.save(tmp_path / "drawings.npy", synthetic_drawings(1, 3))
     result = run_cli("predict", random_search, tmp_path / "drawings.npy", timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]

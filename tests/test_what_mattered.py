@@ -18,6 +18,7 @@ from PIL import Image
 
 from experiment_checks import check_ranking, ranked_rows
 from quickdraw import importance
+from quickdraw.catalogue import HYPERPARAMETERS
 from quickdraw.config import SearchConfig
 from quickdraw.experiment import load_trials, space_of
 from quickdraw.figures import validation_curves_figure
@@ -40,13 +41,16 @@ def accuracy_of(lr: float) -> float:
     return 0.95 - 0.08 * (math.log10(lr) + 2.5) ** 2
 
 
+DEFAULTS = {h.name: h.default[0] for h in HYPERPARAMETERS}  # every hyperparameter a trial's config holds
+
+
 def random_trials(count: int = TRIALS, seed: int = 0) -> list[dict]:
     rng = np.random.default_rng(seed)
     trials = []
     for n in range(count):
         lr = float(10 ** rng.uniform(-4, -1))
-        config = {"model": "seed", "lr": lr, "batch_size": int(rng.choice([32, 64, 128])),
-                  "dropout": float(rng.uniform(0.1, 0.6)), "weight_decay": 0.0, "label_smoothing": 0.0}
+        config = {**DEFAULTS, "lr": lr, "batch_size": int(rng.choice([32, 64, 128])),
+                  "dropout": float(rng.uniform(0.1, 0.6))}
         trials.append({"config": config, "accuracy": accuracy_of(lr), "stopped": n in STOPPED})
     return trials
 
@@ -105,7 +109,7 @@ def summary_of(experiment: Location) -> dict:
 
 def test_the_summary_ranks_every_trial_with_every_hyperparameter(random_search):
     table = pd.read_csv(Path(random_search.path) / "summary.csv")
-    assert list(table.columns) == ["rank", "model", "lr", "batch_size", "dropout", "weight_decay", "label_smoothing", "epochs",
+    assert list(table.columns) == ["rank", "model", "lr", "batch_size", "dropout", "weight_decay", "label_smoothing", "ema_decay", "epochs",
                                    "best_val_loss", "best_val_accuracy", "test_accuracy", "train_seconds", "status",
                                    "best"]
     check_ranking(table)
@@ -118,7 +122,7 @@ def test_the_summary_ranks_every_trial_with_every_hyperparameter(random_search):
     rows = ranked_rows(markdown)
     assert list(rows[0]) == ["Rank", "Learning rate", "Batch size", "Dropout", "Validation accuracy", "Test accuracy"]
     assert [row["Rank"].strip("*") for row in rows] == [str(n) for n in range(1, TRIALS + 1)]
-    assert "Same for every trial: model seed, weight decay 0, label smoothing 0." in markdown
+    assert "Same for every trial: model seed, weight decay 0, label smoothing 0, EMA decay 0." in markdown
     best = table[table.best].iloc[0]
     assert best.status == "finished" and best.name == table[table.status == "finished"].index[0]
     assert f"Best: **seed, lr {best.lr:.4g}, batch size {best.batch_size}, dropout {best.dropout:.4g}: " in markdown
@@ -199,8 +203,7 @@ def random_table() -> pd.DataFrame:
 
 
 def grid_trials(dropouts=(0.5,)) -> list[dict]:
-    return [{"config": {"model": "seed", "lr": lr, "batch_size": batch_size, "dropout": dropout, "weight_decay": 0.0,
-                        "label_smoothing": 0.0},
+    return [{"config": {**DEFAULTS, "lr": lr, "batch_size": batch_size, "dropout": dropout},
              "accuracy": (0.9 if lr == 0.01 else 0.8) - batch_size / 10_000}  # mostly the learning rate
             for lr in (0.01, 0.001) for batch_size in (32, 64) for dropout in dropouts]
 
@@ -212,7 +215,7 @@ def test_a_grid_keeps_its_heatmap_and_gets_what_mattered(tmp_path):
     experiment = write_experiment(tmp_path / "grid", grid_trials(), random_record(GRID_SPACE, "grid"))
     summary = write_report(experiment)
     assert summary.search == "grid"
-    assert [d.as_spec() for d in summary.space] == ["seed", [0.01, 0.001], [32, 64], 0.5, 0.0, 0.0]
+    assert [d.as_spec() for d in summary.space] == ["seed", [0.01, 0.001], [32, 64], 0.5, 0.0, 0.0, 0.0]
     figures = {p.name for p in (tmp_path / "grid" / "report").iterdir()}
     assert figures == {"test_accuracy_heatmap.png", "hyperparameter_importance.png", "parallel_coordinates.png",
                        "scatter_lr.png", "scatter_batch_size.png", "curves_lr=0.01.png", "curves_lr=0.001.png"}
@@ -252,7 +255,7 @@ def test_without_search_json_the_report_uses_the_values_the_trials_took(tmp_path
     trials, _ = load_trials(experiment)
     search, space = space_of(experiment, trials)
     assert search == "grid"
-    assert [d.as_spec() for d in space] == ["seed", [0.001, 0.01], [32, 64], 0.5, 0.0, 0.0]
+    assert [d.as_spec() for d in space] == ["seed", [0.001, 0.01], [32, 64], 0.5, 0.0, 0.0, 0.0]
     assert importance.assess(trials, space).shares
 
 

@@ -10,6 +10,9 @@ then, from the last grid's saved probabilities (no training): its best single tr
 validation says they help (--ensemble 1), and the ensemble that `report` exports (--ensemble, 10 by default).
 
     python benchmarks/ensembles.py [--data-dir ../shared/quickdraw] [--epochs 15] [--repeats 2]
+                                   [--lrs ... --batch-sizes ...] [--seed-lrs ... --seed-batch-sizes ...]
+
+--lrs and --batch-sizes change the vgg-bn grids, --seed-lrs and --seed-batch-sizes the seed CNN's.
 
 Writes benchmarks/results/ensembles.json, one row per model and repeat.
 """
@@ -35,7 +38,8 @@ from quickdraw.summary import best_trial
 
 CLASSES = "bear,cat,dog,duck"  # the seed's animals in ../shared/quickdraw with 1,000 drawings (bee has 498)
 SPLIT = "2800,600,600"  # 700 / 150 / 150 per class
-VGG_GRID = {"model": ("vgg-bn",), "lr": (0.001, 0.002, 0.004, 0.008, 0.016), "batch_size": (32, 64, 128)}
+SEED_LRS, SEED_BATCH_SIZES = (0.01, 0.001, 0.0001), (32, 64, 128, 256, 512)
+VGG_LRS, VGG_BATCH_SIZES = (0.001, 0.002, 0.004, 0.008, 0.016), (32, 64, 128)
 
 
 def main() -> None:
@@ -45,8 +49,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as storage:
         for repeat in range(args.repeats):
             data = DataConfig(data_dir=args.data_dir, classes=args.classes, split=args.split, seed=repeat)
-            searches = {"seed CNN": {"model": ("seed",)}, "vgg-bn": VGG_GRID,
-                        "vgg-bn + EMA": VGG_GRID | {"ema_decay": (args.ema_decay,)}}
+            vgg = {"model": ("vgg-bn",), "lr": args.lrs, "batch_size": args.batch_sizes}
+            searches = {"seed CNN": {"model": ("seed",), "lr": args.seed_lrs, "batch_size": args.seed_batch_sizes},
+                        "vgg-bn": vgg, "vgg-bn + EMA": vgg | {"ema_decay": (args.ema_decay,)}}
             for model, values in searches.items():
                 config = SearchConfig(data=data, space=space_with(**values), epochs=args.epochs, storage=storage,
                                       name=f"{model.replace(' + ', '-').replace(' ', '-')}-{repeat}")
@@ -59,7 +64,7 @@ def main() -> None:
                 print(rows[-1], flush=True)
     table = summarise(pd.DataFrame(rows), args.split.test)
     common.save(args.output, rows, table,
-                f"15 trials x {args.epochs} epochs per grid, {args.repeats} seeds, {', '.join(args.classes)} "
+                f"{len(args.lrs) * len(args.batch_sizes)} trials x {args.epochs} epochs per vgg-bn grid, {args.repeats} seeds, {', '.join(args.classes)} "
                 f"({args.split.train} / {args.split.validation} / {args.split.test} drawings); mean and range", "")
 
 
@@ -109,13 +114,17 @@ def summarise(rows: pd.DataFrame, test_size: int) -> pd.DataFrame:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_data_flags(parser, "ensembles")
-    from quickdraw.cli import name_list, split_sizes
+    from quickdraw.cli import float_list, int_list, name_list, split_sizes
 
     parser.set_defaults(classes=name_list(CLASSES), split=split_sizes(SPLIT))
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--ema-decay", type=float, default=0.99)
     parser.add_argument("--ensemble", type=int, default=ENSEMBLE_SIZE)
+    parser.add_argument("--lrs", type=float_list, default=VGG_LRS)
+    parser.add_argument("--batch-sizes", type=int_list, default=VGG_BATCH_SIZES)
+    parser.add_argument("--seed-lrs", type=float_list, default=SEED_LRS)
+    parser.add_argument("--seed-batch-sizes", type=int_list, default=SEED_BATCH_SIZES)
     return parser.parse_args()
 
 

@@ -226,6 +226,10 @@ def name_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
+def float_list(text: str) -> tuple[float, ...]:
+    return _number_list(text, float)
+
+
 def int_list(text: str) -> tuple[int, ...]:
     return _number_list(text, int)
 

@@ -104,3 +104,18 @@ def test_memory_scaling_measures_each_case(tmp_path):
         assert row["peak_pss_bytes"] > row["split_bytes"]
         assert row["object_store_bytes"] >= row["split_bytes"]  # the split sits in Ray's object store (shared memory)
     assert rows[0]["added_per_extra_trial_bytes"] is None and rows[1]["added_per_extra_trial_bytes"] is not None
+
+
+def test_ensembles_chooses_every_row_on_validation(tmp_path):
+    output = tmp_path / "ensembles.json"
+    result = run_benchmark("ensembles", *small_data(tmp_path), "--lrs", "0.003", "--batch-sizes", "16,32",
+                           "--seed-lrs", "0.003", "--seed-batch-sizes", "32", "--epochs", "1", "--repeats", "1",
+                           "--output", output)
+    rows = {row["model"]: row for row in json.loads(output.read_text())}
+    assert list(rows) == ["seed CNN", "vgg-bn", "vgg-bn + EMA", "+ mirrored views", "+ ensemble of the search's trials"]
+    ensemble, single = rows["+ ensemble of the search's trials"], rows["+ mirrored views"]
+    # Never below the best single trial on validation (the trials report theirs in float32: to within its rounding).
+    assert ensemble["validation_accuracy"] >= single["validation_accuracy"]
+    assert single["validation_accuracy"] >= rows["vgg-bn + EMA"]["validation_accuracy"] - 1e-4
+    assert 1 <= ensemble["members"] <= 2 and sum(ensemble["weights"].values()) == pytest.approx(1)
+    assert "test errors / seed CNN's" in result.stdout

@@ -28,7 +28,7 @@ from quickdraw.storage import Location
 pytestmark = pytest.mark.slow  # a real search of both models, and predict as its own process
 
 MODEL_NAMES = ("seed", "vgg-bn")
-LRS = (0.003, 0.01)
+LRS = (0.003,)
 LINE = re.compile(r"^(?P<name>.+): (?P<top>.+)$")
 
 
@@ -289,7 +289,7 @@ def test_a_results_folder_is_never_unpickled(search, tmp_path):
     pickles = [*experiment.rglob("*.pkl"), *experiment.glob("basic-variant-state*"),
                *experiment.glob("searcher-state-*"), experiment / "tuner.pkl",
                *experiment.glob("*/checkpoint_*/*.pt"), *experiment.glob("best_model/weights_*.pt")]
-    assert len(list(experiment.glob("*/checkpoint_*/*.pt"))) == 4  # each trial's training checkpoint
+    assert len(list(experiment.glob("*/checkpoint_*/*.pt"))) == 2  # each trial's training checkpoint
     for file in pickles:
         file.write_bytes(payload)
     torch.save(Payload(marker), experiment / "best_model" / "weights_0.pt")  # the payload in torch.save's zip format

@@ -16,8 +16,6 @@ from typing import Sequence
 
 import numpy as np
 
-DEFAULT_SIZE = 10  # steps of the greedy selection: --ensemble's default (docs/models.md says why)
-
 
 @dataclass(frozen=True)
 class Member:

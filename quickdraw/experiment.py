@@ -1,6 +1,6 @@
 """Reading an experiment folder, `<storage>/<name>`, as data: Ray Tune's experiment state (experiment_state-<time>.json)
-and its folder per trial (params.json, result.json), where each trial also writes test_predictions.npz; and checking
-that what Tune's restore reads is there and whole. Plain JSON and NumPy files only, never a pickle (the state's
+and its folder per trial (params.json, result.json), where each trial also writes predictions.npz
+(quickdraw.predictions); and checking that what Tune's restore reads is there and whole. Plain JSON and NumPy files only, never a pickle (the state's
 pickled fields stay undecoded hex), and no Ray: `report` and `predict` work on folders copied from anywhere.
 search.json is quickdraw.search_record's."""
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import pickletools
 import sys
+from pathlib import PurePosixPath
 
 import pandas as pd
 
@@ -20,7 +21,6 @@ from quickdraw.space import Dimension, Space
 from quickdraw.storage import Location, first_line
 from quickdraw.summary import trial_row, trial_table
 
-PREDICTIONS_FILE = "test_predictions.npz"  # in each trial folder: the tested weights' class probabilities
 RESULTS_FILE = "result.json"  # in each trial folder, Tune's: a JSON line per reported result
 PARAMS_FILE = "params.json"  # in each trial folder, Tune's: the trial's config
 STATE_PREFIX, STATE_SUFFIX = "experiment_state-", ".json"  # Tune's experiment state, one file per save
@@ -35,7 +35,7 @@ def split_location(experiment: Location) -> Location:
     beside the experiment, where the search stored it (<storage>/datasets/<fingerprint>). A UserError when neither
     holds it."""
     recorded = SearchRecord.read(experiment).dataset
-    beside = experiment.parent / DATASETS_DIR / recorded.rstrip("/").rpartition("/")[2]
+    beside = experiment.parent / DATASETS_DIR / PurePosixPath(recorded).name  # a path's or a URI's last part
     for place in (recorded, beside.uri):
         try:
             location = Location.parse(place)

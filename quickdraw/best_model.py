@@ -1,8 +1,11 @@
 """The search's best model, for use after the search: which trials make it, and `<experiment>/best_model/`, which holds
 
   weights_<k>.pt      each member's state dict (the weights its trial tested), loadable with weights_only=True
+  weights_<k>.safetensors  the same, as safetensors
+  model.onnx          the whole model as one ONNX graph, bitmaps to probabilities (quickdraw.portable)
   config.json         the members (their trials, weights in the average, views, hyperparameters and accuracies),
-                      the model's validation and test accuracy, and where it came from
+                      the model's validation and test accuracy, model.onnx's input, output and classes, and where
+                      it came from
   classes.txt         the class names, one per line, in the order of the networks' outputs
   preprocessing.json  how a drawing becomes a network's input (quickdraw.images)
 
@@ -32,6 +35,8 @@ from quickdraw.errors import UserError
 from quickdraw.experiment import PARAMS_FILE
 from quickdraw.images import PREPROCESSING
 from quickdraw.model import MODELS
+from quickdraw.onnx_export import onnx_model, safetensors_weights
+from quickdraw.portable import ONNX_FILE, model_card
 from quickdraw.predictions import PREDICTED_PARTS, PREDICTIONS_FILE, Predictions
 from quickdraw.search_record import SearchRecord
 from quickdraw.storage import Location, first_line
@@ -40,7 +45,7 @@ from quickdraw.training import CHECKPOINT_FILE, predict_probabilities
 
 BEST_MODEL_DIR = "best_model"
 CONFIG_FILE, CLASSES_FILE, PREPROCESSING_FILE = "config.json", "classes.txt", "preprocessing.json"
-WEIGHTS_PREFIX = "weights_"  # weights_0.pt, weights_1.pt, ...: the members' in config.json's order
+WEIGHTS_PREFIX = "weights_"  # weights_0.pt, weights_0.safetensors, weights_1.pt, ...: the members' in config.json's order
 TRIAL_SETTINGS = ("epochs", "seed")  # besides the hyperparameters
 
 
@@ -103,28 +108,30 @@ def export_best_model(experiment: Location, chosen: ChosenModel | None,
     folder = experiment / BEST_MODEL_DIR
     try:
         classes = SearchRecord.read(experiment).config.data.classes
-        members = [read_member(experiment, member, f"{WEIGHTS_PREFIX}{k}.pt", len(classes), histories)
+        members = [read_member(experiment, member, f"{WEIGHTS_PREFIX}{k}", len(classes), histories)
                    for k, member in enumerate(chosen.members)]
-    except (OSError, ValueError, KeyError, IndexError, RuntimeError, UserError) as e:
+        files = model_files(members, classes)
+    except (OSError, ValueError, KeyError, IndexError, RuntimeError, UserError) as e:  # the exporter's: RuntimeError
         print(f"{folder} not written (left as it was): {first_line(e)}", file=sys.stderr)
         return None
-    first = members[0][0]
+    entries = [entry for entry, _, _ in members]
+    first = entries[0]
     config = {
-        "members": [entry for entry, _ in members],
+        "members": entries,
         # In percent in the report; fractions here, as the trials reported theirs to Tune.
         "validation_accuracy": chosen.validation_accuracy / 100, "test_accuracy": chosen.test_accuracy / 100,
         "ensemble_size": chosen.size,
+        "onnx": model_card(classes),
         # What the first member's --precision resolved to, and where it ran: predict computes so where it can.
         PRECISION: first[PRECISION], "precision_asked": first["precision_asked"], DEVICE: first[DEVICE],
         "experiment": experiment.uri,
     }
     if (folder / CONFIG_FILE).is_file():
         (folder / CONFIG_FILE).delete()  # until the new one is written, the folder is not a model
-    for entry, weights in members:
-        (folder / entry["weights_file"]).write_bytes(weights)
-    written = {entry["weights_file"] for entry, _ in members}
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
     for old in folder.children():
-        if old.name.startswith(WEIGHTS_PREFIX) and old.name not in written:
+        if old.name.startswith(WEIGHTS_PREFIX) and old.name not in files:
             old.delete()  # a member of an earlier export
     (folder / CLASSES_FILE).write_text("\n".join(classes) + "\n")
     (folder / PREPROCESSING_FILE).write_text(json.dumps(PREPROCESSING, indent=2) + "\n")
@@ -132,10 +139,22 @@ def export_best_model(experiment: Location, chosen: ChosenModel | None,
     return folder
 
 
-def read_member(experiment: Location, member: Member, weights_file: str, num_classes: int,
-                histories: dict[str, pd.DataFrame]) -> tuple[dict, bytes]:
-    """A member's entry in config.json and its weights as torch.save writes them (for `weights_file`), once they load
-    into its network; a ValueError that names the trial and the file when they cannot."""
+def model_files(members: list[tuple[dict, dict, torch.nn.Module]], classes: list[str]) -> dict[str, bytes]:
+    """The bytes of model.onnx and of each member's weights files, by file name."""
+    files = {ONNX_FILE: onnx_model([network for _, _, network in members], [entry for entry, _, _ in members],
+                                   classes)}
+    for entry, weights, _ in members:
+        buffer = io.BytesIO()
+        torch.save(weights, buffer)
+        files[entry["weights_file"]] = buffer.getvalue()
+        files[entry["safetensors_file"]] = safetensors_weights(weights)
+    return files
+
+
+def read_member(experiment: Location, member: Member, weights_name: str, num_classes: int,
+                histories: dict[str, pd.DataFrame]) -> tuple[dict, dict[str, torch.Tensor], torch.nn.Module]:
+    """A member's entry in config.json (its weights to be written as `weights_name`.pt and .safetensors), its weights
+    and its network holding them; a ValueError that names the trial and the file when they cannot be loaded."""
     trial = experiment / member.trial_dir
     file = trial / PARAMS_FILE
     try:
@@ -147,15 +166,14 @@ def read_member(experiment: Location, member: Member, weights_file: str, num_cla
         file = checkpoints[-1] / CHECKPOINT_FILE
         state = load_tensors(file.read_bytes())  # the last epoch's
         weights = state["progress"]["best_weights"]
-        MODELS[params["model"]].build(num_classes, params["dropout"]).load_state_dict(weights)
+        network = MODELS[params["model"]].build(num_classes, params["dropout"])
+        network.load_state_dict(weights)
         last_result = histories[member.trial_dir].iloc[-1]
     except (OSError, ValueError, KeyError, IndexError, RuntimeError, TypeError) as e:
         raise ValueError(f"the member {member.trial_dir} cannot be read from {file} ({type(e).__name__}: "
                          f"{first_line(e)})") from None
-    buffer = io.BytesIO()
-    torch.save(weights, buffer)
     entry = {
-        "weights_file": weights_file,
+        "weights_file": f"{weights_name}.pt", "safetensors_file": f"{weights_name}.safetensors",
         "weight": member.weight, "mirrored": member.mirrored, "trial": member.trial_dir,
         **{key: params[key] for key in (*(h.name for h in HYPERPARAMETERS), *TRIAL_SETTINGS)},
         # What the trial's --precision resolved to, and where it ran.
@@ -163,7 +181,7 @@ def read_member(experiment: Location, member: Member, weights_file: str, num_cla
         # Fractions, unrounded, as the trial reported them to Tune.
         **{m.key: float(last_result[m.key]) for m in (TEST_ACCURACY, BEST_VAL_ACCURACY, BEST_VAL_LOSS)},
     }
-    return entry, buffer.getvalue()
+    return entry, weights, network
 
 
 def load_tensors(data: bytes):

@@ -19,7 +19,7 @@ from quickdraw.config import (
 from quickdraw.errors import DiskFull, Interrupted, UserError
 from quickdraw.space import flag_dimension, load_space, merge
 
-COMMANDS = ("run", "resume", "convert", "download", "report", "predict")
+COMMANDS = ("run", "resume", "convert", "download", "report", "predict", "play")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -153,6 +153,15 @@ def build_parser() -> argparse.ArgumentParser:
                          "or a .npy of 28x28 uint8 bitmaps like Google's")
     predict.add_argument("--top", type=int, default=3, help="classes shown per drawing (default %(default)s)")
     predict.set_defaults(handler=predict_command)
+
+    play = commands.add_parser(
+        "play", help="serve a page where you draw and the best model guesses, as you draw (Ctrl-C stops)")
+    play.add_argument("experiment", help="the experiment folder, <storage>/<name> (a path or URI)")
+    play.add_argument("--host", default="127.0.0.1",
+                      help="address to listen on; another than loopback serves the page to other machines too "
+                      "(default %(default)s: this machine only)")
+    play.add_argument("--port", type=int, default=8000, help="port to listen on; 0: any free one (default %(default)s)")
+    play.set_defaults(handler=play_command)
     return parser
 
 
@@ -393,3 +402,12 @@ def predict_command(args) -> int:
     for line in predict(Location.parse(args.experiment, flag="predict"), args.drawings, args.top):
         print(line)
     return 0
+
+
+def play_command(args) -> int:
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port {args.port}: give a port from 0 to 65535 (0: any free one)")
+    from quickdraw.play import play
+    from quickdraw.storage import Location
+
+    return play(Location.parse(args.experiment, flag="play"), args.host, args.port)

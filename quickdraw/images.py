@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -36,7 +37,13 @@ def read_drawings(path: Path) -> np.ndarray:
         raise UserError(f"{path}: no such file; give PNG images of drawings or .npy files of 28x28 bitmaps")
     if path.suffix.lower() == ".npy":
         return read_bitmaps(path)
-    return image_bitmap(open_image(path), path)[np.newaxis]
+    return drawing_bitmap(path, str(path))[np.newaxis]
+
+
+def drawing_bitmap(source: Path | BinaryIO, name: str, max_side: int | None = None) -> np.ndarray:
+    """An image of one drawing (a file, or its bytes) as a 28x28 bitmap: how `predict` and `play` read a drawing.
+    `name` is the drawing in error messages; an image more than `max_side` pixels a side is refused before decoding."""
+    return image_bitmap(open_image(source, name, max_side), name)
 
 
 def read_bitmaps(path: Path) -> np.ndarray:
@@ -50,25 +57,28 @@ def read_bitmaps(path: Path) -> np.ndarray:
     return array.reshape(-1, CANVAS, CANVAS)
 
 
-def open_image(path: Path) -> Image.Image:
+def open_image(source: Path | BinaryIO, name: str, max_side: int | None = None) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(path)
+            image = Image.open(source)
+            if max_side is not None and max(image.size) > max_side:
+                raise UserError(f"{name} is {image.width}x{image.height} pixels; give at most {max_side} a side")
             image.load()  # decodes now: a truncated or corrupt file fails here, not later
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombWarning,
             Image.DecompressionBombError) as e:
-        raise UserError(f"{path} is not an image that can be read ({e}); give a PNG of a drawing, "
+        detail = "not a format Pillow knows" if isinstance(e, UnidentifiedImageError) else e
+        raise UserError(f"{name} is not an image that can be read ({detail}); give a PNG of a drawing, "
                         "or a .npy of 28x28 bitmaps") from None
     return ImageOps.exif_transpose(image)
 
 
-def image_bitmap(image: Image.Image, path: Path) -> np.ndarray:
+def image_bitmap(image: Image.Image, name: str) -> np.ndarray:
     """One drawing as a 28x28 bitmap, converted the way Google's bitmaps were drawn."""
     ink = ink_of(image)
     rows, columns = np.nonzero(ink > INK_THRESHOLD)
     if not len(rows):
-        raise UserError(f"{path}: no drawing found, the image is blank; give strokes on a plain background")
+        raise UserError(f"{name}: no drawing found, the image is blank; give strokes on a plain background")
     if ink.shape == (CANVAS, CANVAS):
         return ink
     ink = ink[rows.min():rows.max() + 1, columns.min():columns.max() + 1]

@@ -268,14 +268,15 @@ def predict_probabilities(network, drawings, compute: Compute, mirrored: bool = 
     mean of the probabilities of each drawing and of its mirror image (left-right), a test-time view for a network
     trained on mirrored drawings."""
     network.eval()
-
-    def batch_probabilities(batch: torch.Tensor) -> torch.Tensor:
-        inputs = compute.dynamic_batch(compute.inputs(batch))
-        views = (inputs, inputs.flip(-1)) if mirrored else (inputs,)
-        return torch.stack([network(view).float().softmax(1) for view in views]).mean(0)
-
     with compute.autocast():
-        return torch.cat([batch_probabilities(batch) for batch in drawings.split(EVAL_BATCH_SIZE)])
+        return torch.cat([view_probabilities(network, compute.dynamic_batch(compute.inputs(batch)), mirrored)
+                          for batch in drawings.split(EVAL_BATCH_SIZE)])
+
+
+def view_probabilities(network, inputs: torch.Tensor, mirrored: bool) -> torch.Tensor:
+    """fp32 class probabilities of a batch of network inputs; with `mirrored`, averaged with their mirror images'."""
+    views = (inputs, inputs.flip(-1)) if mirrored else (inputs,)
+    return torch.stack([network(view).float().softmax(1) for view in views]).mean(0)
 
 
 @torch.no_grad()

@@ -1,5 +1,6 @@
 """Screenshots for docs/images: TensorBoard's HParams table and parallel-coordinates views, its custom train/validation
-chart, and report.html at 1400 and 390 px wide, of a real small search (a 2 x 2 grid of 3 epochs on the six real
+chart, report.html at 1400 and 390 px wide, and `play`'s page at both widths with a test drawing drawn on it, of a real
+small search (a 2 x 2 grid of 3 epochs on the six real
 classes, under a minute on 2 CPUs) or of a finished experiment you name.
 
     python scripts/screenshots.py [--data-dir DIR] [--storage DIR] [--experiment PATH] [--output DIR]
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import os
 import re
 import socket
@@ -26,6 +28,11 @@ from PIL import Image
 from playwright.sync_api import Browser, Locator, Page, sync_playwright
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+from quickdraw.dataset import load_split  # noqa: E402  (the repository's own modules, found from any folder)
+from quickdraw.storage import Location  # noqa: E402
+from strokes import strokes  # noqa: E402  (a drawing's strokes from its bitmap, as the browser tests draw them)
+
 CHROMIUM = os.environ.get("QUICKDRAW_CHROMIUM", "/usr/bin/chromium")
 SEARCH = ["--classes", "apple,bicycle,cat,diamond,eye,fish", "--split", "1200,240,120", "--lrs", "0.01,0.001",
           "--batch-sizes", "32,64", "--epochs", "3"]
@@ -48,6 +55,9 @@ def main() -> None:
                 page.close()
             for width in (1400, 390):
                 report(browser, experiment, width, args.output / f"report_{width}px.png")
+            with play(experiment) as url:
+                for width in (1400, 390):
+                    play_page(browser, url, first_test_drawing(experiment), width, args.output / f"play_{width}px.png")
             browser.close()
 
 
@@ -133,6 +143,49 @@ def report(browser: Browser, experiment: Path, width: int, path: Path) -> None:
     page = browser.new_page(viewport={"width": width, "height": 900})
     page.goto((experiment / "report.html").as_uri())
     page.wait_for_load_state("load")  # its figures are embedded
+    save(page, path, full_page=True)
+    page.close()
+
+
+@contextlib.contextmanager
+def play(experiment: Path):
+    """`python tune_search.py play EXPERIMENT --port 0`, and the address it serves at."""
+    server = subprocess.Popen([sys.executable, "tune_search.py", "play", str(experiment), "--port", "0"], cwd=REPO,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        found = re.search(r"http://\S+/", server.stdout.readline())
+        if not found:
+            sys.exit("play did not say where it serves")
+        yield found[0]
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def first_test_drawing(experiment: Path):
+    """The experiment's first test drawing of its class that comes first in the class list."""
+    split = load_split(Location.parse(json.loads((experiment / "search.json").read_text())["dataset"]))
+    return split.x_test[list(split.y_test).index(0)]
+
+
+def play_page(browser: Browser, url: str, bitmap, width: int, path: Path) -> None:
+    """The play page, `width` px wide, once the drawing's strokes are drawn on it and guessed."""
+    page = browser.new_page(viewport={"width": width, "height": 900})
+    page.set_default_timeout(WAIT_MS)
+    page.goto(url)
+    page.locator("#classes li").first.wait_for()
+    box = page.locator("#canvas").bounding_box()
+    scale, margin = box["width"] * 0.8 / 28, box["width"] * 0.1
+    paths = strokes(bitmap)
+    for stroke in paths:
+        points = [(box["x"] + margin + (x + 0.5) * scale, box["y"] + margin + (y + 0.5) * scale) for x, y in stroke]
+        page.mouse.move(*points[0])
+        page.mouse.down()
+        for point in points[1:]:
+            page.mouse.move(*point, steps=4)
+        page.mouse.up()
+    page.wait_for_function(f"document.body.dataset.guessedStrokes === '{len(paths)}'")
+    page.mouse.move(0, 0)
     save(page, path, full_page=True)
     page.close()
 

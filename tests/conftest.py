@@ -201,6 +201,37 @@ def copy_experiment(experiment: Path, target: Path) -> Path:
     return target / experiment.name
 
 
+# The search on real drawings that test_real_drawings checks and test_play draws with: the seed's proportions, smaller.
+REAL = SimpleNamespace(lrs=(0.001,), batch_sizes=(64, 128), epochs=2, split="6000,1200,600", name="real")
+
+
+@pytest.fixture(scope="session")
+def real_experiment(tmp_path_factory) -> Path:
+    """One finished search on the six real classes of ../shared/quickdraw, which it fetches as a new user's run does:
+    from a mirror over HTTP (a real server on loopback), first rows only, into the data folder beside the results. Run
+    once per session, as `grid_experiment` is; read it only."""
+    if not all((SHARED_DRAWINGS / f"{c}.npy").is_file() for c in SHARED_CLASSES):
+        pytest.skip(f"real drawings not found in {SHARED_DRAWINGS} (set QUICKDRAW_DATA)")
+    root = shared_folder(tmp_path_factory) / "shared-real"
+    root.mkdir(exist_ok=True)
+    with FileLock(root / "lock"):
+        if not (root / "done").exists():
+            for folder in ("data", "results"):
+                shutil.rmtree(root / folder, ignore_errors=True)
+            mirror = Mirror({f"{name}.npy": (SHARED_DRAWINGS / f"{name}.npy").read_bytes() for name in SHARED_CLASSES})
+            server = serve(mirror)
+            try:
+                result = run_cli("--data-dir", root / "data", "--base-url", mirror.base_url,
+                                 "--classes", ",".join(SHARED_CLASSES), "--split", REAL.split,
+                                 "--lrs", ",".join(map(str, REAL.lrs)),
+                                 "--batch-sizes", ",".join(map(str, REAL.batch_sizes)), "--epochs", REAL.epochs, "--storage", root / "results", "--name", REAL.name)
+            finally:
+                server.shutdown()
+            assert result.returncode == 0, result.stderr[-3000:]
+            (root / "done").touch()
+    return root / "results" / REAL.name
+
+
 # --- a loopback HTTP mirror of Google's files ------------------------------------------------------------------------
 
 DOWNLOADED_CLASSES = ("cat", "hot dog")  # "hot dog" travels as hot%20dog.npy

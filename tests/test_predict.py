@@ -21,8 +21,11 @@ from PIL import Image
 from conftest import (REPO, SYNTHETIC_CLASSES, imported_modules, is_ray, run_cli, run_in_process,
                       write_confusable_class_files)
 from experiment_checks import chosen_trial, trial_dirs
+from quickdraw.best_model import BestModel
+from quickdraw.compute import Compute
 from quickdraw.dataset import load_split
 from quickdraw.model import MODELS
+from quickdraw.portable import PortableModel, model_card
 from quickdraw.storage import Location
 
 pytestmark = pytest.mark.slow  # a real search of both models, and predict as its own process
@@ -98,6 +101,30 @@ def test_best_model_holds_the_members_chosen_on_validation_with_their_tested_wei
         assert all(torch.equal(weights[name], tested[name]) for name in tested)
     assert (folder / "classes.txt").read_text().splitlines() == list(SYNTHETIC_CLASSES)
     assert "numpy_bitmap" in json.loads((folder / "preprocessing.json").read_text())["bitmap"]
+
+
+def test_model_onnx_is_the_whole_ensemble_as_torch_computes_it(search):
+    """model.onnx, run by onnxruntime, gives torch's fp32 probabilities on the whole test split, in one batch and one
+    drawing at a time; config.json and the graph's metadata describe it alike; the safetensors hold the .pt weights."""
+    from safetensors.torch import load_file
+
+    experiment = search[2]
+    folder, split = experiment / "best_model", stored_split(experiment)
+    config = json.loads((folder / "config.json").read_text())
+    portable = PortableModel.from_bytes((folder / "model.onnx").read_bytes())
+    assert config["onnx"] == json.loads(json.dumps(model_card(list(SYNTHETIC_CLASSES)))) and \
+        portable.classes == list(SYNTHETIC_CLASSES)
+    expected = BestModel.load(Location.parse(str(experiment))).probabilities(split.x_test, Compute(torch.device("cpu")))
+    np.testing.assert_allclose(portable.probabilities(split.x_test), expected, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(np.concatenate([portable.probabilities(drawing[np.newaxis]) for drawing in split.x_test]),
+                               expected, rtol=0, atol=1e-5)
+    # The trials tested in the precision --precision auto resolved to (bf16 on CPUs that compute it natively).
+    accuracy = 100 * np.mean(portable.probabilities(split.x_test).argmax(1) == split.y_test)
+    assert accuracy == pytest.approx(100 * config["test_accuracy"], abs=2)
+    for member in config["members"]:
+        pt = torch.load(folder / member["weights_file"], weights_only=True)
+        safe = load_file(folder / member["safetensors_file"])
+        assert pt.keys() == safe.keys() and all(torch.equal(pt[name], safe[name]) for name in pt)
 
 
 def test_a_damaged_or_missing_member_leaves_best_model_as_it_was(search, tmp_path):

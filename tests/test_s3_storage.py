@@ -114,9 +114,9 @@ def test_a_bucket_that_does_not_exist_is_one_line_before_any_work(s3_env, tmp_pa
 def test_predict_reads_the_best_model_from_the_bucket(s3_env, s3_experiment, tmp_path):
     stored = {key for key in s3_keys(s3_env, "runs/exp/best_model/") if not key.endswith("/")}  # pyarrow's markers
     config = json.loads(s3_client(s3_env).get_object(Bucket=BUCKET, Key="runs/exp/best_model/config.json")["Body"].read())
-    weights = [member["weights_file"] for member in config["members"]]
+    weights = [member[kind] for member in config["members"] for kind in ("weights_file", "safetensors_file")]
     assert stored == {f"runs/exp/best_model/{name}"
-                      for name in (*weights, "config.json", "classes.txt", "preprocessing.json")}
+                      for name in (*weights, "model.onnx", "config.json", "classes.txt", "preprocessing.json")}
     np.save(tmp_path / "drawings.npy", np.stack([synthetic_drawings(label, 1)[0] for label in range(3)]))
     result = run_cli("predict", s3_experiment, tmp_path / "drawings.npy", env=s3_env, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -1,0 +1,72 @@
+"""best_model/'s portable files, written from its members' networks: model.onnx (quickdraw.portable describes it) by
+torch's exporter (`torch.onnx.export`, its default dynamo path), and each member's weights as safetensors."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import warnings
+
+import onnx
+import safetensors.torch
+import torch
+from torch import nn
+
+from quickdraw.bitmaps import SIDE
+from quickdraw.compute import Compute
+from quickdraw.portable import INPUT_NAME, OUTPUT_NAME, model_card
+from quickdraw.training import view_probabilities
+
+
+class WholeModel(nn.Module):
+    """The best model as one module, as `predict` computes it in fp32: uint8 bitmaps (N, 28, 28) in, each member's
+    probabilities in its view (as drawn, or averaged with the mirror image), weighted and summed, out."""
+
+    def __init__(self, networks: list[nn.Module], members: list[dict]):
+        super().__init__()
+        self.networks = nn.ModuleList(networks)
+        self.views = [(float(member["weight"]), bool(member["mirrored"])) for member in members]
+        self.compute = Compute(torch.device("cpu"))
+
+    def forward(self, bitmaps: torch.Tensor) -> torch.Tensor:
+        inputs = self.compute.inputs(bitmaps.unsqueeze(1))
+        total = torch.zeros((), dtype=torch.float32)
+        for network, (weight, mirrored) in zip(self.networks, self.views):
+            total = total + weight * view_probabilities(network, inputs, mirrored)
+        return total
+
+
+def onnx_model(networks: list[nn.Module], members: list[dict], classes: list[str]) -> bytes:
+    """model.onnx's bytes: the members' networks (in eval mode) as one graph with a dynamic batch size, and the model
+    card in its metadata."""
+    whole = WholeModel(networks, members).eval()
+    example = torch.zeros((2, SIDE, SIDE), dtype=torch.uint8)
+    with quiet_exporter():
+        program = torch.onnx.export(whole, (example,), dynamo=True, input_names=[INPUT_NAME],
+                                    output_names=[OUTPUT_NAME], dynamic_shapes=({0: torch.export.Dim("batch")},),
+                                    verbose=False)
+    proto = program.model_proto
+    onnx.helper.set_model_props(proto, {key: json.dumps(value) for key, value in model_card(classes).items()})
+    proto.doc_string = "quickdraw-tune's best model: Quick, Draw! bitmaps to class probabilities"
+    return proto.SerializeToString()
+
+
+@contextlib.contextmanager
+def quiet_exporter():
+    """The exporter without its log lines and warnings about parts it does not use (torchvision's operators, pytree
+    deprecations): a report's output stays the report's."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def safetensors_weights(state: dict[str, torch.Tensor]) -> bytes:
+    """A state dict as safetensors' bytes."""
+    return safetensors.torch.save({name: tensor.contiguous() for name, tensor in state.items()})

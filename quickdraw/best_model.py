@@ -198,6 +198,18 @@ def load_tensors(data: bytes):
             raise ValueError("it holds pickled objects other than tensors, and those are never un-pickled") from None
 
 
+def exported_folder(experiment: Location) -> Location:
+    """The experiment's best_model/, once an export completed it (config.json is written last); a UserError that says
+    what to give, or how to export it again, when it is not there."""
+    folder = experiment / BEST_MODEL_DIR
+    if not (folder / CONFIG_FILE).is_file():
+        raise UserError(
+            f"{experiment} has no {BEST_MODEL_DIR}/{CONFIG_FILE}: give the folder <storage>/<name> of a search "
+            f"with a finished trial (if its best_model/ was deleted, `python tune_search.py report {experiment}` "
+            "exports it again)")
+    return folder
+
+
 @dataclass
 class BestModel:
     networks: list[torch.nn.Module]  # config["members"]'s, in its order
@@ -206,12 +218,7 @@ class BestModel:
 
     @classmethod
     def load(cls, experiment: Location) -> BestModel:
-        folder = experiment / BEST_MODEL_DIR
-        if not (folder / CONFIG_FILE).is_file():
-            raise UserError(
-                f"{experiment} has no {BEST_MODEL_DIR}/{CONFIG_FILE}: give the folder <storage>/<name> of a search "
-                f"with a finished trial (if its best_model/ was deleted, `python tune_search.py report {experiment}` "
-                "exports it again)")
+        folder = exported_folder(experiment)
         try:
             config = json.loads((folder / CONFIG_FILE).read_text())
             classes = (folder / CLASSES_FILE).read_text().split("\n")[:-1]

@@ -5,7 +5,7 @@ PNG when a stroke ends; the server turns it into a bitmap as `predict` turns an 
 with best_model/model.onnx's likeliest classes, run by onnxruntime (quickdraw.portable).
 
     GET  /         the page (and /play.css, /play.js)
-    GET  /model    {"classes", "experiment", "members", "validation_accuracy", "top"}
+    GET  /model    {"classes", "experiment", "members", "validation_accuracy"}
     POST /guess    a PNG of the drawing -> {"guesses": [{"class", "probability"}, ...]} (best first)
 
 Anything else is answered 404 or 405; a body over MAX_BODY_BYTES 413, one that is not a drawing 400. At most
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from quickdraw.best_model import BEST_MODEL_DIR, CONFIG_FILE
+from quickdraw.best_model import CONFIG_FILE, exported_folder
 from quickdraw.errors import UserError
 from quickdraw.images import drawing_bitmap
 from quickdraw.portable import ONNX_FILE, PortableModel
@@ -58,10 +58,7 @@ class Game:
 
     @classmethod
     def load(cls, experiment: Location) -> Game:
-        folder = experiment / BEST_MODEL_DIR
-        if not (folder / CONFIG_FILE).is_file():
-            raise UserError(f"{experiment} has no {BEST_MODEL_DIR}/{CONFIG_FILE}: give the folder <storage>/<name> of a "
-                            "search with a finished trial")
+        folder = exported_folder(experiment)
         try:
             config = json.loads((folder / CONFIG_FILE).read_text())
             model = PortableModel.from_bytes((folder / ONNX_FILE).read_bytes())
@@ -69,7 +66,7 @@ class Game:
             raise UserError(f"{folder / ONNX_FILE} cannot be loaded ({first_line(e)}); run `python tune_search.py "
                             f"report {shlex.quote(str(experiment))}` to export it again") from None
         about = {"classes": model.classes, "experiment": experiment.name, "members": len(config["members"]),
-                 "validation_accuracy": config["validation_accuracy"], "top": TOP}
+                 "validation_accuracy": config["validation_accuracy"]}
         files = {path: ((PAGE / name).read_bytes(), f"{kind}; charset=utf-8") for path, (name, kind) in STATIC.items()}
         return cls(model, json.dumps(about).encode(), files, threading.BoundedSemaphore(CONCURRENT_GUESSES))
 
@@ -100,8 +97,13 @@ class PlayHandler(BaseHTTPRequestHandler):
     server_version = "quickdraw-tune-play"
     timeout = WAIT_SECONDS  # a connection that stalls mid-request is dropped, freeing its thread
 
+    @property
+    def route(self) -> str:
+        """The requested path without its query."""
+        return self.path.split("?", 1)[0]
+
     def do_GET(self):
-        path = self.path.split("?", 1)[0]
+        path = self.route
         if path == MODEL_PATH:
             self.send(HTTPStatus.OK, self.server.game.about, "application/json")
         elif path in self.server.game.files:
@@ -112,10 +114,10 @@ class PlayHandler(BaseHTTPRequestHandler):
             self.refuse(HTTPStatus.NOT_FOUND, f"no page at {path}: the page is at /")
 
     def do_POST(self):
-        if self.path != GUESS_PATH:
-            if self.path.split("?", 1)[0] in (*self.server.game.files, MODEL_PATH):
+        if self.route != GUESS_PATH:
+            if self.route in (*self.server.game.files, MODEL_PATH):
                 return self.refuse(HTTPStatus.METHOD_NOT_ALLOWED, "GET only here", allow="GET")
-            return self.refuse(HTTPStatus.NOT_FOUND, f"nothing at {self.path}: post drawings to {GUESS_PATH}")
+            return self.refuse(HTTPStatus.NOT_FOUND, f"nothing at {self.route}: post drawings to {GUESS_PATH}")
         length = self.headers.get("Content-Length", "")
         if not length.isdigit():
             return self.refuse(HTTPStatus.LENGTH_REQUIRED, "give the drawing's size in Content-Length")
@@ -136,7 +138,7 @@ class PlayHandler(BaseHTTPRequestHandler):
         """Every other method (do_PUT, do_DELETE, do_HEAD, ...) is refused with 405, not the server's 501."""
         if name.startswith("do_"):
             return lambda: self.refuse(HTTPStatus.METHOD_NOT_ALLOWED, f"{name[3:]} is not served here",
-                                       allow="POST" if self.path == GUESS_PATH else "GET")
+                                       allow="POST" if self.route == GUESS_PATH else "GET")
         raise AttributeError(name)
 
     def discard(self, length: int) -> None:

@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 from quickdraw.dataset import load_split  # noqa: E402  (the repository's own modules, found from any folder)
 from quickdraw.storage import Location  # noqa: E402
-from strokes import strokes  # noqa: E402  (a drawing's strokes from its bitmap, as the browser tests draw them)
+from strokes import draw_with_mouse  # noqa: E402  (a drawing's strokes from its bitmap, as the browser tests draw them)
 
 CHROMIUM = os.environ.get("QUICKDRAW_CHROMIUM", "/usr/bin/chromium")
 SEARCH = ["--classes", "apple,bicycle,cat,diamond,eye,fish", "--split", "1200,240,120", "--lrs", "0.01,0.001",
@@ -174,17 +174,8 @@ def play_page(browser: Browser, url: str, bitmap, width: int, path: Path) -> Non
     page.set_default_timeout(WAIT_MS)
     page.goto(url)
     page.locator("#classes li").first.wait_for()
-    box = page.locator("#canvas").bounding_box()
-    scale, margin = box["width"] * 0.8 / 28, box["width"] * 0.1
-    paths = strokes(bitmap)
-    for stroke in paths:
-        points = [(box["x"] + margin + (x + 0.5) * scale, box["y"] + margin + (y + 0.5) * scale) for x, y in stroke]
-        page.mouse.move(*points[0])
-        page.mouse.down()
-        for point in points[1:]:
-            page.mouse.move(*point, steps=4)
-        page.mouse.up()
-    page.wait_for_function(f"document.body.dataset.guessedStrokes === '{len(paths)}'")
+    stroke_count = draw_with_mouse(page, bitmap, share=0.8)
+    page.wait_for_function(f"document.body.dataset.guessedStrokes === '{stroke_count}'")
     page.mouse.move(0, 0)
     save(page, path, full_page=True)
     page.close()

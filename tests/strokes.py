@@ -1,5 +1,6 @@
 """Strokes of a drawing, from its 28x28 bitmap alone (Google's numpy_bitmap files keep no strokes): the ink's centre
-lines (Zhang and Suen's thinning, 1984), walked into paths a hand could draw, in bitmap pixels (x, y)."""
+lines (Zhang and Suen's thinning, 1984), walked into paths a hand could draw, in bitmap pixels (x, y); and those
+strokes drawn with the mouse on `play`'s canvas (the browser tests and scripts/screenshots.py)."""
 
 from __future__ import annotations
 
@@ -71,3 +72,20 @@ def around(image: np.ndarray) -> list[np.ndarray]:
     h, w = image.shape
     shifts = [(-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1)]
     return [image[1 + dy:h - 1 + dy, 1 + dx:w - 1 + dx] for dy, dx in shifts]
+
+
+def draw_with_mouse(page, bitmap: np.ndarray, share: float) -> int:
+    """The drawing's strokes drawn with the mouse on the page's canvas, spanning `share` of its width, centred; how
+    many strokes."""
+    box = page.locator("#canvas").bounding_box()
+    scale = box["width"] * share / 28
+    left, top = box["x"] + box["width"] * (1 - share) / 2, box["y"] + box["height"] * (1 - share) / 2
+    paths = strokes(bitmap)
+    for path in paths:
+        points = [(left + (x + 0.5) * scale, top + (y + 0.5) * scale) for x, y in path]
+        page.mouse.move(*points[0])
+        page.mouse.down()
+        for point in points[1:]:
+            page.mouse.move(*point)
+        page.mouse.up()
+    return len(paths)

@@ -25,7 +25,7 @@ from playwright.sync_api import Error as PlaywrightError, expect
 from conftest import needs_shared_drawings, run_cli, start_cli
 from quickdraw.dataset import load_split
 from quickdraw.storage import Location
-from strokes import strokes
+from strokes import draw_with_mouse, strokes
 
 pytestmark = [pytest.mark.slow, needs_shared_drawings]  # the command as its own process, on a real search's model
 
@@ -68,19 +68,7 @@ def drawings(real_experiment, tmp_path_factory):
 
 
 def draw(page, bitmap: np.ndarray) -> int:
-    """The drawing's strokes, drawn on the page's canvas with the mouse; how many strokes."""
-    box = page.locator("#canvas").bounding_box()
-    scale = box["width"] * CANVAS_SHARE / 28
-    left, top = box["x"] + box["width"] * (1 - CANVAS_SHARE) / 2, box["y"] + box["height"] * (1 - CANVAS_SHARE) / 2
-    paths = strokes(bitmap)
-    for path in paths:
-        points = [(left + (x + 0.5) * scale, top + (y + 0.5) * scale) for x, y in path]
-        page.mouse.move(*points[0])
-        page.mouse.down()
-        for point in points[1:]:
-            page.mouse.move(*point)
-        page.mouse.up()
-    return len(paths)
+    return draw_with_mouse(page, bitmap, CANVAS_SHARE)
 
 
 def guessed(page, stroke_count: int) -> list[str]:

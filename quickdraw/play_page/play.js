@@ -5,6 +5,7 @@ const PEN_WIDTH = 18; // pixels of the 400-pixel canvas, however large it is sho
 const canvas = document.getElementById("canvas");
 const pen = canvas.getContext("2d");
 const statusLine = document.getElementById("status");
+const waiting = statusLine.textContent; // what the page says before a drawing, and after Clear
 const top3 = document.getElementById("top");
 let last = null; // the point the stroke being drawn reached; null between strokes
 let strokes = 0; // strokes on the canvas
@@ -99,7 +100,7 @@ document.getElementById("clear").addEventListener("click", () => {
   strokes = 0;
   clears += 1;
   top3.replaceChildren();
-  statusLine.textContent = "Draw something to see what the model thinks it is.";
+  statusLine.textContent = waiting;
   document.body.dataset.guessedStrokes = 0;
 });
 

@@ -182,9 +182,9 @@ def play(experiment: Location, host: str, port: int) -> int:
               "reach this one (there is no login)", file=sys.stderr)
     bound_host, bound_port = server.server_address[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-    print(f"Draw at http://{shown}:{bound_port}/ ({len(game.model.classes)} classes, from {experiment}); "
-          "Ctrl-C stops", flush=True)
-    try:
+    try:  # from the line that names Ctrl-C on, Ctrl-C ends with the line that serves it again
+        print(f"Draw at http://{shown}:{bound_port}/ ({len(game.model.classes)} classes, from {experiment}); "
+              "Ctrl-C stops", flush=True)
         server.serve_forever()
     except KeyboardInterrupt:
         again = f"python tune_search.py play {shlex.quote(str(experiment))} --host {host} --port {bound_port}"

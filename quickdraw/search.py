@@ -4,6 +4,7 @@ experiment claimed for this driver, Ray, the split converted once, search.json, 
 from __future__ import annotations
 
 import contextlib
+import shlex
 import dataclasses
 from datetime import datetime
 
@@ -90,7 +91,8 @@ def stopped_cleanly(experiment: Location):
     """A search that stops early ends in one line that names the command that goes on: Ctrl-C stops Tune gracefully
     and restores Python's handler, so a second one becomes Interrupted; a full disk becomes DiskFull, which names the
     disk (Ray Tune stops with whatever it was writing, or reading back, at the time); object storage that failed
-    becomes StorageFault, or, when its bucket is gone, a UserError (nothing is left to resume)."""
+    becomes StorageFault, or, when its bucket or files under the experiment are gone, a UserError (resuming cannot
+    bring them back)."""
     try:
         yield
     except KeyboardInterrupt:
@@ -109,8 +111,10 @@ def storage_stopped(experiment: Location, error: BaseException) -> UserError | N
         return DiskFull(disk, experiment)
     if not (fault := experiment.fault(error)):
         return None
-    if fault.lost:
+    if fault.kind == "gone":
         return UserError(f"{fault}; the search's files went with it: run the same command again to start it over")
+    if fault.kind == "deleted":  # resuming cannot bring them back; what is left stays as it is
+        return UserError(f"{fault}; `python tune_search.py report {shlex.quote(str(experiment))}` lists the trials that are left")
     return StorageFault(str(fault), experiment)
 
 

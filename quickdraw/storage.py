@@ -211,24 +211,24 @@ class Location:
                 unreachable = e
         if unreachable is not None:
             return Fault(f"the storage {self} cannot be reached{self._at} ({store_reason(unreachable)}); check that "
-                         f"the store runs and that {self.endpoint_source} names it")
+                         f"the store runs and that {self.endpoint_source} names it", "unreachable")
         if bucket.type == pafs.FileType.NotFound:
             return Fault(f"the storage {self} is gone: there is no bucket {self.bucket}{self._at} any more (was the "
-                         f"store restarted without its data?); check the URI and {self.endpoint_source}", lost=True)
+                         f"store restarted without its data?); check the URI and {self.endpoint_source}", "gone")
         if here.type == pafs.FileType.NotFound or isinstance(error, FileNotFoundError):
             missing = getattr(error, "filename", None) or self
-            return Fault(f"{missing} was deleted from the storage while the command ran; leave {self} to this "
-                         "command while it runs")
+            return Fault(f"{missing} was deleted from the storage while the command ran; leave {self} to the "
+                         "command while it runs", "deleted")
         return None
 
 
 @dataclass(frozen=True)
 class Fault:
-    """How object storage failed a command: `text` says what happened and what to check; `lost` when the files went
-    with their bucket."""
+    """How object storage failed a command: `text` says what happened and what to check; `kind` is "unreachable",
+    "gone" (the bucket, and every file in it) or "deleted" (files under the location)."""
 
     text: str
-    lost: bool = False
+    kind: str
 
     def __str__(self) -> str:
         return self.text

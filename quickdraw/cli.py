@@ -16,7 +16,7 @@ from quickdraw.config import (
     ASHA_GRACE_PERIOD, ASHA_REDUCTION_FACTOR, DEFAULT_SAMPLES, EXPORT_FORMATS, GOOGLE_BASE_URL, PRECISIONS, SCHEDULERS,
     SEARCHES, SEED_CLASSES, DataConfig, SearchConfig, SplitSizes, check_ensemble,
 )
-from quickdraw.errors import DiskFull, Interrupted, UserError
+from quickdraw.errors import DiskFull, Interrupted, StorageFault, UserError
 from quickdraw.space import flag_dimension, load_space, merge
 
 COMMANDS = ("run", "resume", "convert", "download", "report", "predict", "play")
@@ -40,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
         go_on = resume_line(e.experiment, getattr(args, "address", None))
         print(f"tune_search.py: error: {e}; free some space there, then go on: {go_on}", file=sys.stderr)
         return 2
+    except StorageFault as e:
+        go_on = resume_line(e.experiment, getattr(args, "address", None))
+        print(f"tune_search.py: error: {e}, then go on: {go_on}", file=sys.stderr)
+        return 2
     except UserError as e:
         print(f"tune_search.py: error: {e}", file=sys.stderr)
         return 2
@@ -53,11 +57,30 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         from quickdraw.storage import full_disk
 
+        if fault := storage_fault(args, e):
+            then = f"go on: {resume_line(args.experiment, args.address)}" if args.command == "resume" else \
+                "run the command again"
+            print(f"tune_search.py: error: {fault}, then {then}", file=sys.stderr)
+            return 2
         written = e.filename or getattr(args, "experiment", None) or getattr(args, "storage", None) or args.data_dir
         if not (disk := full_disk(str(written), e)):
             raise
         print(f"tune_search.py: error: {disk}; free some space there, then run the command again", file=sys.stderr)
         return 2
+
+
+def storage_fault(args, error: OSError):
+    """How the object storage the command reads or writes failed it, when it is why `error` happened (see
+    Location.fault); None otherwise."""
+    from quickdraw.storage import Location
+
+    place = getattr(args, "experiment", None) or getattr(args, "storage", None)
+    if not place or "://" not in place:
+        return None
+    try:
+        return Location.parse(place).fault(error)
+    except UserError:
+        return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -317,11 +340,11 @@ def finish(experiment, address: str | None) -> int:
         summary = write_report(experiment)  # with the ensemble size the search recorded
     except KeyboardInterrupt:  # a second Ctrl-C, after Tune stopped on the first
         raise Interrupted(experiment) from None
-    except OSError as e:
-        from quickdraw.storage import full_disk
+    except Exception as e:
+        from quickdraw.search import storage_stopped
 
-        if disk := full_disk(str(experiment), e):
-            raise DiskFull(disk, experiment) from None
+        if stopped := storage_stopped(experiment, e):
+            raise stopped from None
         raise
     print(to_markdown(summary))
     print(f"Summary: {experiment / 'summary.md'}  Report: {experiment / 'report.html'}  "

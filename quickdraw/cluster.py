@@ -82,12 +82,24 @@ def unhelpful(record: logging.LogRecord) -> bool:
         "FileNotFoundError" in line for line in message.splitlines()[1:])
 
 
+def shorten_storage_error(record: logging.LogRecord) -> None:
+    """Tune logs each failed copy to or from storage with pyarrow's traceback, whose last line says all there is (the
+    command then ends with one line on what to do): the record keeps that line only."""
+    error = record.exc_info[1] if record.exc_info else None
+    if isinstance(error, OSError) and record.name.startswith(("ray.tune", "ray.train")):
+        record.msg, record.args = f"{record.getMessage().rstrip()} {first_line(error)}", None
+        record.exc_info = record.exc_text = None
+
+
 @contextlib.contextmanager
 def without_unhelpful_lines():
-    """`unhelpful` lines left out where Ray prints its log: the handlers of its top logger, which every Ray and Tune
-    logger passes its records to."""
+    """`unhelpful` lines left out, and storage errors shortened, where Ray prints its log: the handlers of its top
+    logger, which every Ray and Tune logger passes its records to."""
     def keep(record: logging.LogRecord) -> bool:
-        return not unhelpful(record)
+        if unhelpful(record):
+            return False
+        shorten_storage_error(record)
+        return True
 
     handlers = logging.getLogger("ray").handlers
     for handler in handlers:

@@ -20,3 +20,12 @@ class DiskFull(UserError):
     def __init__(self, disk: str, experiment):
         super().__init__(disk)
         self.experiment = experiment
+
+
+class StorageFault(UserError):
+    """A search's object storage failed it while it ran (out of reach, files deleted); the command line adds the command
+    that goes on once the storage is back."""
+
+    def __init__(self, fault: str, experiment):
+        super().__init__(fault)
+        self.experiment = experiment

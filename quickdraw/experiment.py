@@ -35,7 +35,7 @@ def split_location(experiment: Location) -> Location:
     beside the experiment, where the search stored it (<storage>/datasets/<fingerprint>). A UserError when neither
     holds it."""
     recorded = SearchRecord.read(experiment).dataset
-    beside = experiment.parent / DATASETS_DIR / PurePosixPath(recorded).name  # a path's or a URI's last part
+    beside = experiment.parent / DATASETS_DIR / PurePosixPath(recorded.partition("?")[0]).name  # a path's or URI's
     for place in (recorded, beside.uri):
         try:
             location = Location.parse(place)

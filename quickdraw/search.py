@@ -4,6 +4,7 @@ experiment claimed for this driver, Ray, the split converted once, search.json, 
 from __future__ import annotations
 
 import contextlib
+import shlex
 import dataclasses
 from datetime import datetime
 
@@ -14,7 +15,7 @@ from quickdraw.cluster import alive_nodes, convert_once, ray_session, trial_reso
 from quickdraw.config import SearchConfig
 from quickdraw.dataset import check_inputs, load_split
 from quickdraw.download import fetch_missing
-from quickdraw.errors import DiskFull, Interrupted, UserError
+from quickdraw.errors import DiskFull, Interrupted, StorageFault, UserError
 from quickdraw.experiment import check_resumable, load_trials, split_location, what_ran
 from quickdraw.lease import DRIVERS_DIR, STALE_S, claim
 from quickdraw.provenance import run_record
@@ -89,7 +90,9 @@ def resume_search(experiment: Location, address: str | None) -> Location:
 def stopped_cleanly(experiment: Location):
     """A search that stops early ends in one line that names the command that goes on: Ctrl-C stops Tune gracefully
     and restores Python's handler, so a second one becomes Interrupted; a full disk becomes DiskFull, which names the
-    disk (Ray Tune stops with whatever it was writing, or reading back, at the time)."""
+    disk (Ray Tune stops with whatever it was writing, or reading back, at the time); object storage that failed
+    becomes StorageFault, or, when its bucket or files under the experiment are gone, a UserError (resuming cannot
+    bring them back)."""
     try:
         yield
     except KeyboardInterrupt:
@@ -97,9 +100,22 @@ def stopped_cleanly(experiment: Location):
     except UserError:
         raise
     except Exception as e:
-        if disk := full_disk(experiment.uri, e):
-            raise DiskFull(disk, experiment) from None
+        if stopped := storage_stopped(experiment, e):
+            raise stopped from None
         raise
+
+
+def storage_stopped(experiment: Location, error: BaseException) -> UserError | None:
+    """The error that says how the storage stopped the search in `experiment`, when it did; None when it did not."""
+    if disk := full_disk(experiment.uri, error):
+        return DiskFull(disk, experiment)
+    if not (fault := experiment.fault(error)):
+        return None
+    if fault.kind == "gone":
+        return UserError(f"{fault}; the search's files went with it: run the same command again to start it over")
+    if fault.kind == "deleted":  # resuming cannot bring them back; what is left stays as it is
+        return UserError(f"{fault}; `python tune_search.py report {shlex.quote(str(experiment))}` lists the trials that are left")
+    return StorageFault(str(fault), experiment)
 
 
 def record_what_ran(experiment: Location, record: SearchRecord) -> None:

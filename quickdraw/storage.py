@@ -1,7 +1,8 @@
 """Where datasets and experiments live: a local folder or a URI Ray Tune accepts (s3://, gs://).
 
 Both go through pyarrow's filesystems, the ones Ray Tune itself uses, so an S3-compatible server
-named by AWS_ENDPOINT_URL works for our files exactly as it does for Tune's.
+named by AWS_ENDPOINT_URL (or by the URI's ?endpoint_override=) works for our files exactly as it does for Tune's.
+What pyarrow cannot do on S3 goes through boto3's client from `s3_client`, at the same endpoint.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+from urllib.parse import parse_qs
 
 import pyarrow
 import pyarrow.fs as pafs
@@ -25,11 +27,14 @@ FULL_BELOW_BYTES = 2**20  # less than this left, and the next checkpoint or stat
 
 @dataclass(frozen=True)
 class Location:
-    """A file or folder in storage: its filesystem, its path there, and the name users and Tune know it by."""
+    """A file or folder in storage: its filesystem, its path there, and the URI users and Tune know it by (`base`,
+    then the URI's query, which holds the filesystem's options, such as `endpoint_override=`, for every path under
+    it)."""
 
     filesystem: pafs.FileSystem
     path: str
-    uri: str
+    base: str
+    query: str = ""
 
     @classmethod
     def parse(cls, text: str, flag: str = "--storage") -> Location:
@@ -42,13 +47,18 @@ class Location:
             raise UserError(
                 f"{flag} {text}: {first_line(e)}; give a local path or a URI such as s3://bucket/prefix"
             ) from None
-        return cls(filesystem, path.rstrip("/"), text.rstrip("/"))
+        base, _, query = text.partition("?")
+        return cls(filesystem, path.rstrip("/"), base.rstrip("/"), query)
 
     def __truediv__(self, name: str) -> Location:
-        return Location(self.filesystem, f"{self.path}/{name}", f"{self.uri}/{name}")
+        return Location(self.filesystem, f"{self.path}/{name}", f"{self.base}/{name}", self.query)
 
     def __str__(self) -> str:
         return self.uri
+
+    @property
+    def uri(self) -> str:
+        return f"{self.base}?{self.query}" if self.query else self.base
 
     @property
     def name(self) -> str:
@@ -56,7 +66,30 @@ class Location:
 
     @property
     def parent(self) -> Location:
-        return Location(self.filesystem, self.path.rsplit("/", 1)[0], self.uri.rsplit("/", 1)[0])
+        return Location(self.filesystem, self.path.rsplit("/", 1)[0], self.base.rsplit("/", 1)[0], self.query)
+
+    @property
+    def endpoint(self) -> str | None:
+        """The S3 endpoint that every request goes to, as pyarrow picks it: the URI's endpoint_override (with its
+        scheme, https unless the URI says otherwise), else AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL; None for AWS's
+        own, and for other storage."""
+        if self.is_local or self.filesystem.type_name != "s3":
+            return None
+        options = parse_qs(self.query)
+        if override := options.get("endpoint_override", [""])[-1]:
+            return override if "://" in override else f"{options.get('scheme', ['https'])[-1]}://{override}"
+        return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+    @property
+    def endpoint_source(self) -> str:
+        """Where `endpoint` comes from, for a message that says what to check."""
+        if "endpoint_override" in parse_qs(self.query):
+            return "the URI's endpoint_override"
+        return "AWS_ENDPOINT_URL_S3" if os.environ.get("AWS_ENDPOINT_URL_S3") else "AWS_ENDPOINT_URL"
+
+    @property
+    def bucket(self) -> str:
+        return self.path.split("/", 1)[0]
 
     @property
     def is_local(self) -> bool:
@@ -151,17 +184,54 @@ class Location:
             raise UserError(f"{flag} {self.uri} is a file: give a folder (created if missing) or a URI such as "
                             "s3://bucket/prefix")
         try:
-            bucket = self.path.split("/", 1)[0]
-            if not self.is_local and self.filesystem.get_file_info(bucket).type == pafs.FileType.NotFound:
-                endpoint = os.environ.get("AWS_ENDPOINT_URL")
-                raise UserError(
-                    f"{flag} {self.uri}: there is no bucket {bucket}{f' at {endpoint}' if endpoint else ''}; "
-                    "create it, or check the URI and AWS_ENDPOINT_URL"
-                )
+            if not self.is_local and self.filesystem.get_file_info(self.bucket).type == pafs.FileType.NotFound:
+                raise UserError(f"{flag} {self.uri}: there is no bucket {self.bucket}{self._at}; create it, or check "
+                                f"the URI and {self.endpoint_source}")
             probe.write_bytes(b"")
             self.filesystem.delete_file(probe.path)
         except OSError as e:
             raise UserError(f"{flag} {self.uri} cannot be written: {first_line(e)}") from None
+
+    @property
+    def _at(self) -> str:
+        return f" at {self.endpoint}" if self.endpoint else ""
+
+    def fault(self, error: BaseException) -> Fault | None:
+        """When this object storage location, not the code, is why `error` happened: the store out of reach, its
+        bucket gone (a store restarted without its data), or files deleted under this location. None otherwise, and
+        for local storage."""
+        if self.is_local:
+            return None
+        # An error that says so already spares a second wait through pyarrow's retries (seconds).
+        unreachable = error if "AWS Error NETWORK_CONNECTION" in str(error) else None
+        if unreachable is None:
+            try:
+                bucket, here = self.filesystem.get_file_info([self.bucket, self.path])
+            except OSError as e:
+                unreachable = e
+        if unreachable is not None:
+            return Fault(f"the storage {self} cannot be reached{self._at} ({store_reason(unreachable)}); check that "
+                         f"the store runs and that {self.endpoint_source} names it", "unreachable")
+        if bucket.type == pafs.FileType.NotFound:
+            return Fault(f"the storage {self} is gone: there is no bucket {self.bucket}{self._at} any more (was the "
+                         f"store restarted without its data?); check the URI and {self.endpoint_source}", "gone")
+        if here.type == pafs.FileType.NotFound or isinstance(error, FileNotFoundError):
+            missing = getattr(error, "filename", None) or self
+            return Fault(f"{missing} was deleted from the storage while the command ran; leave {self} to the "
+                         "command while it runs", "deleted")
+        return None
+
+
+@dataclass(frozen=True)
+class Fault:
+    """How object storage failed a command: `text` says what happened and what to check; `kind` is "unreachable",
+    "gone" (the bucket, and every file in it) or "deleted" (files under the location)."""
+
+    text: str
+    kind: str
+
+    def __str__(self) -> str:
+        return self.text
 
 
 def output_file(text: str, flag: str = "--output") -> Location:
@@ -204,6 +274,20 @@ def full_disk(path: str, error: BaseException | None = None) -> str | None:
         mount = os.path.dirname(mount)
     return (f"the disk that holds {path} is full ({mount}: {usage.free / 2**20:.1f} MiB of {usage.total / 2**20:.0f} "
             "MiB free)")
+
+
+def s3_client(location: Location):
+    """boto3's S3 client for what pyarrow cannot send (a conditional PUT): the same endpoint and region as
+    `location`'s own requests."""
+    import boto3
+
+    return boto3.client("s3", endpoint_url=location.endpoint, region_name=location.filesystem.region)
+
+
+def store_reason(error: BaseException) -> str:
+    """The part of a pyarrow S3 error that says why ("Could not connect to server"), not which request failed."""
+    text = first_line(error)
+    return text.rsplit("Details: ", 1)[-1] if "Details: " in text else text.split(": ", 1)[-1]
 
 
 def first_line(error: BaseException) -> str:

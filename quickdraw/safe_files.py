@@ -4,8 +4,9 @@ read (an experiment); folders are published whole by swapping a staged copy in; 
 is written as what it is (a device, a pipe, a link). quickdraw.storage's Location reads and writes local files
 through here.
 
-A FIFO opened for reading blocks until a writer comes, and a link to /dev/zero reads until memory runs out: files
-are opened with O_NONBLOCK and checked with fstat before a byte is read."""
+A FIFO opened for reading blocks until a writer comes, and a link to /dev/zero reads until memory runs out: a file is
+checked with stat before it is opened (opening some devices does something), opened with O_NONBLOCK, and checked again
+with fstat before a byte is read."""
 
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ class UnsafeFile(UserError, OSError):
 def kind(mode: int) -> str:
     """What a file of this mode is, in words."""
     kinds = {stat.S_ISREG: "a file", stat.S_ISDIR: "a folder", stat.S_ISFIFO: "a named pipe (FIFO)",
-             stat.S_ISCHR: "a character device", stat.S_ISBLK: "a block device", stat.S_ISSOCK: "a socket", stat.S_ISLNK: "a symbolic link"}
+             stat.S_ISCHR: "a character device", stat.S_ISBLK: "a block device", stat.S_ISSOCK: "a socket",
+             stat.S_ISLNK: "a symbolic link"}
     return next((words for test, words in kinds.items() if test(mode)), "an unknown kind of file")
 
 
@@ -63,7 +65,7 @@ def read_regular(path: str, limit: int, root: str | None = None) -> bytes:
     """The bytes of the regular file at `path`, inside `root`; an UnsafeFile when it is something else (a FIFO, a
     device, a folder), reached through a link out of `root`, or larger than `limit`."""
     real = inside(path, root)
-    mode = os.stat(real).st_mode  # before opening: opening some devices does something
+    mode = os.stat(real).st_mode
     if not stat.S_ISREG(mode):
         raise UnsafeFile(f"{path} is {kind(mode)}, not a file; only regular files are read")
     fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -111,10 +113,12 @@ def swap_in(staged: str, target: str) -> None:
 def check_replaceable(target: str) -> None:
     """A UserError unless `target` is a folder, a link (which is replaced, not followed) or nothing: a file there is
     not ours to remove."""
-    mode = os.lstat(target).st_mode if os.path.lexists(target) else stat.S_IFDIR
+    if not os.path.lexists(target):
+        return
+    mode = os.lstat(target).st_mode
     if not (stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
-        raise UserError(f"{target} is {kind(mode)}, where a folder is "
-                        "written: move it out of the way, and run the command again")
+        raise UserError(f"{target} is {kind(mode)}, where a folder is written: move it out of the way, and run the "
+                        "command again")
 
 
 def exchanged(first: str, second: str) -> bool:
@@ -144,14 +148,8 @@ def write_through(path: str, data: bytes) -> None:
     """Write `data` to what `path` is, as a shell's `>` does: a device, a named pipe, or a link's target, opened and
     written in place (never replaced by a regular file). A pipe that no process reads is an OSError (ENXIO), not waited
     on."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC | (os.O_TRUNC if is_regular(path) else 0))
+    truncate = os.O_TRUNC if not_a_file(path) is None else 0  # a regular file, through a link
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC | truncate)
     os.set_blocking(fd, True)
     with open(fd, "wb") as f:
         f.write(data)
-
-
-def is_regular(path: str) -> bool:
-    try:
-        return stat.S_ISREG(os.stat(path).st_mode)
-    except OSError:
-        return False

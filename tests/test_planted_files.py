@@ -213,7 +213,7 @@ def test_a_file_where_the_report_writes_a_folder_is_one_line_and_exit_code_2(tmp
         result = run_in_process("report", experiment)
         assert result.returncode == 2
         (line,) = result.stderr.strip().splitlines()
-        assert f"{experiment / folder} is a file, not a folder" in line or f"{experiment / folder} is a file" in line
+        assert f"{experiment / folder} is a file, where a folder is written" in line
         assert (experiment / folder).read_text() == "a user's notes"
         assert sorted(p.name for p in experiment.iterdir()) == [folder]
 
@@ -262,15 +262,14 @@ def test_output_dash_is_standard_output():
 
 
 def test_output_inside_the_experiment_is_refused(tmp_path):
-    (tmp_path / "search.json").write_text("the record")
-    (tmp_path.parent / "elsewhere.json").unlink(missing_ok=True)
-    (tmp_path.parent / "elsewhere.json").symlink_to(tmp_path / "search.json")
-    experiment = Location.parse(str(tmp_path)).confined()
-    for output in (tmp_path / "search.json", tmp_path.parent / "elsewhere.json"):
+    experiment = tmp_path / "experiment"
+    experiment.mkdir()
+    (experiment / "search.json").write_text("the record")
+    (tmp_path / "elsewhere.json").symlink_to(experiment / "search.json")
+    for output in (experiment / "search.json", tmp_path / "elsewhere.json", experiment / "table.csv"):
         with pytest.raises(UserError, match="is inside the experiment"):
-            output_file(str(output), experiment=experiment)
-    assert (tmp_path / "search.json").read_text() == "the record"
-    (tmp_path.parent / "elsewhere.json").unlink()
+            output_file(str(output), experiment=Location.parse(str(experiment)).confined())
+    assert (experiment / "search.json").read_text() == "the record"
 
 
 # --- predict's files and class files: say what they are -------------------------------------------------------------

@@ -6,12 +6,13 @@ named by AWS_ENDPOINT_URL works for our files exactly as it does for Tune's.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import shutil
 import tempfile
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -51,7 +52,7 @@ class Location:
     def confined(self) -> Location:
         """This folder, and every Location under it, reading and writing only inside it (an experiment folder: what
         it holds is data from anywhere, and a link in it never leads out)."""
-        return replace(self, root=os.path.realpath(self.path)) if self.is_local else self
+        return dataclasses.replace(self, root=os.path.realpath(self.path)) if self.is_local else self
 
     def __truediv__(self, name: str) -> Location:
         return Location(self.filesystem, f"{self.path}/{name}", f"{self.uri}/{name}", self.root)

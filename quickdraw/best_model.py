@@ -22,6 +22,7 @@ import sys
 import warnings
 import zipfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -38,6 +39,7 @@ from quickdraw.model import MODELS
 from quickdraw.onnx_export import onnx_model, safetensors_weights
 from quickdraw.portable import ONNX_FILE, model_card
 from quickdraw.predictions import PREDICTED_PARTS, PREDICTIONS_FILE, Predictions
+from quickdraw.safe_files import MODEL_LIMIT
 from quickdraw.search_record import SearchRecord
 from quickdraw.storage import Location, first_line
 from quickdraw.summary import best_trial
@@ -98,21 +100,20 @@ def single_trial(row: pd.Series, size: int, note: str) -> ChosenModel:
                        note=note)
 
 
-def export_best_model(experiment: Location, chosen: ChosenModel | None,
-                      histories: dict[str, pd.DataFrame]) -> Location | None:
-    """Write best_model/ for the chosen model (`histories` as the report loaded them). Every member's files are read
-    before anything is written: when one is missing or damaged, a line on stderr says which, best_model/ is left as it
-    was, and None is returned (the rest of the report stands without it)."""
+def best_model_files(experiment: Location, chosen: ChosenModel | None,
+                     histories: dict[str, pd.DataFrame]) -> dict[str, bytes] | None:
+    """The files of best_model/ for the chosen model (`histories` as the report loaded them), by name, config.json
+    last. Every member's files are read first: when one is missing or damaged, a line on stderr says which, and None
+    is returned (best_model/ stays as it was; the rest of the report stands without it)."""
     if chosen is None:
         return None
-    folder = experiment / BEST_MODEL_DIR
     try:
         classes = SearchRecord.read(experiment).config.data.classes
         members = [read_member(experiment, member, f"{WEIGHTS_PREFIX}{k}", len(classes), histories)
                    for k, member in enumerate(chosen.members)]
         files = model_files(members, classes)
     except (OSError, ValueError, KeyError, IndexError, RuntimeError, UserError) as e:  # the exporter's: RuntimeError
-        print(f"{folder} not written (left as it was): {first_line(e)}", file=sys.stderr)
+        print(f"{experiment / BEST_MODEL_DIR} not written (left as it was): {first_line(e)}", file=sys.stderr)
         return None
     entries = [entry for entry, _, _ in members]
     first = entries[0]
@@ -126,16 +127,21 @@ def export_best_model(experiment: Location, chosen: ChosenModel | None,
         PRECISION: first[PRECISION], "precision_asked": first["precision_asked"], DEVICE: first[DEVICE],
         "experiment": experiment.uri,
     }
-    if (folder / CONFIG_FILE).is_file():
-        (folder / CONFIG_FILE).delete()  # until the new one is written, the folder is not a model
-    for name, data in files.items():
-        (folder / name).write_bytes(data)
-    for old in folder.children():
-        if old.name.startswith(WEIGHTS_PREFIX) and old.name not in files:
-            old.delete()  # a member of an earlier export
-    (folder / CLASSES_FILE).write_text("\n".join(classes) + "\n")
-    (folder / PREPROCESSING_FILE).write_text(json.dumps(PREPROCESSING, indent=2) + "\n")
-    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")  # last: its presence means complete
+    return {**files, CLASSES_FILE: ("\n".join(classes) + "\n").encode(),
+            PREPROCESSING_FILE: (json.dumps(PREPROCESSING, indent=2) + "\n").encode(),
+            CONFIG_FILE: (json.dumps(config, indent=2) + "\n").encode()}  # last: its presence means complete
+
+
+def publish_best_model(experiment: Location, files: dict[str, bytes]) -> Location:
+    """best_model/ replaced as a whole by a folder of `files` (Location.write_folder): a kill leaves the old model or
+    the new one, never a mix, and a link there is replaced, never written through."""
+    folder = experiment / BEST_MODEL_DIR
+
+    def write(staged: Path) -> None:
+        for name, data in files.items():
+            (staged / name).write_bytes(data)
+
+    folder.write_folder(write, last=CONFIG_FILE, replace=True)
     return folder
 
 
@@ -164,7 +170,7 @@ def read_member(experiment: Location, member: Member, weights_name: str, num_cla
             file = trial
             raise ValueError("the folder holds no checkpoint")
         file = checkpoints[-1] / CHECKPOINT_FILE
-        state = load_tensors(file.read_bytes())  # the last epoch's
+        state = load_tensors(file.read_bytes(MODEL_LIMIT))  # the last epoch's
         weights = state["progress"]["best_weights"]
         network = MODELS[params["model"]].build(num_classes, params["dropout"])
         network.load_state_dict(weights)
@@ -225,7 +231,7 @@ class BestModel:
             networks = []
             for member in config["members"]:
                 network = MODELS[member["model"]].build(len(classes), member["dropout"])
-                network.load_state_dict(load_tensors((folder / member["weights_file"]).read_bytes()))
+                network.load_state_dict(load_tensors((folder / member["weights_file"]).read_bytes(MODEL_LIMIT)))
                 networks.append(network)
         except (OSError, ValueError, KeyError, TypeError, RuntimeError, pickle.UnpicklingError) as e:
             raise UserError(f"{folder} cannot be loaded ({type(e).__name__}: {first_line(e)}); "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,7 @@ import numpy as np
 
 from quickdraw.config import check_not_a_file
 from quickdraw.errors import UserError
+from quickdraw.safe_files import not_a_file
 
 SIDE = 28
 PIXELS = SIDE * SIDE
@@ -53,8 +55,15 @@ def find_class_files(data_dir: Path, classes: tuple[str, ...]) -> list[BitmapFil
 
 
 def class_file(data_dir: Path, name: str) -> Path | None:
+    """The class's file; None when there is none, and a UserError when its name holds something else (a folder, a
+    FIFO, a device, a broken link)."""
     candidates = (data_dir / f"{name}.npy", data_dir / f"full_numpy_bitmap_{name}.npy")
-    return next((path for path in candidates if path.is_file()), None)
+    if found := next((path for path in candidates if path.is_file()), None):
+        return found
+    for path in filter(os.path.lexists, candidates):
+        raise UserError(f"{path}: {not_a_file(path)}; a class file is a .npy of Google's numpy_bitmap drawings "
+                        "(move it away, and a missing one is downloaded)")
+    return None
 
 
 def missing_classes(data_dir: Path, classes: tuple[str, ...]) -> list[str]:

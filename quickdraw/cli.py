@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("experiment", help="the experiment folder, <storage>/<name> (a path or URI)")
     report.add_argument("--format", choices=EXPORT_FORMATS, default="md",
                         help="format of the table printed or written to --output (default %(default)s)")
-    report.add_argument("--output", metavar="FILE", help="write the table to FILE (a path or URI) instead of printing it")
+    report.add_argument("--output", metavar="FILE", help="write the table to FILE (a path or URI, outside the experiment; '-': standard output) instead of printing it")
     add_ensemble_flag(report, "(default: the search's own --ensemble)", default=None)
     report.set_defaults(handler=report_command)
 
@@ -317,7 +317,7 @@ def resume_command(args) -> int:
     from quickdraw.search import resume_search
     from quickdraw.storage import Location
 
-    return finish(resume_search(Location.parse(args.experiment, flag="resume"), args.address), args.address)
+    return finish(resume_search(Location.parse(args.experiment, flag="resume").confined(), args.address), args.address)
 
 
 def check_home() -> None:
@@ -393,10 +393,10 @@ def download_command(args) -> int:
 def report_command(args) -> int:
     from quickdraw.storage import Location, output_file, write_output
 
-    experiment = Location.parse(args.experiment, flag="report")
+    experiment = Location.parse(args.experiment, flag="report").confined()
     if args.ensemble is not None:
         check_ensemble(args.ensemble)
-    output = output_file(args.output) if args.output is not None else None
+    output = output_file(args.output, experiment=experiment) if args.output is not None else None
     if not experiment.is_dir():
         raise UserError(f"{experiment} is not a folder: give the experiment folder <storage>/<name>")
     from quickdraw.report import write_report
@@ -422,7 +422,7 @@ def predict_command(args) -> int:
     from quickdraw.predict import predict
     from quickdraw.storage import Location
 
-    for line in predict(Location.parse(args.experiment, flag="predict"), args.drawings, args.top):
+    for line in predict(Location.parse(args.experiment, flag="predict").confined(), args.drawings, args.top):
         print(line)
     return 0
 
@@ -433,4 +433,4 @@ def play_command(args) -> int:
     from quickdraw.play import play
     from quickdraw.storage import Location
 
-    return play(Location.parse(args.experiment, flag="play"), args.host, args.port)
+    return play(Location.parse(args.experiment, flag="play").confined(), args.host, args.port)

@@ -19,6 +19,7 @@ from PIL import Image
 from quickdraw.bitmaps import BitmapFile, check_drawings, find_class_files, load_drawings
 from quickdraw.config import DataConfig
 from quickdraw.errors import UserError
+from quickdraw.safe_files import UnsafeFile, not_a_file
 from quickdraw.storage import Location, first_line
 
 FORMAT_VERSION = 1
@@ -140,6 +141,8 @@ def load_split(directory: Location, parts: tuple[str, ...] = PARTS) -> Split:
     archive = directory / ARRAYS_FILE
     try:
         manifest = json.loads((directory / MANIFEST_FILE).read_text())
+        if archive.is_local and (problem := not_a_file(archive.path)):  # a FIFO would block the open below
+            raise UnsafeFile(f"{archive}: {problem}")
         with archive.filesystem.open_input_file(archive.path) as file, np.load(file, allow_pickle=False) as arrays:
             loaded = {name: arrays[name] for part in parts for name in (f"x_{part}", f"y_{part}")}
         classes = tuple(manifest["classes"])

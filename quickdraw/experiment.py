@@ -16,6 +16,7 @@ import pandas as pd
 from quickdraw.catalogue import DEVICE, HYPERPARAMETERS, PRECISION
 from quickdraw.dataset import DATASETS_DIR, MANIFEST_FILE
 from quickdraw.errors import UserError
+from quickdraw.safe_files import LOG_LIMIT
 from quickdraw.search_record import SEARCH_FILE, SearchRecord
 from quickdraw.space import Dimension, Space
 from quickdraw.storage import Location, first_line
@@ -61,7 +62,7 @@ def check_resumable(experiment: Location) -> SearchRecord:
         record = SearchRecord.read(experiment)
     except UserError as e:
         raise unresumable(experiment, str(e)) from None
-    if not whole_pickle((experiment / TUNER_FILE).read_bytes()):
+    if not whole_pickle((experiment / TUNER_FILE).read_bytes(LOG_LIMIT)):
         raise unresumable(experiment, f"{experiment / TUNER_FILE} is damaged (cut short or overwritten)")
     try:
         tune_state(experiment)
@@ -85,7 +86,7 @@ def damaged_saved_state(experiment: Location) -> Location | None:
     children = experiment.children()
     for prefix in SAVED_STATE_PREFIXES:
         saved = [f for f in children if f.name.startswith(prefix)]  # sorted by name
-        if saved and not whole_pickle(saved[-1].read_bytes()):
+        if saved and not whole_pickle(saved[-1].read_bytes(LOG_LIMIT)):
             return saved[-1]
     return None
 
@@ -196,7 +197,7 @@ def tune_state(experiment: Location) -> dict:
             f"{experiment} holds no Ray Tune experiment: give the folder <storage>/<name> that a search wrote"
         )
     try:
-        return json.loads(states[-1].read_text())
+        return json.loads(states[-1].read_text(LOG_LIMIT))
     except (ValueError, UnicodeDecodeError) as e:
         raise DamagedState(f"{states[-1]} is damaged ({first_line(e)})") from None
 
@@ -212,7 +213,7 @@ def read_results(trial: Location) -> list[dict]:
     if not file.is_file():
         return []
     results = []
-    for line in file.read_bytes().decode(errors="replace").splitlines():
+    for line in file.read_bytes(LOG_LIMIT).decode(errors="replace").splitlines():
         if result := whole_result(line):
             results.append(result)
     return results

@@ -17,6 +17,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from quickdraw.bitmaps import ACCEPTED_SHAPES, SIDE as CANVAS, checked_row_count
 from quickdraw.errors import UserError
+from quickdraw.safe_files import not_a_file
 
 INK_BOX = 26  # the longer side of a drawing's ink in Google's bitmaps
 INK_THRESHOLD = 32  # of 255: fainter pixels are paper (scans, JPEG noise), not ink
@@ -33,8 +34,8 @@ PREPROCESSING = {
 
 def read_drawings(path: Path) -> np.ndarray:
     """The drawings in one file as (N, 28, 28) uint8: a .npy of bitmaps, or an image holding one drawing."""
-    if not path.is_file():
-        raise UserError(f"{path}: no such file; give PNG images of drawings or .npy files of 28x28 bitmaps")
+    if problem := not_a_file(path):
+        raise UserError(f"{path}: {problem}; give PNG images of drawings or .npy files of 28x28 bitmaps")
     if path.suffix.lower() == ".npy":
         return read_bitmaps(path)
     return drawing_bitmap(path, str(path))[np.newaxis]

@@ -33,6 +33,7 @@ from quickdraw.best_model import CONFIG_FILE, exported_folder
 from quickdraw.errors import UserError
 from quickdraw.images import drawing_bitmap
 from quickdraw.portable import ONNX_FILE, PortableModel
+from quickdraw.safe_files import MODEL_LIMIT
 from quickdraw.storage import Location, first_line
 
 PAGE = Path(__file__).with_name("play_page")
@@ -61,7 +62,7 @@ class Game:
         folder = exported_folder(experiment)
         try:
             config = json.loads((folder / CONFIG_FILE).read_text())
-            model = PortableModel.from_bytes((folder / ONNX_FILE).read_bytes())
+            model = PortableModel.from_bytes((folder / ONNX_FILE).read_bytes(MODEL_LIMIT))
         except (OSError, ValueError) as e:
             raise UserError(f"{folder / ONNX_FILE} cannot be loaded ({first_line(e)}); run `python tune_search.py "
                             f"report {shlex.quote(str(experiment))}` to export it again") from None

@@ -19,12 +19,12 @@ def predict(experiment: Location, paths: list[Path], top: int = 3) -> list[str]:
     if top < 1:
         raise UserError(f"--top must be at least 1, got {top}")
     model = BestModel.load(experiment)
-    drawings = {path: read_drawings(path) for path in paths}
+    drawings = [(path, read_drawings(path)) for path in paths]  # a file given twice is answered twice
     compute = model.compute()
     print(model.describe(compute), file=sys.stderr)
-    probabilities = iter(model.probabilities(np.concatenate(list(drawings.values())), compute))
+    probabilities = iter(model.probabilities(np.concatenate([bitmaps for _, bitmaps in drawings]), compute))
     lines = []
-    for path, bitmaps in drawings.items():
+    for path, bitmaps in drawings:
         for n in range(len(bitmaps)):
             name = f"{path}[{n}]" if path.suffix.lower() == ".npy" else str(path)
             lines.append(f"{name}: {top_classes(next(probabilities), model.classes, top)}")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from quickdraw.safe_files import PREDICTIONS_LIMIT
 from quickdraw.storage import Location, first_line
 
 PREDICTIONS_FILE = "predictions.npz"
@@ -42,7 +43,7 @@ class Predictions:
         if not file.is_file():
             raise ValueError(f"{file} is missing")
         try:
-            with np.load(io.BytesIO(file.read_bytes()), allow_pickle=False) as arrays:
+            with np.load(io.BytesIO(file.read_bytes(PREDICTIONS_LIMIT)), allow_pickle=False) as arrays:
                 found = {name: arrays[name] for name in arrays.files}
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
             raise ValueError(f"{file} cannot be read ({first_line(e)})") from None

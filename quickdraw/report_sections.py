@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import zipfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -52,27 +53,29 @@ class Section:
         self.figures[name] = Picture(figures.png_bytes(figure), alt)
 
 
-def write_page(experiment: Location, summary: Summary, histories: dict[str, pd.DataFrame], split: Split | None,
-               no_split: str = "") -> list[str]:
-    """Write report/*.png and report.html; return the figures' paths relative to the experiment.
+def report_page(experiment: Location, summary: Summary, histories: dict[str, pd.DataFrame], split: Split | None,
+                no_split: str = "") -> tuple[dict[str, bytes], str]:
+    """The report's figures (PNGs by file name in report/) and report.html's text; nothing is written yet.
 
     `summary.table` has each trial's folder name (trial_dir), `histories` each trial's per-epoch results by folder
     name; `split` the validation and test drawings (None when they cannot be read, `no_split` says why)."""
     sections = [what_mattered_section(summary), heatmap_section(summary), curves_section(summary, histories),
                 *chosen_model_sections(summary, split, no_split)]
-    folder = experiment / REPORT_DIR
-    written = []
-    for section in sections:
-        for name, image in section.figures.items():
-            (folder / name).write_bytes(image.png)
-            written.append(f"{REPORT_DIR}/{name}")
-    for old in folder.children():
-        if old.name.endswith(".png") and f"{REPORT_DIR}/{old.name}" not in written:
-            old.delete()  # an earlier report's figure whose input is gone
-    (experiment / PAGE_FILE).write_text(report_html.render(experiment.name, summary, sections,
-                                                           search_record(experiment), experiment.uri,
-                                                           what_ran(histories)))
-    return written
+    figures = {name: image.png for section in sections for name, image in section.figures.items()}
+    page = report_html.render(experiment.name, summary, sections, search_record(experiment), experiment.uri,
+                              what_ran(histories))
+    return figures, page
+
+
+def publish_figures(experiment: Location, figures: dict[str, bytes]) -> None:
+    """report/ replaced as a whole by a folder of the figures (Location.write_folder): an earlier report's figure
+    whose input is gone goes with it, and a link there is replaced, never written through."""
+
+    def write(staged: Path) -> None:
+        for name, png in figures.items():
+            (staged / name).write_bytes(png)
+
+    (experiment / REPORT_DIR).write_folder(write, replace=True)
 
 
 def what_mattered_section(summary: Summary) -> Section:

@@ -7,6 +7,7 @@ What pyarrow cannot do on S3 goes through boto3's client from `s3_client`, at th
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import shutil
@@ -21,6 +22,8 @@ import pyarrow
 import pyarrow.fs as pafs
 
 from quickdraw.errors import UserError
+from quickdraw.safe_files import (RECORD_LIMIT, check_replaceable, check_size, inside, read_regular, staged_folder,
+                                  swap_in, write_through)
 
 FULL_BELOW_BYTES = 2**20  # less than this left, and the next checkpoint or state file does not fit
 
@@ -29,12 +32,13 @@ FULL_BELOW_BYTES = 2**20  # less than this left, and the next checkpoint or stat
 class Location:
     """A file or folder in storage: its filesystem, its path there, and the URI users and Tune know it by (`base`,
     then the URI's query, which holds the filesystem's options, such as `endpoint_override=`, for every path under
-    it)."""
+    it). A local one with a `root` (see `confined`) reads and writes nothing that a link takes out of that folder."""
 
     filesystem: pafs.FileSystem
     path: str
     base: str
     query: str = ""
+    root: str | None = None  # a resolved local folder
 
     @classmethod
     def parse(cls, text: str, flag: str = "--storage") -> Location:
@@ -50,8 +54,13 @@ class Location:
         base, _, query = text.partition("?")
         return cls(filesystem, path.rstrip("/"), base.rstrip("/"), query)
 
+    def confined(self) -> Location:
+        """This folder, and every Location under it, reading and writing only inside it (an experiment folder: what
+        it holds is data from anywhere, and a link in it never leads out)."""
+        return dataclasses.replace(self, root=os.path.realpath(self.path)) if self.is_local else self
+
     def __truediv__(self, name: str) -> Location:
-        return Location(self.filesystem, f"{self.path}/{name}", f"{self.base}/{name}", self.query)
+        return Location(self.filesystem, f"{self.path}/{name}", f"{self.base}/{name}", self.query, self.root)
 
     def __str__(self) -> str:
         return self.uri
@@ -66,7 +75,8 @@ class Location:
 
     @property
     def parent(self) -> Location:
-        return Location(self.filesystem, self.path.rsplit("/", 1)[0], self.base.rsplit("/", 1)[0], self.query)
+        return Location(self.filesystem, self.path.rsplit("/", 1)[0] or "/", self.base.rsplit("/", 1)[0] or "/",
+                        self.query)
 
     @property
     def endpoint(self) -> str | None:
@@ -114,68 +124,110 @@ class Location:
         infos = self.filesystem.get_file_info(pafs.FileSelector(self.path))
         return [self / info.base_name for info in sorted(infos, key=lambda info: info.base_name)]
 
+    def _folder(self) -> str:
+        """The local folder that holds this file, once it is known not to lead out of `root`."""
+        return inside(os.path.dirname(self.path), self.root)
+
     def delete(self) -> None:
+        if self.is_local:
+            self._folder()
         self.filesystem.delete_file(self.path)
 
-    def read_bytes(self) -> bytes:
+    def read_bytes(self, limit: int = RECORD_LIMIT) -> bytes:
+        """The whole file; an UnsafeFile (quickdraw.safe_files) when it holds more than `limit` bytes (one of
+        safe_files' limits) or, locally, is not a regular file inside `root`."""
+        if self.is_local:
+            return read_regular(self.path, limit, self.root)
         with self.filesystem.open_input_stream(self.path) as stream:
-            return stream.read()
+            data = stream.read(limit + 1)
+        check_size(self.uri, len(data), limit)
+        return data
 
-    def read_text(self) -> str:
-        return self.read_bytes().decode()
+    def read_text(self, limit: int = RECORD_LIMIT) -> str:
+        return self.read_bytes(limit).decode()
 
     def write_bytes(self, data: bytes) -> None:
         """Readers see the old file or the whole new one: locally through a rename, on object
         storage because an upload becomes visible only when it completes."""
-        if not self.is_local:
-            with self.filesystem.open_output_stream(self.path) as stream:
-                stream.write(data)
-            return
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        tmp = f"{self.path}.tmp-{uuid.uuid4().hex}"
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, self.path)
-        finally:
-            if os.path.exists(tmp):  # a full disk: the old file stays, and no partial copy beside it
-                os.unlink(tmp)
+        self.parent.write_files({self.name: data}, self.root)
 
     def write_text(self, text: str) -> None:
         self.write_bytes(text.encode())
 
-    def write_folder(self, write: Callable[[Path], None], last: str | None = None) -> None:
+    def write_files(self, files: dict[str, bytes], root: str | None = None) -> None:
+        """Write the files into this folder, each whole: locally every one is written beside its name before any is
+        renamed over it, in `files`' order (a link there is replaced, not followed); on object storage each upload
+        becomes visible only when it completes. `root`: the folder they must not lead out of (this one's own by
+        default)."""
+        if not self.is_local:
+            for name, data in files.items():
+                with self.filesystem.open_output_stream(f"{self.path}/{name}") as stream:
+                    stream.write(data)
+            return
+        folder = inside(self.path, root or self.root)
+        os.makedirs(folder, exist_ok=True)
+        staged = {name: os.path.join(folder, f"{name}.tmp-{uuid.uuid4().hex}") for name in files}
+        try:
+            for name, data in files.items():
+                with open(staged[name], "xb") as f:
+                    f.write(data)
+            for name, tmp in staged.items():
+                os.replace(tmp, os.path.join(folder, name))
+        finally:
+            for tmp in staged.values():
+                if os.path.exists(tmp):  # a full disk: the old files stay, and no partial copy beside them
+                    os.unlink(tmp)
+
+    def write_folder(self, write: Callable[[Path], None], last: str | None = None, replace: bool = False) -> None:
         """Fill a local folder with `write`, then make it appear here whole.
 
-        Locally it is written beside the target and renamed into place; when another process renamed
-        its copy there first, that copy wins and ours is dropped. On object storage the files are
-        uploaded one by one, `last` (the file readers check for) after all the others.
+        Locally it is written beside the target and renamed into place; when another process renamed its copy there
+        first, that copy wins and ours is dropped, unless `replace`: then ours is swapped in for what is there (a
+        folder or a link; quickdraw.safe_files.swap_in). On object storage the files are uploaded one by one, `last`
+        (the file readers check for) after all the others; with `replace`, the old `last` is deleted first and the old
+        folder's other files after the uploads, so that the folder is never taken for a mix of the two.
         """
         if self.is_local:
-            # Beside the target, and made by mkdir, not mkdtemp: its mode (0777 less the umask) is the published
-            # folder's, readable by the cluster's other users as any folder they make; mkdtemp's 0700 is not.
-            staged = Path(os.path.dirname(self.path)) / f".{self.name}.tmp-{uuid.uuid4().hex}"
-            staged.parent.mkdir(parents=True, exist_ok=True)
-            staged.mkdir()
+            self._folder()
+            staged = Path(staged_folder(self.path))
         else:
             staged = Path(tempfile.mkdtemp(prefix=f".{self.name}.tmp-"))  # only uploaded from
         try:
             write(staged)
-            self._publish(staged, last)
+            if not self.is_local:
+                self._upload(staged, last, replace)
+            elif replace:
+                swap_in(str(staged), self.path)
+            else:
+                self._rename_in(staged)
         finally:
-            shutil.rmtree(staged, ignore_errors=True)
+            if os.path.isdir(staged) and not os.path.islink(staged):
+                shutil.rmtree(staged, ignore_errors=True)
 
-    def _publish(self, staged: Path, last: str | None) -> None:
+    def check_replaceable(self) -> None:
+        """A UserError, before any work, when write_folder(replace=True) would find a file where its folder goes."""
         if self.is_local:
-            try:
-                os.rename(staged, self.path)
-            except OSError:
-                if not os.path.isdir(self.path):
-                    raise
-            return
-        files = sorted((p for p in staged.rglob("*") if p.is_file()), key=lambda p: p.name == last)
-        for file in files:
-            (self / file.relative_to(staged).as_posix()).write_bytes(file.read_bytes())
+            check_replaceable(self.path)
+
+    def _rename_in(self, staged: Path) -> None:
+        try:
+            os.rename(staged, self.path)
+        except OSError:
+            if not os.path.isdir(self.path):
+                raise
+
+    def _upload(self, staged: Path, last: str | None, replace: bool) -> None:
+        names = sorted(p.relative_to(staged).as_posix() for p in staged.rglob("*") if p.is_file())
+        if replace and last and (self / last).is_file():
+            (self / last).delete()
+        for name in (n for n in names if n != last):
+            (self / name).write_bytes((staged / name).read_bytes())
+        if replace:
+            for old in self.children():
+                if old.name not in names and old.is_file():
+                    old.delete()
+        if last in names:
+            (self / last).write_bytes((staged / last).read_bytes())
 
     def check_writable(self, flag: str = "--storage") -> None:
         """Fail before any work when the folder cannot be written: no bucket, no credentials, no permission."""
@@ -234,12 +286,18 @@ class Fault:
         return self.text
 
 
-def output_file(text: str, flag: str = "--output") -> Location:
-    """A file the user asked a command to write; a local one's folder is checked before any work."""
+STDOUT = "-"  # as --output: standard output
+
+
+def output_file(text: str, flag: str = "--output", experiment: Location | None = None) -> Location | None:
+    """A file the user asked a command to write (None for STDOUT), checked before any work: a local one's folder, and
+    that it is not inside `experiment`, whose files are the command's to write."""
     if not text.strip():
         raise UserError(f"{flag} needs a file name")
+    if text == STDOUT:
+        return None
     output = Location.parse(text, flag=flag)
-    if output.is_local:
+    if output.is_local and not written_through(output.path):
         folder = os.path.dirname(output.path)
         if os.path.isdir(output.path):
             raise UserError(f"{flag} {text} is a folder: give a file name")
@@ -247,14 +305,38 @@ def output_file(text: str, flag: str = "--output") -> Location:
             raise UserError(f"{flag} {text}: there is no folder {folder}; create it or write somewhere else")
         if not os.access(folder, os.W_OK):
             raise UserError(f"{flag} {text}: the folder {folder} is not writable")
+    if experiment is not None and is_inside(output, experiment):
+        raise UserError(f"{flag} {text} is inside the experiment {experiment}, whose files are the report's and the "
+                        "search's: write the table somewhere else")
     return output
+
+
+def is_inside(location: Location, folder: Location) -> bool:
+    """Whether `location` is in `folder` or below it (locally once links are resolved)."""
+    if location.is_local != folder.is_local:
+        return False
+    if location.is_local:
+        path, parent = os.path.realpath(location.path), os.path.realpath(folder.path)
+    else:
+        path, parent = location.path, folder.path
+    return path == parent or path.startswith(parent.rstrip("/") + "/")
+
+
+def written_through(path: str) -> bool:
+    """Whether an output at `path` is written as what it is (a device, a pipe, a link to anything) rather than
+    replaced by a new regular file."""
+    return os.path.islink(path) or (os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path))
 
 
 def write_output(output: Location, text: str, flag: str = "--output") -> None:
     try:
-        output.write_text(text)
+        if output.is_local and written_through(output.path):
+            write_through(output.path, text.encode())
+        else:
+            output.write_text(text)
     except OSError as e:
-        raise UserError(f"{flag} {output} cannot be written: {e.strerror or first_line(e)}") from None
+        reason = "no process reads from it; start the reader first" if e.errno == errno.ENXIO else e.strerror
+        raise UserError(f"{flag} {output} cannot be written: {reason or first_line(e)}") from None
 
 
 def full_disk(path: str, error: BaseException | None = None) -> str | None:

@@ -81,9 +81,9 @@ def what_mattered_section(summary: Summary) -> Section:
     section = Section("What mattered",
                       f"Each searched hyperparameter's share of the variance in validation accuracy: {shares} "
                       f"({result.method}; the numbers are in summary.json). Trials stopped by ASHA count with the "
-                      "best validation accuracy they reached; trials that diverged do not count. Then every trial as a line from its validation "
-                      "accuracy across its hyperparameters, and validation accuracy against each hyperparameter, "
-                      "on a log axis where the space is logarithmic.")
+                      "best validation accuracy they reached; trials that diverged do not count. Then every trial as "
+                      "a line from its validation accuracy across its hyperparameters, and validation accuracy "
+                      "against each hyperparameter, on a log axis where the space is logarithmic.")
     if not result.shares:
         section.skipped.append(f"the hyperparameter importance, parallel coordinates and scatters: {result.reason}")
         return section
@@ -194,7 +194,8 @@ def curves_section(summary: Summary, histories: dict[str, pd.DataFrame]) -> Sect
                         f"Line charts: validation and training accuracy and loss per epoch of the trials with learning "
                         f"rate {LR.text(lr)}")
         else:
-            section.skipped.append(f"the curves of learning rate {LR.text(lr)}: none of its trials reported a validation result")
+            section.skipped.append(f"the curves of learning rate {LR.text(lr)}: none of its trials reported a "
+                                   "validation result")
     return section
 
 

@@ -2,10 +2,10 @@
 search could vary as a column (quickdraw.catalogue), the trial chosen as best, and the summary's formats
 (summary.md, csv, json, html, latex). It reads and writes no files; quickdraw.report does.
 
-The best trial is chosen on validation data, never on test data: of the trials that finished (never one that diverged
-or was stopped), the one with the
-highest best-validation accuracy; on a tie the lower best-validation loss, then the earlier trial in the search's
-order (its trial number, from Tune's experiment tag: trial ids of searchers such as Optuna's are random). Test accuracy is reported for every trial and used for nothing else.
+The best trial is chosen on validation data, never on test data: of the trials that finished (never one that was
+stopped or diverged), the one with the highest best-validation accuracy; on a tie the lower best-validation loss,
+then the earlier trial in the search's order (its trial number, from Tune's experiment tag: trial ids of searchers
+such as Optuna's are random). Test accuracy is reported for every trial and used for nothing else.
 
 The chosen model, best_model/, is an ensemble of finished trials chosen on validation too (quickdraw.ensemble); the
 summary shows it beside the best trial."""

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
 from quickdraw.catalogue import (BEST_VAL_ACCURACY, BEST_VAL_LOSS, DIVERGED, EPOCH, EPOCH_SECONDS,
-                                 IMAGES_PER_SECOND, LEARNING_RATE, TRAIN_ACCURACY, TRAIN_LOSS, TRAIN_SECONDS, VAL_ACCURACY, VAL_LOSS)
+                                 IMAGES_PER_SECOND, LEARNING_RATE, TRAIN_ACCURACY, TRAIN_LOSS, TRAIN_SECONDS,
+                                 VAL_ACCURACY, VAL_LOSS)
 from quickdraw.augment import Augmentation
 from quickdraw.compute import Compute
 from quickdraw.dataset import PARTS, Split

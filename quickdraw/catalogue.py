@@ -164,6 +164,9 @@ METRICS = (EPOCH, TRAIN_LOSS, TRAIN_ACCURACY, VAL_LOSS, VAL_ACCURACY, BEST_VAL_L
            TRAIN_SECONDS, EPOCH_SECONDS, IMAGES_PER_SECOND, LEARNING_RATE)
 # What a trial also reports every epoch, as text: what its --precision resolved to, and the device it ran on.
 PRECISION, DEVICE = "precision", "device"
+# True in the result of the epoch whose training or validation loss was NaN or infinite, the trial's last
+# (quickdraw.training); absent from every other result.
+DIVERGED = "diverged"
 # The objective: what chooses the best trial (quickdraw.summary) and what Optuna maximises.
 OBJECTIVE = BEST_VAL_ACCURACY
 

@@ -331,10 +331,10 @@ def check_home() -> None:
 
 
 def finish(experiment, address: str | None) -> int:
-    """Write and print the summary; exit code 1, and the command that goes on, when a trial neither finished nor
-    was stopped by ASHA."""
+    """Write and print the summary; exit code 1, and the command that goes on, when a trial did not end (finished,
+    stopped by ASHA or diverged)."""
     from quickdraw.report import write_report
-    from quickdraw.summary import COMPLETE, to_markdown
+    from quickdraw.summary import ENDED, to_markdown
 
     try:
         summary = write_report(experiment)  # with the ensemble size the search recorded
@@ -349,7 +349,7 @@ def finish(experiment, address: str | None) -> int:
     print(to_markdown(summary))
     print(f"Summary: {experiment / 'summary.md'}  Report: {experiment / 'report.html'}  "
           f"TensorBoard: tensorboard --logdir {experiment}")
-    if summary.table["status"].isin(COMPLETE).all():
+    if summary.table["status"].isin(ENDED).all():
         return 0
     print(f"Not every trial finished; to go on: {resume_line(experiment, address)}")
     return 1

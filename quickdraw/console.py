@@ -14,7 +14,7 @@ from ray.tune.experiment import Trial
 from tabulate import tabulate
 from tqdm import tqdm
 
-from quickdraw.catalogue import BEST_VAL_ACCURACY, EPOCH, VAL_ACCURACY
+from quickdraw.catalogue import BEST_VAL_ACCURACY, DIVERGED, EPOCH, VAL_ACCURACY
 from quickdraw.errors import UserError
 from quickdraw.experiment import tag_number
 from quickdraw.space import Space
@@ -22,7 +22,7 @@ from quickdraw.space import Space
 REPORT_EVERY_S = 30
 MAX_ROWS = 20  # before the end, past that: the running trials, then the best of the others
 ACCURACIES = (VAL_ACCURACY, BEST_VAL_ACCURACY)
-SETTLED = (Trial.TERMINATED, Trial.ERROR)  # finished, stopped by ASHA, or failed for good: no more epochs this run
+SETTLED = (Trial.TERMINATED, Trial.ERROR)  # finished, stopped by ASHA, diverged, or failed for good: no more epochs
 PROGRESS_FORMAT = ("{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} trial-epochs "
                    "[elapsed {elapsed}, ETA {remaining}]")
 OPEN_ENDED_FORMAT = "{desc} {n_fmt} trial-epochs [elapsed {elapsed}]"  # when the number of trials is unknown
@@ -106,7 +106,7 @@ class Console(tune.Callback):
         params = [h.text(trial.config[h.name]) for h in self.columns]
         epoch = f"{result[EPOCH.key]}/{trial.config['epochs']}" if EPOCH.key in result else ""
         accuracies = [f"{100 * result[m.key]:.2f}" if m.key in result else "" for m in ACCURACIES]
-        return [trial_cell(trial), trial.status, *params, epoch, *accuracies]
+        return [trial_cell(trial), trial_status(trial), *params, epoch, *accuracies]
 
 
 def rows_shown(trials: list[Trial]) -> list[Trial]:
@@ -120,8 +120,14 @@ def rows_shown(trials: list[Trial]) -> list[Trial]:
 def count_statuses(trials: list[Trial]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for trial in trials:
-        counts[trial.status] = counts.get(trial.status, 0) + 1
+        counts[trial_status(trial)] = counts.get(trial_status(trial), 0) + 1
     return counts
+
+
+def trial_status(trial: Trial) -> str:
+    """Tune's status of the trial (RUNNING, TERMINATED, ...), or DIVERGED for one its loss ended (Tune's TERMINATED:
+    quickdraw.trainable)."""
+    return "DIVERGED" if trial.last_result.get(DIVERGED) else trial.status
 
 
 def errors_table(trials: list[Trial]) -> str:

@@ -147,7 +147,8 @@ def load_trials(experiment: Location) -> tuple[pd.DataFrame, dict[str, pd.DataFr
 
 def trials_from_folders(experiment: Location) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     """load_trials from each trial folder's params.json and result.json, without Tune's state: a trial that was
-    tested is finished, any other unfinished (whether ASHA stopped it is in the state only)."""
+    tested is finished, one whose last result says it diverged diverged, any other unfinished (whether ASHA stopped it
+    is in the state only)."""
     rows, histories = [], {}
     for position, folder in enumerate(trial_folders(experiment), start=1):
         history = read_results(folder)

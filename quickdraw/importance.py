@@ -9,7 +9,8 @@ visualizations draw the parallel coordinates and one scatter (slice) per hyperpa
 
 A trial counts when it has a validation result and ran as far as the search let it: finished, or stopped by ASHA,
 which counts with the best validation accuracy it reached before it was stopped (so a hyperparameter that gets
-trials stopped early shows as one that mattered). Trials that failed or never finished are left out. Only
+trials stopped early shows as one that mattered). Trials that diverged, failed or never finished are left out (a
+diverged trial's best validation accuracy, from before its loss became NaN, says nothing of where it ended). Only
 hyperparameters that were searched and took at least two values among those trials are assessed; fixed ones
 explain nothing. Optuna is imported only when it is used."""
 

@@ -12,8 +12,9 @@ from html import escape
 
 from quickdraw.catalogue import BEST_VAL_ACCURACY, EPOCH, HYPERPARAMETER, TEST_ACCURACY
 from quickdraw.search_record import SearchRecord
-from quickdraw.summary import (CHOICE, EPOCHS, MEASURES, TIE_BREAK, Summary, best_per_model, best_sentence, best_trial,
-                               comparison, members_sentence, same_for_every_trial, tie_sentence)
+from quickdraw.summary import (CHOICE, EPOCHS, MEASURES, STATUSES, TIE_BREAK, Summary, best_per_model, best_sentence,
+                               best_trial, comparison, diverged_sentence, members_sentence, same_for_every_trial,
+                               tie_sentence)
 
 MIN_SCALE = 0.7  # a figure is never shown narrower than this share of its pixels: a phone scrolls it sideways
 STYLE = """
@@ -50,7 +51,7 @@ document.querySelectorAll("table.sortable th button").forEach((button) => button
   body.append(...[...body.rows].sort((a, b) => compare(value(a), value(b))));
 }));
 """
-STATUS_MEANING = "finished (tested), stopped (by ASHA), error, or unfinished (its driver stopped)"
+STATUS_MEANING = "; ".join(f"{status}: {meaning}" for status, meaning in STATUSES.items())
 RANK_MEANING = "by validation accuracy, then validation loss, then the trial that started first"
 LINKS = {"summary.csv": "the table as CSV", "summary.json": "the table and what mattered as JSON",
          "summary.md": "the summary as Markdown", "best_model/config.json": "the chosen model (best_model/)"}
@@ -82,6 +83,8 @@ def overview(summary: Summary) -> str:
     text = f"{(trials.status == 'finished').sum()} of {len(trials)} trials finished."
     if stopped := (trials.status == "stopped").sum():
         text += f" {stopped} {'was' if stopped == 1 else 'were'} stopped early by ASHA."
+    if diverged := diverged_sentence(trials, whole=False):
+        text += f" {diverged}"
     if (index := best_trial(trials)) is not None:
         text += f" Best: {best_sentence(trials.loc[index], shown)}."
     if per_model := best_per_model(trials, shown):

@@ -84,9 +84,9 @@ def what_mattered_section(summary: Summary) -> Section:
     section = Section("What mattered",
                       f"Each searched hyperparameter's share of the variance in validation accuracy: {shares} "
                       f"({result.method}; the numbers are in summary.json). Trials stopped by ASHA count with the "
-                      "best validation accuracy they reached. Then every trial as a line from its validation "
-                      "accuracy across its hyperparameters, and validation accuracy against each hyperparameter, "
-                      "on a log axis where the space is logarithmic.")
+                      "best validation accuracy they reached; trials that diverged do not count. Then every trial as "
+                      "a line from its validation accuracy across its hyperparameters, and validation accuracy "
+                      "against each hyperparameter, on a log axis where the space is logarithmic.")
     if not result.shares:
         section.skipped.append(f"the hyperparameter importance, parallel coordinates and scatters: {result.reason}")
         return section
@@ -106,8 +106,8 @@ def what_mattered_section(summary: Summary) -> Section:
 def heatmap_section(summary: Summary) -> Section:
     section = Section("Test accuracy over model, learning rate and batch size",
                       "One cell per trial: its test accuracy in percent. The best trial, chosen on validation "
-                      "accuracy, is outlined in red; grey cells are trials without one, stopped early by ASHA or "
-                      "unfinished.")
+                      "accuracy, is outlined in red; grey cells are trials without one, stopped early by ASHA, "
+                      "diverged or unfinished.")
     trials = summary.table
     if summary.search != "grid":
         section.skipped.append(f"the heatmap: {SAMPLERS.get(summary.search, 'this search')} samples its trials "
@@ -168,8 +168,10 @@ def row_labels(trials: pd.DataFrame) -> list[str]:
 
 
 def untested_note(trial) -> str:
-    """What the heatmap writes in the cell of a trial without a test accuracy."""
-    return f"stopped at\nepoch {trial.epochs}" if trial.status == "stopped" else "not\nfinished"
+    """What the heatmap writes in the cell of a trial without a test accuracy, on two lines."""
+    if trial.status in ("stopped", "diverged"):
+        return f"{trial.status} at\nepoch {trial.epochs}"
+    return "not\nfinished"
 
 
 def curves_section(summary: Summary, histories: dict[str, pd.DataFrame]) -> Section:
@@ -184,7 +186,7 @@ def curves_section(summary: Summary, histories: dict[str, pd.DataFrame]) -> Sect
             section.add("curves.png", figures.validation_curves_figure("Every trial", *lines),
                         "Line charts: validation and training accuracy and loss of every trial, per epoch")
         else:
-            section.skipped.append("the curves: no trial reported an epoch")
+            section.skipped.append("the curves: no trial reported a validation result")
         return section
     section = Section("Accuracy and loss per epoch", f"One figure per learning rate, {named}; {CURVE_STYLE}.")
     others = [name for name in shown if name != "lr"] or ["batch_size"]
@@ -195,7 +197,8 @@ def curves_section(summary: Summary, histories: dict[str, pd.DataFrame]) -> Sect
                         f"Line charts: validation and training accuracy and loss per epoch of the trials with learning "
                         f"rate {LR.text(lr)}")
         else:
-            section.skipped.append(f"the curves of learning rate {LR.text(lr)}: none of its trials reported an epoch")
+            section.skipped.append(f"the curves of learning rate {LR.text(lr)}: none of its trials reported a "
+                                   "validation result")
     return section
 
 

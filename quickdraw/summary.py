@@ -2,9 +2,10 @@
 search could vary as a column (quickdraw.catalogue), the trial chosen as best, and the summary's formats
 (summary.md, csv, json, html, latex). It reads and writes no files; quickdraw.report does.
 
-The best trial is chosen on validation data, never on test data: of the trials that finished, the one with the
-highest best-validation accuracy; on a tie the lower best-validation loss, then the earlier trial in the search's
-order (its trial number, from Tune's experiment tag: trial ids of searchers such as Optuna's are random). Test accuracy is reported for every trial and used for nothing else.
+The best trial is chosen on validation data, never on test data: of the trials that finished (never one that was
+stopped or diverged), the one with the highest best-validation accuracy; on a tie the lower best-validation loss,
+then the earlier trial in the search's order (its trial number, from Tune's experiment tag: trial ids of searchers
+such as Optuna's are random). Test accuracy is reported for every trial and used for nothing else.
 
 The chosen model, best_model/, is an ensemble of finished trials chosen on validation too (quickdraw.ensemble); the
 summary shows it beside the best trial."""
@@ -17,8 +18,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from quickdraw.catalogue import (BEST_VAL_ACCURACY, BEST_VAL_LOSS, EPOCH, HYPERPARAMETER, HYPERPARAMETERS,
-                                 TEST_ACCURACY, TRAIN_SECONDS, Metric)
+from quickdraw.catalogue import (BEST_VAL_ACCURACY, BEST_VAL_LOSS, DIVERGED, EPOCH, HYPERPARAMETER,
+                                 HYPERPARAMETERS, TEST_ACCURACY, TRAIN_SECONDS, Metric)
 from quickdraw.ensemble import ChosenModel
 from quickdraw.space import Space
 
@@ -29,23 +30,41 @@ COLUMNS = ["rank", *NAMES, EPOCHS, *(m.key for m in MEASURES), "status", "best"]
 # trial_number: the order the search created its trials in (quickdraw.experiment.trial_number)
 RANKING = ([BEST_VAL_ACCURACY.key, BEST_VAL_LOSS.key, "trial_number"], [False, True, True])  # columns, ascending
 DECIMALS = {m.key: m.decimals for m in MEASURES}
-# A trial's status: finished (tested), stopped (by ASHA, untested), error, or unfinished (its driver stopped).
-# The first two ran as far as the search let them.
-COMPLETE = ("finished", "stopped")
+# A trial's status, and what it means (the report's table says it in these words). Only a finished trial can be chosen.
+STATUSES = {
+    "finished": "tested after its last epoch",
+    "stopped": "stopped early by ASHA, untested",
+    "diverged": "its training or validation loss became NaN or infinite: ended at that epoch, untested",
+    "error": "failed for good",
+    "unfinished": "its driver stopped before it ended",
+}
+COMPLETE = ("finished", "stopped")  # ran as far as the search let them: What mattered counts them
+ENDED = (*COMPLETE, "diverged")  # nothing left to run: the exit code is 0 when every trial ended so
 CHOICE = "chosen on validation accuracy; test accuracy shown for every trial, never used to choose"
 TIE_BREAK = "ties go to the lower validation loss, then to the trial that started first"
 
 
 def trial_row(config: dict, last_result: dict, tune_status: str) -> dict:
-    """A trial's row, from its config, the last result it reported (empty if none) and its status in Tune."""
-    measures = {m.key: (100 if m.percent else 1) * last_result.get(m.key, math.nan) for m in MEASURES}
+    """A trial's row, from its config, the last result it reported (empty if none) and its status in Tune. A measure
+    that is missing or not finite (an older search's NaN or infinity) is NaN: none."""
+    measures = {m.key: (100 if m.percent else 1) * finite(last_result.get(m.key)) for m in MEASURES}
+    tested = not math.isnan(measures[TEST_ACCURACY.key])
     return {**{name: config[name] for name in NAMES}, EPOCHS: int(last_result.get(EPOCH.key, 0)), **measures,
-            "status": status(tune_status, tested=not math.isnan(measures[TEST_ACCURACY.key]))}
+            "status": status(tune_status, tested, diverged=bool(last_result.get(DIVERGED)))}
 
 
-def status(tune_status: str, tested: bool) -> str:
+def finite(value) -> float:
+    """A reported number as a float; NaN when there is none, or it is NaN or infinite."""
+    number = value if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+    return float(number) if math.isfinite(number) else math.nan
+
+
+def status(tune_status: str, tested: bool, diverged: bool = False) -> str:
+    """One of STATUSES."""
     if tested:
         return "finished"
+    if diverged:
+        return "diverged"  # its last result says so, whatever Tune's status (read from the trial's folder alone too)
     if tune_status == "TERMINATED":
         return "stopped"  # ended untested: only a scheduler (ASHA) ends a trial before its last epoch
     return "error" if tune_status == "ERROR" else "unfinished"
@@ -256,7 +275,9 @@ def to_markdown(summary: Summary) -> str:
     stopped = (table["status"] == "stopped").sum()
     if stopped:
         lines += [f"{stopped} of {len(table)} trials {'was' if stopped == 1 else 'were'} stopped early by ASHA.", ""]
-    unfinished = (~table["status"].isin(COMPLETE)).sum()
+    if diverged := diverged_sentence(table):
+        lines += [diverged, ""]
+    unfinished = (~table["status"].isin(ENDED)).sum()
     if unfinished:
         lines += [f"{unfinished} of {len(table)} trials did not finish.", ""]
     lines += ["## Every trial, ranked by validation accuracy", "", ranked_markdown(table, shown), ""]
@@ -266,6 +287,17 @@ def to_markdown(summary: Summary) -> str:
     if tie := tie_sentence(table):
         lines[-1] += f" Here {tie}."
     return "\n".join(lines + [""])
+
+
+def diverged_sentence(table: pd.DataFrame, whole: bool = True) -> str:
+    """How many trials diverged, as a sentence ("1 of 4 trials diverged ..."; without `whole`, "1 diverged ...");
+    "" when none did."""
+    diverged = (table["status"] == "diverged").sum()
+    if not diverged:
+        return ""
+    count = f"{diverged} of {len(table)} trials" if whole else str(diverged)
+    return (f"{count} diverged (a loss became NaN or infinite) and {'was' if diverged == 1 else 'were'} ended "
+            "there, untested.")
 
 
 def ranked_markdown(table: pd.DataFrame, shown: list[str]) -> str:
@@ -315,8 +347,16 @@ def export(summary: Summary, fmt: str) -> str:
 def _test_cell(row) -> str:
     if row.status == "finished":
         return cell(TEST_ACCURACY, row.test_accuracy)
-    status_text = "stopped by ASHA" if row.status == "stopped" else row.status
-    return f"{status_text} ({row.epochs} epoch{'' if row.epochs == 1 else 's'})"
+    return untested_words(row.status, row.epochs)
+
+
+def untested_words(status: str, epochs: int) -> str:
+    """What a trial without a test accuracy shows in its place: "stopped by ASHA (6 epochs)", "diverged at epoch 3",
+    "unfinished (2 epochs)"."""
+    if status == "diverged":
+        return f"diverged at epoch {epochs}"
+    status_text = "stopped by ASHA" if status == "stopped" else status
+    return f"{status_text} ({epochs} epoch{'' if epochs == 1 else 's'})"
 
 
 def cell(metric: Metric, value: float) -> str:

@@ -1,6 +1,11 @@
 """Tune's trainable: one trial of the search. Its config in, quickdraw.training trains; every epoch goes to
 TensorBoard and to Tune (`tune.report`, with a checkpoint when validation improved and at the last epoch), and the
-last epoch tests the weights with the lowest validation loss and keeps their probabilities (quickdraw.predictions)."""
+last epoch tests the weights with the lowest validation loss and keeps their probabilities (quickdraw.predictions).
+
+An epoch whose loss diverged (NaN or infinite, quickdraw.training) is reported with `diverged: True` and ends the
+trial there, untested: the function returns, so Tune ends it as TERMINATED, as it ends a finished trial. Divergence
+is an outcome of the hyperparameters, not a failure: raising instead would make the trial an ERROR, retried up to
+--max-failures times to diverge again, and the run's exit code 1."""
 
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ from tensorboard.plugins.hparams import summary_v2 as hp
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as torch_hparams
 
-from quickdraw.catalogue import BEST_VAL_ACCURACY, DEVICE, EPOCH, METRICS, PRECISION, TEST_ACCURACY
+from quickdraw.catalogue import BEST_VAL_ACCURACY, DEVICE, DIVERGED, EPOCH, METRICS, PRECISION, TEST_ACCURACY
 from quickdraw.compute import choose
 from quickdraw.dataset import Split
 from quickdraw.figures import confusion_matrix_figure, misclassified_figure
@@ -57,6 +62,10 @@ def train_trial(config: dict, split: Split, space: Space) -> None:
             metrics, improved = trainer.run_epoch(data)
             log_epoch(writer, metrics)
             metrics |= ran
+            if metrics.get(DIVERGED):
+                end_hparams(writer)
+                tune.report(metrics)
+                return
             if not (improved or trainer.finished):
                 # A checkpoint only when validation improves, and the last: fewer writes and syncs, and a
                 # restarted trial goes back at most to its last improvement.
@@ -148,6 +157,8 @@ def hparam_value(dimension: Dimension, value):
 
 
 def log_epoch(writer: SummaryWriter, metrics: dict) -> None:
+    """The epoch's scalars; a diverged epoch has fewer (quickdraw.training.Trainer.run_epoch)."""
     for metric in EPOCH_SCALARS:
-        writer.add_scalar(metric.tag, metrics[metric.key], metrics[EPOCH.key])
+        if metric.key in metrics:
+            writer.add_scalar(metric.tag, metrics[metric.key], metrics[EPOCH.key])
     writer.flush()

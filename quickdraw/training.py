@@ -19,8 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
-from quickdraw.catalogue import (BEST_VAL_ACCURACY, BEST_VAL_LOSS, EPOCH, EPOCH_SECONDS, IMAGES_PER_SECOND,
-                                 LEARNING_RATE, TRAIN_ACCURACY, TRAIN_LOSS, TRAIN_SECONDS, VAL_ACCURACY, VAL_LOSS)
+from quickdraw.catalogue import (BEST_VAL_ACCURACY, BEST_VAL_LOSS, DIVERGED, EPOCH, EPOCH_SECONDS,
+                                 IMAGES_PER_SECOND, LEARNING_RATE, TRAIN_ACCURACY, TRAIN_LOSS, TRAIN_SECONDS,
+                                 VAL_ACCURACY, VAL_LOSS)
 from quickdraw.augment import Augmentation
 from quickdraw.compute import Compute
 from quickdraw.dataset import PARTS, Split
@@ -103,7 +104,11 @@ class Trainer:
         return self.progress.epoch >= self.hyperparameters.epochs
 
     def run_epoch(self, data: dict[str, Tensors]) -> tuple[dict, bool]:
-        """Train one epoch and validate: the metrics of the epoch, and whether validation improved."""
+        """Train one epoch and validate: the metrics of the epoch, and whether validation improved.
+
+        An epoch whose training or validation loss is NaN or infinite has diverged: its metrics hold DIVERGED (True)
+        and leave out what it measured on the broken network (its losses and accuracies), and the best validation
+        result too when no epoch had one, so that they hold no NaN or infinity. Training cannot go on from it."""
         started = time.perf_counter()
         train_loss, train_accuracy = train_epoch(self.network, self.training, *data["train"],
                                                  self.hyperparameters.batch_size, self.compute)
@@ -115,20 +120,19 @@ class Trainer:
         with self.averaged_weights(data["train"][0]):
             val_loss, val_accuracy = evaluate(self.network, *data["validation"], self.compute)
             improved = progress.record(val_loss, val_accuracy, self.model)
-        metrics = {
-            EPOCH.key: progress.epoch,
-            TRAIN_LOSS.key: train_loss,
-            TRAIN_ACCURACY.key: train_accuracy,
-            VAL_LOSS.key: val_loss,
-            VAL_ACCURACY.key: val_accuracy,
-            BEST_VAL_LOSS.key: progress.best_val_loss,
-            BEST_VAL_ACCURACY.key: progress.best_val_accuracy,
+        measured = {TRAIN_LOSS.key: train_loss, TRAIN_ACCURACY.key: train_accuracy, VAL_LOSS.key: val_loss,
+                    VAL_ACCURACY.key: val_accuracy}
+        best = {BEST_VAL_LOSS.key: progress.best_val_loss, BEST_VAL_ACCURACY.key: progress.best_val_accuracy}
+        timing = {
             TRAIN_SECONDS.key: progress.train_seconds,
             EPOCH_SECONDS.key: epoch_seconds,
             IMAGES_PER_SECOND.key: trained / epoch_seconds,
             LEARNING_RATE.key: self.training.optimizer.param_groups[0]["lr"],
         }
-        return metrics, improved
+        if diverged(train_loss, val_loss):
+            kept = best if math.isfinite(progress.best_val_loss) else {}
+            return {EPOCH.key: progress.epoch, DIVERGED: True, **kept, **timing}, False
+        return {EPOCH.key: progress.epoch, **measured, **best, **timing}, improved
 
     @contextlib.contextmanager
     def averaged_weights(self, train_drawings: torch.Tensor):
@@ -181,6 +185,11 @@ class Trainer:
             self.training.average.load_state_dict(state["average"])
         self.progress = Progress(**state["progress"])
         set_rng_state(state["rng"], self.compute.device)
+
+
+def diverged(*losses: float) -> bool:
+    """Whether a loss is NaN or infinite: the weights went with it, and no later epoch can mend them."""
+    return not all(math.isfinite(loss) for loss in losses)
 
 
 def rng_state(device: torch.device) -> dict[str, torch.Tensor]:

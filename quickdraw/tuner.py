@@ -95,8 +95,22 @@ def search_algorithm(config: SearchConfig) -> SearchAlgorithm | Searcher:
     # of it here. The constant liar keeps concurrent trials from being suggested the same point.
     startup = min(10, max(2, config.num_samples // 3))
     sampler = optuna.samplers.TPESampler(seed=config.data.seed, n_startup_trials=startup, constant_liar=True)
-    searcher = OptunaSearch(metric=OBJECTIVE.key, mode="max", sampler=sampler)
+    searcher = optuna_search(OptunaSearch)(metric=OBJECTIVE.key, mode="max", sampler=sampler)
     return ConcurrencyLimiter(searcher, max_concurrent=limit) if limit else searcher
+
+
+def optuna_search(base: type) -> type:
+    """Tune's OptunaSearch (`base`, imported only when used), passing by a result without the objective: that of a
+    trial that diverged before any epoch had a validation result (quickdraw.training), which OptunaSearch would take
+    for an intermediate value and fail on (KeyError). The trial then ends with no value, and Optuna records it as
+    pruned, below every trial with one."""
+
+    class Optuna(base):
+        def on_trial_result(self, trial_id: str, result: dict):
+            if self.metric in result:
+                super().on_trial_result(trial_id, result)
+
+    return Optuna
 
 
 def scheduler(config: SearchConfig) -> TrialScheduler | None:

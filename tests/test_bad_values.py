@@ -1,0 +1,134 @@
+"""Values that are refused in one line (exit code 2, nothing written lost): non-finite hyperparameters, space files
+with duplicate keys or too large to be one, class names that differ only in case, a split.npz swapped after its
+conversion, a search.json edited after its search wrote it; and what is accepted or mended instead: file:// storage,
+strict JSON in every file we write, staged PNG folders a killed `convert --png` left, the TensorBoard line quoted,
+16-bit PNGs read as their 8-bit versions. In this process (the values are refused before Ray starts), on planted
+folders and copies of the session's finished grid."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import shlex
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO, copy_experiment, run_in_process, write_class_files
+from quickdraw.storage import Location
+
+CLASSES = ("circle", "line", "hot dog")
+
+
+def snapshot(folder: Path) -> dict[str, bytes | None]:
+    """Every path under `folder` with its bytes (None for folders), but the drivers' claims, which a refused driver
+    takes and releases."""
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None)
+            for p in sorted(folder.rglob("*")) if "drivers" not in p.relative_to(folder).parts}
+
+
+def one_line(result, *mentions: str) -> str:
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output, output
+    assert result.returncode == 2, output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for mention in mentions:
+        assert mention in lines[0], f"{mention!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+def strict(text: str):
+    """JSON parsed as strict readers do: NaN, Infinity and -Infinity are not JSON."""
+    def refuse(token):
+        raise ValueError(f"{token} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+def run_flags(tmp_path: Path, *flags) -> list:
+    """A tiny `run` that would fail at once (no class files, no download) if the values were accepted."""
+    return ["run", "--data-dir", tmp_path / "no-data", "--no-download", "--classes", "cat,dog", "--storage",
+            tmp_path / "results", "--epochs", "1", *flags]
+
+
+# --- hyperparameters' values, from flags and space files alike ---------------------------------------------------
+
+
+@pytest.mark.parametrize("flags, mention", [
+    (("--lrs", "nan"), "--lrs"),
+    (("--lrs", "0.01,inf"), "--lrs"),
+    (("--lrs=-inf",), "--lrs"),
+    (("--batch-sizes", "1e400"), "--batch-sizes"),
+    (("--dropout", "nan"), "--dropout"),
+    (("--weight-decay", "inf"), "--weight-decay"),
+])
+def test_non_finite_flags_are_refused(tmp_path, flags, mention):
+    line = one_line(run_in_process(*run_flags(tmp_path, *flags)), mention, "is not a finite number")
+    assert not (tmp_path / "results").exists(), line
+
+
+@pytest.mark.parametrize("name, text", [
+    ("space.yaml", "batch_size: 1e400\n"),
+    ("space.yaml", "batch_size: .nan\n"),
+    ("space.yaml", "lr: [0.01, .inf]\n"),
+    ("space.yaml", "batch_size: {randint: [16, 1e400]}\n"),
+    ("space.yaml", "lr: 1" + "0" * 400 + "\n"),  # an integer beyond a float's range
+    ("space.json", '{"lr": NaN}\n'),
+    ("space.json", '{"batch_size": 1e400}\n'),
+    ("space.json", '{"weight_decay": {"uniform": [0, Infinity]}}\n'),
+])
+def test_non_finite_space_values_are_refused(tmp_path, name, text):
+    space = tmp_path / name
+    space.write_text(text)
+    one_line(run_in_process(*run_flags(tmp_path, "--space", space, "--search", "random")), f"--space {space}",
+             "is not a finite number")
+    assert not (tmp_path / "results").exists()
+
+
+def test_a_choice_of_one_value_asks_for_a_list(tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text("lr: {choice: 0.1}\n")
+    line = one_line(run_in_process(*run_flags(tmp_path, "--space", space)), f"--space {space}: lr",
+                    "choice takes a list of values, not 0.1")
+    assert "empty" not in line
+
+
+@pytest.mark.parametrize("name, text, key", [
+    ("space.yaml", "lr: [0.1]\nbatch_size: [32]\nlr: [0.01]\n", "'lr'"),
+    ("space.yaml", "lr: {choice: [0.1], choice: [0.01]}\n", "'choice'"),
+    ("space.json", '{"dropout": 0.1, "dropout": 0.3}\n', "'dropout'"),
+])
+def test_a_space_file_with_a_key_given_twice_is_refused(tmp_path, name, text, key):
+    space = tmp_path / name
+    space.write_text(text)
+    one_line(run_in_process(*run_flags(tmp_path, "--space", space)), f"--space {space}", f"{key} is given twice")
+
+
+def test_a_yaml_merge_may_override_what_it_brings_in(tmp_path):
+    """YAML's merge key (<<) is not a key given twice: the mapping's own keys override the merged ones."""
+    from quickdraw.space import load_space
+
+    space = tmp_path / "space.yaml"
+    space.write_text("lr: &grid {choice: [0.1, 0.01]}\nbatch_size: {<<: *grid, choice: [32, 64]}\n")
+    assert [d.args for d in load_space(space)] == [(0.1, 0.01), (32, 64)]
+
+
+def test_a_space_file_over_the_limit_is_refused_before_it_is_parsed(tmp_path):
+    from quickdraw.space import MAX_SPACE_BYTES, load_space
+
+    space = tmp_path / "space.yaml"
+    space.write_text("lr: [0.01]\n" + "#" * MAX_SPACE_BYTES + "\n")
+    start = time.perf_counter()
+    one_line(run_in_process(*run_flags(tmp_path, "--space", space)), f"--space {space} is over 64 KiB")
+    assert time.perf_counter() - start < 1
+    at_limit = "lr: [0.01]\n#"
+    space.write_text(at_limit + "#" * (MAX_SPACE_BYTES - len(at_limit) - 1) + "\n")  # exactly the limit: read
+    assert load_space(space)[0].args == (0.01,)
+

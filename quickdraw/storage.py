@@ -34,15 +34,21 @@ class Location:
     @classmethod
     def parse(cls, text: str, flag: str = "--storage") -> Location:
         if "://" not in text:
-            path = os.path.abspath(os.path.expanduser(text))
-            return cls(pafs.LocalFileSystem(), path, path)
+            return cls.local(os.path.expanduser(text))
         try:
             filesystem, path = pafs.FileSystem.from_uri(text)
         except (pyarrow.ArrowException, OSError, ValueError) as e:
             raise UserError(
                 f"{flag} {text}: {first_line(e)}; give a local path or a URI such as s3://bucket/prefix"
             ) from None
+        if isinstance(filesystem, pafs.LocalFileSystem):  # file:///path: the path, as Ray Tune takes local storage
+            return cls.local(path)
         return cls(filesystem, path.rstrip("/"), text.rstrip("/"))
+
+    @classmethod
+    def local(cls, path: str) -> Location:
+        path = os.path.abspath(path)
+        return cls(pafs.LocalFileSystem(), path, path)
 
     def __truediv__(self, name: str) -> Location:
         return Location(self.filesystem, f"{self.path}/{name}", f"{self.uri}/{name}")

@@ -132,3 +132,34 @@ def test_a_space_file_over_the_limit_is_refused_before_it_is_parsed(tmp_path):
     space.write_text(at_limit + "#" * (MAX_SPACE_BYTES - len(at_limit) - 1) + "\n")  # exactly the limit: read
     assert load_space(space)[0].args == (0.01,)
 
+
+# --- class names, storage URIs ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [("run",), ("convert", "--png"), ("download",)])
+def test_classes_that_differ_only_in_case_are_refused(tmp_path, command):
+    data = write_class_files(tmp_path / "data", classes=("cat", "Cat", "dog"))
+    before = snapshot(tmp_path)
+    storage = () if command == ("download",) else ("--storage", tmp_path / "results")
+    result = run_in_process(*command, "--data-dir", data, "--classes", "cat,Cat,dog", "--split", "30,6,6",
+                            "--base-url", "http://127.0.0.1:9/", *storage)
+    one_line(result, "--classes names a class twice (cat,Cat", "differ only in case")
+    assert snapshot(tmp_path) == before
+
+
+def test_file_uris_are_local_paths(tmp_path):
+    """file:///path is the local path (Ray Tune takes local storage as a path, and refused the URI after the
+    conversion); its percent-escapes are decoded; a file URI naming another host is refused in one line."""
+    folder = tmp_path / "with space"
+    uri = "file://" + str(folder).replace(" ", "%20")
+    assert Location.parse(uri) == Location.parse(str(folder))
+    assert Location.parse(uri + "/").uri == str(folder)
+    data = write_class_files(tmp_path / "data", classes=CLASSES)
+    result = run_in_process("convert", "--data-dir", data, "--classes", ",".join(CLASSES), "--split", "30,6,6",
+                            "--storage", uri)
+    assert result.returncode == 0, result.stderr
+    (dataset,) = (folder / "datasets").iterdir()
+    assert f"-> {dataset}\n" in result.stdout
+    one_line(run_in_process("convert", "--data-dir", data, "--classes", ",".join(CLASSES), "--storage",
+                            "file://elsewhere/results"), "--storage file://elsewhere/results")
+

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from quickdraw import strict_json
 from quickdraw.catalogue import BEST_VAL_ACCURACY, BEST_VAL_LOSS, DEVICE, HYPERPARAMETERS, PRECISION, TEST_ACCURACY
 from quickdraw.compute import Compute, choose, has_native_bf16
 from quickdraw.dataset import Split
@@ -134,8 +135,9 @@ def export_best_model(experiment: Location, chosen: ChosenModel | None,
         if old.name.startswith(WEIGHTS_PREFIX) and old.name not in files:
             old.delete()  # a member of an earlier export
     (folder / CLASSES_FILE).write_text("\n".join(classes) + "\n")
-    (folder / PREPROCESSING_FILE).write_text(json.dumps(PREPROCESSING, indent=2) + "\n")
-    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")  # last: its presence means complete
+    (folder / PREPROCESSING_FILE).write_text(strict_json.dumps(PREPROCESSING, indent=2) + "\n")
+    # Last: its presence means complete. A number no trial measured (NaN) is null.
+    (folder / CONFIG_FILE).write_text(strict_json.dumps(strict_json.nulled(config), indent=2) + "\n")
     return folder
 
 

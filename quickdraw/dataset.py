@@ -16,6 +16,7 @@ import numpy as np
 from filelock import FileLock
 from PIL import Image
 
+from quickdraw import strict_json
 from quickdraw.bitmaps import BitmapFile, check_drawings, find_class_files, load_drawings
 from quickdraw.config import DataConfig
 from quickdraw.errors import UserError
@@ -65,7 +66,7 @@ def fingerprint(config: DataConfig, sources: list[BitmapFile]) -> str:
         "seed": config.seed,
         "files": [[s.path.name, s.size, s.mtime_ns] for s in sources],
     }
-    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha256(strict_json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def conversion_fingerprint(config: DataConfig) -> str:
@@ -165,7 +166,7 @@ def _write_split(directory: Path, split: Split, config: DataConfig, sources: lis
             for s in sources
         ],
     }
-    (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    (directory / MANIFEST_FILE).write_text(strict_json.dumps(manifest, indent=2) + "\n")
 
 
 def write_pngs(split: Split, directory: Location) -> Location:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from quickdraw import strict_json
 from quickdraw.best_model import CONFIG_FILE, exported_folder
 from quickdraw.errors import UserError
 from quickdraw.images import drawing_bitmap
@@ -68,7 +69,7 @@ class Game:
         about = {"classes": model.classes, "experiment": experiment.name, "members": len(config["members"]),
                  "validation_accuracy": config["validation_accuracy"]}
         files = {path: ((PAGE / name).read_bytes(), f"{kind}; charset=utf-8") for path, (name, kind) in STATIC.items()}
-        return cls(model, json.dumps(about).encode(), files, threading.BoundedSemaphore(CONCURRENT_GUESSES))
+        return cls(model, strict_json.dumps(about).encode(), files, threading.BoundedSemaphore(CONCURRENT_GUESSES))
 
     def guess(self, png: bytes) -> list[dict]:
         """The TOP likeliest classes of a posted drawing, best first; a UserError when it is not one."""
@@ -132,7 +133,7 @@ class PlayHandler(BaseHTTPRequestHandler):
             return self.refuse(HTTPStatus.BAD_REQUEST, str(e))
         finally:
             self.server.game.turns.release()
-        self.send(HTTPStatus.OK, json.dumps({"guesses": guesses}).encode(), "application/json")
+        self.send(HTTPStatus.OK, strict_json.dumps({"guesses": guesses}).encode(), "application/json")
 
     def __getattr__(self, name: str):
         """Every other method (do_PUT, do_DELETE, do_HEAD, ...) is refused with 405, not the server's 501."""
@@ -150,7 +151,7 @@ class PlayHandler(BaseHTTPRequestHandler):
 
     def refuse(self, status: HTTPStatus, message: str, allow: str | None = None) -> None:
         self.close_connection = True  # an unread body must not be taken for the next request
-        self.send(status, json.dumps({"error": message}).encode(), "application/json", allow)
+        self.send(status, strict_json.dumps({"error": message}).encode(), "application/json", allow)
 
     def send(self, status: HTTPStatus, body: bytes, kind: str, allow: str | None = None) -> None:
         self.send_response(status)

@@ -9,6 +9,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from quickdraw import strict_json
 from quickdraw.catalogue import HYPERPARAMETER
 from quickdraw.config import DataConfig, SearchConfig, SplitSizes
 from quickdraw.errors import UserError
@@ -28,8 +29,8 @@ class SearchRecord:
 
     def write(self, experiment: Location) -> None:
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        (experiment / SEARCH_FILE).write_text(json.dumps({**fields, "config": config_json(self.config)}, indent=2)
-                                              + "\n")
+        (experiment / SEARCH_FILE).write_text(strict_json.dumps({**fields, "config": config_json(self.config)},
+                                                                indent=2) + "\n")
 
     @classmethod
     def read(cls, experiment: Location) -> SearchRecord:

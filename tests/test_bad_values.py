@@ -163,3 +163,42 @@ def test_file_uris_are_local_paths(tmp_path):
     one_line(run_in_process("convert", "--data-dir", data, "--classes", ",".join(CLASSES), "--storage",
                             "file://elsewhere/results"), "--storage file://elsewhere/results")
 
+
+# --- strict JSON ------------------------------------------------------------------------------------------------
+
+
+def test_every_json_we_write_goes_through_strict_json():
+    """One writer of JSON (quickdraw.strict_json, allow_nan=False): no module writes json.dump(s) of its own."""
+    package = REPO / "quickdraw"
+    writers = [f"{path.name}:{n}" for path in package.glob("*.py") if path.name != "strict_json.py"
+               for n, line in enumerate(path.read_text().splitlines(), 1) if re.search(r"\bjson\.dumps?\(", line)]
+    assert writers == []
+    from quickdraw import strict_json
+
+    with pytest.raises(ValueError):
+        strict_json.dumps({"val_loss": math.nan})
+    assert strict(strict_json.dumps(strict_json.nulled({"a": [math.inf, 1.5], "b": -math.inf}))) == \
+        {"a": [None, 1.5], "b": None}
+
+
+@pytest.mark.slow  # reads a finished search and writes its whole report
+def test_non_finite_results_are_null_in_the_summary_and_the_model(grid_experiment, tmp_path):
+    """A trial whose last result holds NaN and infinities (as a diverged trial's may): summary.json, its --format
+    json export and best_model/config.json are strict JSON, the numbers null."""
+    experiment = copy_experiment(grid_experiment, tmp_path)
+    results = sorted(experiment.glob("*/result.json"))
+    for results_file in results:
+        lines = results_file.read_text().splitlines()
+        last = json.loads(lines[-1]) | {"train_seconds": math.inf, "best_val_loss": math.nan}
+        results_file.write_text("\n".join(lines[:-1] + [json.dumps(last)]) + "\n")
+    assert "Infinity" in results[0].read_text()
+
+    result = run_in_process("report", experiment, "--format", "json")
+    assert result.returncode == 0, result.stderr
+    for text in (result.stdout, (experiment / "summary.json").read_text(),
+                 (experiment / "best_model" / "config.json").read_text()):
+        strict(text)
+    trials = strict(result.stdout)["trials"]
+    assert {trial["train_seconds"] for trial in trials} == {None}
+
+

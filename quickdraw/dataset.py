@@ -11,6 +11,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from filelock import FileLock
@@ -26,6 +27,7 @@ FORMAT_VERSION = 1
 PARTS = ("train", "validation", "test")
 ARRAYS_FILE = "split.npz"
 MANIFEST_FILE = "manifest.json"
+SPLIT_HASH_KEY = "split_sha256"  # the manifest's record of split.npz's SHA-256, written once at the conversion
 DATASETS_DIR = "datasets"  # in the storage: a folder per conversion, named by its fingerprint
 
 
@@ -141,10 +143,11 @@ def load_split(directory: Location, parts: tuple[str, ...] = PARTS) -> Split:
     archive = directory / ARRAYS_FILE
     try:
         manifest = json.loads((directory / MANIFEST_FILE).read_text())
+        check_unchanged(archive, manifest)
         with archive.filesystem.open_input_file(archive.path) as file, np.load(file, allow_pickle=False) as arrays:
             loaded = {name: arrays[name] for part in parts for name in (f"x_{part}", f"y_{part}")}
         classes = tuple(manifest["classes"])
-    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, EOFError, zipfile.BadZipFile) as e:
         raise UserError(f"the split in {directory} cannot be read ({type(e).__name__}: {first_line(e)}): it is damaged; "
                         "put back a copy of that folder, or start a new search") from None
     empty = {"x": np.empty((0, 28, 28), np.uint8), "y": np.empty(0, np.int64)}
@@ -152,17 +155,37 @@ def load_split(directory: Location, parts: tuple[str, ...] = PARTS) -> Split:
                  **{name: loaded.get(name, empty[name[0]]) for part in PARTS for name in (f"x_{part}", f"y_{part}")})
 
 
+class SplitChanged(UserError):
+    """split.npz is not the file its conversion wrote: the drawings of another split, which `resume` would go on
+    training with and `report` would test on."""
+
+
+def check_unchanged(archive: Location, manifest: dict) -> None:
+    """Refuse a split.npz whose SHA-256 is not the one its manifest recorded at the conversion. Manifests written
+    before the hash was recorded hold none: their splits are taken as they are (docs/data.md says why)."""
+    recorded = manifest.get(SPLIT_HASH_KEY)
+    if recorded is None:
+        return
+    with archive.filesystem.open_input_stream(archive.path) as stream:
+        if _sha256(stream) != recorded:
+            raise SplitChanged(
+                f"{archive} has changed since it was converted (its SHA-256 is not the one {MANIFEST_FILE} records), "
+                "so its drawings may not be the split the search trained and validated on; put back that folder's "
+                f"own {ARRAYS_FILE}, or delete {archive.parent} so that the next run converts the split again")
+
+
 def _write_split(directory: Path, split: Split, config: DataConfig, sources: list[BitmapFile]) -> None:
     arrays = {f.name: getattr(split, f.name) for f in dataclasses.fields(split) if f.name != "classes"}
     np.savez(directory / ARRAYS_FILE, **arrays)
     manifest = {
         "format_version": FORMAT_VERSION,
+        SPLIT_HASH_KEY: _file_sha256(directory / ARRAYS_FILE),
         "classes": list(split.classes),
         "counts": split.counts(),
         "seed": config.seed,
         "split": dataclasses.asdict(config.split),
         "sources": [
-            {"class": s.class_name, "file": s.path.name, "bytes": s.size, "sha256": _sha256(s.path)}
+            {"class": s.class_name, "file": s.path.name, "bytes": s.size, "sha256": _file_sha256(s.path)}
             for s in sources
         ],
     }
@@ -190,6 +213,13 @@ def write_pngs(split: Split, directory: Location) -> Location:
     return target
 
 
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+def _file_sha256(path: Path) -> str:
+    with open(path, "rb") as file:
+        return _sha256(file)
+
+
+def _sha256(file: BinaryIO) -> str:
+    """The SHA-256 of a file read from start to end in chunks (a local file or a pyarrow stream from object storage),
+    never held whole."""
+    return hashlib.file_digest(file, "sha256").hexdigest()
+

@@ -273,3 +273,58 @@ def test_a_swapped_split_is_refused_by_report_and_resume(own_split_copy, command
     assert snapshot(experiment.parent) == before
 
 
+# --- an edited search.json --------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow  # reads a finished search
+def test_an_edited_search_json_is_refused_by_resume(own_split_copy):
+    """Ray Tune's restore goes on with the space it pickled: an edit of search.json's config would be shown by the
+    report but never run. `resume` refuses it, before Ray starts, and leaves the folder as it was."""
+    experiment, _ = own_split_copy
+    record = json.loads((experiment / "search.json").read_text())
+    record["config"]["space"]["lr"] = [0.1, 0.01]
+    (experiment / "search.json").write_text(json.dumps(record, indent=2))
+    before = snapshot(experiment)
+    one_line(run_in_process("resume", experiment), f"{experiment / 'search.json'}: its config was edited")
+    assert snapshot(experiment) == before
+
+
+def written_record(tmp_path: Path) -> tuple[Path, dict]:
+    """A search.json as a search writes it, and its JSON."""
+    from quickdraw.config import SearchConfig
+    from quickdraw.provenance import run_record
+    from quickdraw.search_record import SearchRecord
+
+    SearchRecord(SearchConfig(), "/nowhere", {"cpu": 1.0, "gpu": 0}, run_record({"CPU": 2.0}, 1)).write(
+        Location.parse(str(tmp_path)))
+    return tmp_path / "search.json", json.loads((tmp_path / "search.json").read_text())
+
+
+@pytest.mark.parametrize("edit", [
+    lambda config: config["space"].update(lr=[0.1, 0.01]),
+    lambda config: config.update(epochs=8),
+    lambda config: config["data"].update(seed=1),
+], ids=["space", "epochs", "seed"])
+def test_an_edited_config_is_refused_and_a_new_layout_is_not(tmp_path, edit):
+    from quickdraw.errors import UserError
+    from quickdraw.search_record import SearchRecord
+
+    file, record = written_record(tmp_path)
+    file.write_text(json.dumps(record, indent=4, sort_keys=True))  # the same config, laid out anew
+    assert SearchRecord.read(Location.parse(str(tmp_path))).config.epochs == 50
+    edit(record["config"])
+    file.write_text(json.dumps(record, indent=2))
+    with pytest.raises(UserError, match=re.escape(f"{file}: its config was edited after the search wrote it")):
+        SearchRecord.read(Location.parse(str(tmp_path)))
+
+
+def test_a_search_json_from_before_the_hash_is_read_as_it_is(tmp_path):
+    from quickdraw.search_record import SearchRecord
+
+    file, record = written_record(tmp_path)
+    del record["config_sha256"]
+    record["config"]["epochs"] = 8
+    file.write_text(json.dumps(record, indent=2))
+    assert SearchRecord.read(Location.parse(str(tmp_path))).config.epochs == 8
+
+

@@ -6,7 +6,9 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import shutil
 import tempfile
+import time
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ PARTS = ("train", "validation", "test")
 ARRAYS_FILE = "split.npz"
 MANIFEST_FILE = "manifest.json"
 SPLIT_HASH_KEY = "split_sha256"  # the manifest's record of split.npz's SHA-256, written once at the conversion
+STALE_STAGING_S = 300  # a staged PNG folder left unwritten this long belongs to a killed `convert --png`
 DATASETS_DIR = "datasets"  # in the storage: a folder per conversion, named by its fingerprint
 
 
@@ -197,6 +200,7 @@ def write_pngs(split: Split, directory: Location) -> Location:
     if not directory.is_local:
         raise UserError(f"--png writes thousands of small files for browsing: give a local --storage, not {directory}")
     target = directory / "png"
+    remove_stale_staging(target)
     if target.is_dir():
         return target
 
@@ -223,3 +227,13 @@ def _sha256(file: BinaryIO) -> str:
     never held whole."""
     return hashlib.file_digest(file, "sha256").hexdigest()
 
+
+def remove_stale_staging(target: Location) -> None:
+    """Remove the folders that killed `convert --png` runs staged for `target` (thousands of PNGs each): those nothing
+    has been written into for STALE_STAGING_S. A live run adds a PNG, and so touches its class folder, every few
+    milliseconds; only a run stopped that long (or its machine's clock that far behind) could still be writing."""
+    for staged in target.staged_folders():
+        folders = [staged, *staged.glob("*"), *staged.glob("*/*")]  # png/<part>/<Class>: each PNG touches its folder
+        with contextlib.suppress(FileNotFoundError):  # another run removed it first
+            if time.time() - max(folder.stat().st_mtime for folder in folders) > STALE_STAGING_S:
+                shutil.rmtree(staged, ignore_errors=True)

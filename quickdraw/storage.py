@@ -7,6 +7,7 @@ named by AWS_ENDPOINT_URL works for our files exactly as it does for Tune's.
 from __future__ import annotations
 
 import errno
+import glob
 import os
 import shutil
 import tempfile
@@ -127,7 +128,7 @@ class Location:
         if self.is_local:
             # Beside the target, and made by mkdir, not mkdtemp: its mode (0777 less the umask) is the published
             # folder's, readable by the cluster's other users as any folder they make; mkdtemp's 0700 is not.
-            staged = Path(os.path.dirname(self.path)) / f".{self.name}.tmp-{uuid.uuid4().hex}"
+            staged = Path(os.path.dirname(self.path)) / f"{self._staged_prefix}{uuid.uuid4().hex}"
             staged.parent.mkdir(parents=True, exist_ok=True)
             staged.mkdir()
         else:
@@ -137,6 +138,17 @@ class Location:
             self._publish(staged, last)
         finally:
             shutil.rmtree(staged, ignore_errors=True)
+
+    @property
+    def _staged_prefix(self) -> str:
+        return f".{self.name}.tmp-"
+
+    def staged_folders(self) -> list[Path]:
+        """The local folders that `write_folder` staged beside this one and has not renamed into place: being written,
+        or left by a write that was killed."""
+        parent = Path(os.path.dirname(self.path))
+        staged = parent.glob(f"{glob.escape(self._staged_prefix)}*")
+        return sorted(path for path in staged if path.is_dir() and not path.is_symlink())
 
     def _publish(self, staged: Path, last: str | None) -> None:
         if self.is_local:

@@ -328,3 +328,29 @@ def test_a_search_json_from_before_the_hash_is_read_as_it_is(tmp_path):
     assert SearchRecord.read(Location.parse(str(tmp_path))).config.epochs == 8
 
 
+# --- what a killed convert --png left, the TensorBoard line, 16-bit PNGs ----------------------------------------
+
+
+def plant_staged_pngs(dataset: Path, age_s: float) -> Path:
+    staged = dataset / f".png.tmp-{os.urandom(16).hex()}"
+    (staged / "train" / "Circle").mkdir(parents=True)
+    (staged / "train" / "Circle" / "0.png").write_bytes(b"\x89PNG")
+    then = time.time() - age_s
+    for path in (staged / "train" / "Circle" / "0.png", staged / "train" / "Circle", staged / "train", staged):
+        os.utime(path, (then, then))
+    return staged
+
+
+@pytest.mark.parametrize("png_written", [False, True], ids=["png-missing", "png-there"])
+def test_convert_png_removes_staged_folders_that_killed_runs_left(tmp_path, png_written):
+    """Staged PNG folders nothing has written into for 5 minutes are removed by the next `convert --png`, whether
+    png/ is there already or not; one written into recently may belong to a live run and is kept."""
+    data = write_class_files(tmp_path / "data", classes=CLASSES)
+    assert convert(data, tmp_path / "results", *(("--png",) if png_written else ())).returncode == 0
+    (dataset,) = (tmp_path / "results" / "datasets").iterdir()
+    stale, live = plant_staged_pngs(dataset, age_s=3600), plant_staged_pngs(dataset, age_s=10)
+    result = convert(data, tmp_path / "results", "--png")
+    assert result.returncode == 0, result.stderr
+    assert not stale.exists() and live.is_dir()
+    assert len(list((dataset / "png" / "test" / "Hot dog").iterdir())) == 2
+

@@ -354,3 +354,13 @@ def test_convert_png_removes_staged_folders_that_killed_runs_left(tmp_path, png_
     assert not stale.exists() and live.is_dir()
     assert len(list((dataset / "png" / "test" / "Hot dog").iterdir())) == 2
 
+
+def test_the_tensorboard_line_is_shell_quoted(tmp_path):
+    """The line under a search's table: its TensorBoard command pastes into a shell as one --logdir."""
+    from quickdraw.cli import where_to_look
+
+    experiment = Location.parse(str(tmp_path / "my results; rm -rf ~" / "grid"))
+    command = where_to_look(experiment).split("TensorBoard: ")[1]
+    assert shlex.split(command) == ["tensorboard", "--logdir", str(experiment)]
+
+

@@ -364,3 +364,19 @@ def test_the_tensorboard_line_is_shell_quoted(tmp_path):
     assert shlex.split(command) == ["tensorboard", "--logdir", str(experiment)]
 
 
+def test_a_16_bit_png_reads_as_its_8_bit_version(tmp_path):
+    """A drawing saved with 16 bits a level (Pillow's I;16; v * 257 for the 8-bit v) reads as the 8-bit drawing, at
+    28x28 and at other sizes: scaled by its depth, not clipped at 255 (which left it blank)."""
+    from quickdraw.images import read_drawings
+
+    drawing = np.zeros((28, 28), np.uint8)  # strokes of every grey level, as anti-aliased drawings have
+    drawing[4:24, 6] = drawing[12, 4:24] = np.linspace(40, 255, 20).astype(np.uint8)
+    drawing[16:20, 16:22] = 128
+    for side in (28, 112):
+        eight = Image.fromarray(255 - drawing).resize((side, side), Image.Resampling.NEAREST)  # dark on light
+        sixteen = Image.fromarray(np.asarray(eight).astype(np.uint16) * 257)
+        assert sixteen.mode == "I;16"
+        eight.save(tmp_path / f"8-{side}.png")
+        sixteen.save(tmp_path / f"16-{side}.png")
+        assert Image.open(tmp_path / f"16-{side}.png").mode == "I;16"
+        assert np.array_equal(read_drawings(tmp_path / f"16-{side}.png"), read_drawings(tmp_path / f"8-{side}.png"))

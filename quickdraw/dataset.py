@@ -146,10 +146,10 @@ def load_split(directory: Location, parts: tuple[str, ...] = PARTS) -> Split:
     archive = directory / ARRAYS_FILE
     try:
         manifest = json.loads((directory / MANIFEST_FILE).read_text())
-        check_unchanged(archive, manifest)
         with archive.filesystem.open_input_file(archive.path) as file, np.load(file, allow_pickle=False) as arrays:
             loaded = {name: arrays[name] for part in parts for name in (f"x_{part}", f"y_{part}")}
         classes = tuple(manifest["classes"])
+        check_unchanged(archive, manifest)  # after the load: a file cut short is damaged, a whole other one changed
     except (OSError, ValueError, KeyError, TypeError, AttributeError, EOFError, zipfile.BadZipFile) as e:
         raise UserError(f"the split in {directory} cannot be read ({type(e).__name__}: {first_line(e)}): it is damaged; "
                         "put back a copy of that folder, or start a new search") from None

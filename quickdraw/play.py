@@ -66,8 +66,9 @@ class Game:
         except (OSError, ValueError) as e:
             raise UserError(f"{folder / ONNX_FILE} cannot be loaded ({first_line(e)}); run `python tune_search.py "
                             f"report {shlex.quote(str(experiment))}` to export it again") from None
-        about = {"classes": model.classes, "experiment": experiment.name, "members": len(config["members"]),
-                 "validation_accuracy": config["validation_accuracy"]}
+        about = strict_json.nulled({  # an accuracy that an older export wrote as NaN is null
+            "classes": model.classes, "experiment": experiment.name, "members": len(config["members"]),
+            "validation_accuracy": config["validation_accuracy"]})
         files = {path: ((PAGE / name).read_bytes(), f"{kind}; charset=utf-8") for path, (name, kind) in STATIC.items()}
         return cls(model, strict_json.dumps(about).encode(), files, threading.BoundedSemaphore(CONCURRENT_GUESSES))
 

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from quickdraw import strict_json
 from quickdraw.catalogue import BEST_VAL_ACCURACY, BEST_VAL_LOSS, DEVICE, HYPERPARAMETERS, PRECISION, TEST_ACCURACY
 from quickdraw.compute import Compute, choose, has_native_bf16
 from quickdraw.dataset import Split
@@ -128,8 +129,9 @@ def best_model_files(experiment: Location, chosen: ChosenModel | None,
         "experiment": experiment.uri,
     }
     return {**files, CLASSES_FILE: ("\n".join(classes) + "\n").encode(),
-            PREPROCESSING_FILE: (json.dumps(PREPROCESSING, indent=2) + "\n").encode(),
-            CONFIG_FILE: (json.dumps(config, indent=2) + "\n").encode()}  # last: its presence means complete
+            PREPROCESSING_FILE: (strict_json.dumps(PREPROCESSING, indent=2) + "\n").encode(),
+            # Last: its presence means complete. A number no trial measured (NaN) is null.
+            CONFIG_FILE: (strict_json.dumps(strict_json.nulled(config), indent=2) + "\n").encode()}
 
 
 def publish_best_model(experiment: Location, files: dict[str, bytes]) -> Location:

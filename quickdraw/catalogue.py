@@ -56,11 +56,20 @@ class Hyperparameter:
                 raise ValueError(f"unknown {self.name} {value!r}; choose from {self.allowed}")
             return value
         number = as_number(value)
-        if number is not None and self.kind is int and number != int(number):
-            number = None
-        if number is None or not math.isfinite(number) or not self.valid(number):
+        if number is not None and not finite(number):
+            raise ValueError(f"{value!r} is not a finite number; {self.name} must be {self.allowed}")
+        if number is None or (self.kind is int and number != int(number)) or not self.valid(number):
             raise ValueError(f"{value!r} is not a valid {self.name}: it must be {self.allowed}")
         return self.kind(number)
+
+
+def finite(number) -> bool:
+    """Whether a number is finite as a float: nan, inf, 1e400 (inf once read) and integers beyond a float's range
+    are never a setting."""
+    try:
+        return math.isfinite(number)
+    except OverflowError:
+        return False
 
 
 def as_number(value) -> float | None:

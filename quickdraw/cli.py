@@ -347,12 +347,17 @@ def finish(experiment, address: str | None) -> int:
             raise stopped from None
         raise
     print(to_markdown(summary))
-    print(f"Summary: {experiment / 'summary.md'}  Report: {experiment / 'report.html'}  "
-          f"TensorBoard: tensorboard --logdir {experiment}")
+    print(where_to_look(experiment))
     if summary.table["status"].isin(ENDED).all():
         return 0
     print(f"Not every trial finished; to go on: {resume_line(experiment, address)}")
     return 1
+
+
+def where_to_look(experiment) -> str:
+    """The line after a search's table: its summary, its report, and the command that shows it in TensorBoard."""
+    return (f"Summary: {experiment / 'summary.md'}  Report: {experiment / 'report.html'}  "
+            f"TensorBoard: tensorboard --logdir {shlex.quote(str(experiment))}")
 
 
 def resume_line(experiment, address: str | None) -> str:

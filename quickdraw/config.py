@@ -81,8 +81,10 @@ class DataConfig:
     def validate(self, min_classes: int = 2) -> None:
         if not self.classes:
             raise UserError("--classes is empty: name at least two classes, e.g. --classes cat,dog")
-        if len(set(self.classes)) != len(self.classes):
-            raise UserError(f"--classes names a class twice: {','.join(self.classes)}")
+        folded = [name.casefold() for name in self.classes]
+        if twice := [name for name, key in zip(self.classes, folded) if folded.count(key) > 1]:
+            raise UserError(f"--classes names a class twice ({','.join(twice)}; names that differ only in case share "
+                            "a PNG folder and, on some file systems, a class file): name each class once")
         if len(self.classes) < min_classes:
             raise UserError("--classes needs at least two classes to classify")
         for name in self.classes:

@@ -6,16 +6,20 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import shutil
 import tempfile
+import time
 import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from filelock import FileLock
 from PIL import Image
 
+from quickdraw import strict_json
 from quickdraw.bitmaps import BitmapFile, check_drawings, find_class_files, load_drawings
 from quickdraw.config import DataConfig
 from quickdraw.errors import UserError
@@ -26,6 +30,8 @@ FORMAT_VERSION = 1
 PARTS = ("train", "validation", "test")
 ARRAYS_FILE = "split.npz"
 MANIFEST_FILE = "manifest.json"
+SPLIT_HASH_KEY = "split_sha256"  # the manifest's record of split.npz's SHA-256, written once at the conversion
+STALE_STAGING_S = 300  # a staged PNG folder left unwritten this long belongs to a killed `convert --png`
 DATASETS_DIR = "datasets"  # in the storage: a folder per conversion, named by its fingerprint
 
 
@@ -66,7 +72,7 @@ def fingerprint(config: DataConfig, sources: list[BitmapFile]) -> str:
         "seed": config.seed,
         "files": [[s.path.name, s.size, s.mtime_ns] for s in sources],
     }
-    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha256(strict_json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def conversion_fingerprint(config: DataConfig) -> str:
@@ -146,7 +152,8 @@ def load_split(directory: Location, parts: tuple[str, ...] = PARTS) -> Split:
         with archive.filesystem.open_input_file(archive.path) as file, np.load(file, allow_pickle=False) as arrays:
             loaded = {name: arrays[name] for part in parts for name in (f"x_{part}", f"y_{part}")}
         classes = tuple(manifest["classes"])
-    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
+        check_unchanged(archive, manifest)  # after the load: a file cut short is damaged, a whole other one changed
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, EOFError, zipfile.BadZipFile) as e:
         raise UserError(f"the split in {directory} cannot be read ({type(e).__name__}: {first_line(e)}): it is damaged; "
                         "put back a copy of that folder, or start a new search") from None
     empty = {"x": np.empty((0, 28, 28), np.uint8), "y": np.empty(0, np.int64)}
@@ -154,21 +161,41 @@ def load_split(directory: Location, parts: tuple[str, ...] = PARTS) -> Split:
                  **{name: loaded.get(name, empty[name[0]]) for part in PARTS for name in (f"x_{part}", f"y_{part}")})
 
 
+class SplitChanged(UserError):
+    """split.npz is not the file its conversion wrote: the drawings of another split, which `resume` would go on
+    training with and `report` would test on."""
+
+
+def check_unchanged(archive: Location, manifest: dict) -> None:
+    """Refuse a split.npz whose SHA-256 is not the one its manifest recorded at the conversion. Manifests written
+    before the hash was recorded hold none: their splits are taken as they are (docs/data.md says why)."""
+    recorded = manifest.get(SPLIT_HASH_KEY)
+    if recorded is None:
+        return
+    with archive.filesystem.open_input_stream(archive.path) as stream:
+        if _sha256(stream) != recorded:
+            raise SplitChanged(
+                f"{archive} has changed since it was converted (its SHA-256 is not the one {MANIFEST_FILE} records), "
+                "so its drawings may not be the split the search trained and validated on; put back that folder's "
+                f"own {ARRAYS_FILE}, or delete {archive.parent} so that the next run converts the split again")
+
+
 def _write_split(directory: Path, split: Split, config: DataConfig, sources: list[BitmapFile]) -> None:
     arrays = {f.name: getattr(split, f.name) for f in dataclasses.fields(split) if f.name != "classes"}
     np.savez(directory / ARRAYS_FILE, **arrays)
     manifest = {
         "format_version": FORMAT_VERSION,
+        SPLIT_HASH_KEY: _file_sha256(directory / ARRAYS_FILE),
         "classes": list(split.classes),
         "counts": split.counts(),
         "seed": config.seed,
         "split": dataclasses.asdict(config.split),
         "sources": [
-            {"class": s.class_name, "file": s.path.name, "bytes": s.size, "sha256": _sha256(s.path)}
+            {"class": s.class_name, "file": s.path.name, "bytes": s.size, "sha256": _file_sha256(s.path)}
             for s in sources
         ],
     }
-    (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    (directory / MANIFEST_FILE).write_text(strict_json.dumps(manifest, indent=2) + "\n")
 
 
 def write_pngs(split: Split, directory: Location) -> Location:
@@ -176,6 +203,7 @@ def write_pngs(split: Split, directory: Location) -> Location:
     if not directory.is_local:
         raise UserError(f"--png writes thousands of small files for browsing: give a local --storage, not {directory}")
     target = directory / "png"
+    remove_stale_staging(target)
     if target.is_dir():
         return target
 
@@ -192,6 +220,23 @@ def write_pngs(split: Split, directory: Location) -> Location:
     return target
 
 
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+def _file_sha256(path: Path) -> str:
+    with open(path, "rb") as file:
+        return _sha256(file)
+
+
+def _sha256(file: BinaryIO) -> str:
+    """The SHA-256 of a file read from start to end in chunks (a local file or a pyarrow stream from object storage),
+    never held whole."""
+    return hashlib.file_digest(file, "sha256").hexdigest()
+
+
+def remove_stale_staging(target: Location) -> None:
+    """Remove the folders that killed `convert --png` runs staged for `target` (thousands of PNGs each): those nothing
+    has been written into for STALE_STAGING_S. A live run adds a PNG, and so touches its class folder, every few
+    milliseconds; only a run stopped that long (or its machine's clock that far behind) could still be writing."""
+    for staged in target.staged_folders():
+        folders = [staged, *staged.glob("*"), *staged.glob("*/*")]  # png/<part>/<Class>: each PNG touches its folder
+        with contextlib.suppress(FileNotFoundError):  # another run removed it first
+            if time.time() - max(folder.stat().st_mtime for folder in folders) > STALE_STAGING_S:
+                shutil.rmtree(staged, ignore_errors=True)

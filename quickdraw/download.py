@@ -22,6 +22,7 @@ import urllib3
 from filelock import FileLock
 from tqdm import tqdm
 
+from quickdraw import strict_json
 from quickdraw.bitmaps import PIXELS, checked_row_count, class_file, file_header, missing_classes, read_bitmap_header
 from quickdraw.config import DataConfig
 from quickdraw.errors import UserError
@@ -217,7 +218,7 @@ def begin(job: ClassDownload, response: requests.Response, chunks: Iterator[byte
     state = {"url": job.url, "rows": job.rows, "end": end, "validator": validator(response),
              "md5": server_md5(response) if job.rows is None else None}
     job.target.parent.mkdir(parents=True, exist_ok=True)
-    job.state.write_text(json.dumps(state))
+    job.state.write_text(strict_json.dumps(state))
     job.part.write_bytes(head[:end])
     return state
 

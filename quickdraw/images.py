@@ -24,7 +24,8 @@ INK_THRESHOLD = 32  # of 255: fainter pixels are paper (scans, JPEG noise), not 
 PREPROCESSING = {
     "bitmap": f"{CANVAS}x{CANVAS} uint8, strokes white (255) on black (0), as in Google's numpy_bitmap files",
     "network_input": "bitmap / 255 as float32, shape (N, 1, 28, 28)",
-    "images": "grayscale (alpha as ink when the background is transparent); black-on-white inverted; "
+    "images": "grayscale (alpha as ink when the background is transparent; 16-bit levels scaled to 8 bits); "
+              "black-on-white inverted; "
               f"other sizes than {CANVAS}x{CANVAS}: ink (pixels above {INK_THRESHOLD}) cropped, padded square, "
               f"reduced to {INK_BOX} pixels (max over blocks, then area average), centred in {CANVAS}x{CANVAS}, "
               "brightest pixel stretched to 255",
@@ -97,9 +98,18 @@ def ink_of(image: Image.Image) -> np.ndarray:
         alpha = np.asarray(image.convert("RGBA").getchannel("A"))
         if alpha.min() < 255:
             return alpha
-    gray = np.asarray(image.convert("L"))
+    gray = gray_levels(image)
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
     return 255 - gray if np.median(border) > 127 else gray
+
+
+def gray_levels(image: Image.Image) -> np.ndarray:
+    """The image's grey levels as 0-255. A 16-bit greyscale image (a 16-bit PNG: Pillow's "I;16", or "I" as older
+    Pillows opened it) is scaled by its depth, v / 257, so that it reads as its 8-bit version: Pillow's convert("L")
+    clips it at 255 instead, and most drawings come out blank."""
+    if image.mode == "I" or image.mode.startswith("I;16"):
+        return np.round(np.clip(np.asarray(image, np.float64), 0, 65535) / 257).astype(np.uint8)
+    return np.asarray(image.convert("L"))
 
 
 def thin_strokes_kept(ink: np.ndarray) -> np.ndarray:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import psutil
 
+from quickdraw import strict_json
 from quickdraw.errors import UserError
 from quickdraw.storage import Location, first_line, s3_client
 
@@ -57,7 +58,7 @@ class Lease:
 
     @property
     def text(self) -> str:
-        return json.dumps(self.record, indent=2) + "\n"
+        return strict_json.dumps(self.record, indent=2) + "\n"
 
     def _write(self, **changes) -> None:
         self.record = {**self.record, **changes, "renewed": time.time()}

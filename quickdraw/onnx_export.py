@@ -4,7 +4,6 @@ torch's exporter (`torch.onnx.export`, its default dynamo path), and each member
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import warnings
 
@@ -13,6 +12,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from quickdraw import strict_json
 from quickdraw.bitmaps import SIDE
 from quickdraw.compute import Compute
 from quickdraw.portable import INPUT_NAME, OUTPUT_NAME, model_card
@@ -47,7 +47,7 @@ def onnx_model(networks: list[nn.Module], members: list[dict], classes: list[str
                                     output_names=[OUTPUT_NAME], dynamic_shapes=({0: torch.export.Dim("batch")},),
                                     verbose=False)
     proto = program.model_proto
-    onnx.helper.set_model_props(proto, {key: json.dumps(value) for key, value in model_card(classes).items()})
+    onnx.helper.set_model_props(proto, {key: strict_json.dumps(value) for key, value in model_card(classes).items()})
     proto.doc_string = "quickdraw-tune's best model: Quick, Draw! bitmaps to class probabilities"
     return proto.SerializeToString()
 

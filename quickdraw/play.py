@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from quickdraw import strict_json
 from quickdraw.best_model import CONFIG_FILE, exported_folder
 from quickdraw.errors import UserError
 from quickdraw.images import drawing_bitmap
@@ -66,10 +67,11 @@ class Game:
         except (OSError, ValueError) as e:
             raise UserError(f"{folder / ONNX_FILE} cannot be loaded ({first_line(e)}); run `python tune_search.py "
                             f"report {shlex.quote(str(experiment))}` to export it again") from None
-        about = {"classes": model.classes, "experiment": experiment.name, "members": len(config["members"]),
-                 "validation_accuracy": config["validation_accuracy"]}
+        about = strict_json.nulled({  # an accuracy that an older export wrote as NaN is null
+            "classes": model.classes, "experiment": experiment.name, "members": len(config["members"]),
+            "validation_accuracy": config["validation_accuracy"]})
         files = {path: ((PAGE / name).read_bytes(), f"{kind}; charset=utf-8") for path, (name, kind) in STATIC.items()}
-        return cls(model, json.dumps(about).encode(), files, threading.BoundedSemaphore(CONCURRENT_GUESSES))
+        return cls(model, strict_json.dumps(about).encode(), files, threading.BoundedSemaphore(CONCURRENT_GUESSES))
 
     def guess(self, png: bytes) -> list[dict]:
         """The TOP likeliest classes of a posted drawing, best first; a UserError when it is not one."""
@@ -133,7 +135,7 @@ class PlayHandler(BaseHTTPRequestHandler):
             return self.refuse(HTTPStatus.BAD_REQUEST, str(e))
         finally:
             self.server.game.turns.release()
-        self.send(HTTPStatus.OK, json.dumps({"guesses": guesses}).encode(), "application/json")
+        self.send(HTTPStatus.OK, strict_json.dumps({"guesses": guesses}).encode(), "application/json")
 
     def __getattr__(self, name: str):
         """Every other method (do_PUT, do_DELETE, do_HEAD, ...) is refused with 405, not the server's 501."""
@@ -151,7 +153,7 @@ class PlayHandler(BaseHTTPRequestHandler):
 
     def refuse(self, status: HTTPStatus, message: str, allow: str | None = None) -> None:
         self.close_connection = True  # an unread body must not be taken for the next request
-        self.send(status, json.dumps({"error": message}).encode(), "application/json", allow)
+        self.send(status, strict_json.dumps({"error": message}).encode(), "application/json", allow)
 
     def send(self, status: HTTPStatus, body: bytes, kind: str, allow: str | None = None) -> None:
         self.send_response(status)

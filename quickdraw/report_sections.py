@@ -17,7 +17,7 @@ import pandas as pd
 
 from quickdraw import figures, importance, report_html
 from quickdraw.catalogue import EPOCH, HYPERPARAMETER, TEST_ACCURACY, VAL_ACCURACY, VAL_LOSS
-from quickdraw.dataset import Split, load_split
+from quickdraw.dataset import Split, SplitChanged, load_split
 from quickdraw.errors import UserError
 from quickdraw.experiment import split_location, what_ran
 from quickdraw.search_record import SEARCH_FILE, SearchRecord
@@ -271,9 +271,12 @@ def search_record(experiment: Location) -> SearchRecord | None:
 
 def evaluation_split(experiment: Location) -> tuple[Split | None, str]:
     """The validation and test parts of the split the search trained on (the training part stays unread), from where
-    its search.json says it is; None and why when they cannot be read."""
+    its search.json says it is; None and why when they cannot be read. A split that is there but is not the one its
+    conversion wrote (dataset.SplitChanged) is refused: the report would test on drawings that are not the search's."""
     try:
         return load_split(split_location(experiment), parts=("validation", "test")), ""
+    except SplitChanged:
+        raise
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, UserError) as e:
         return None, f"the validation and test drawings cannot be read from the split that {SEARCH_FILE} names " \
                      f"({first_line(e)})"

@@ -85,10 +85,15 @@ def check_size(name: str, size: int, limit: int) -> None:
                          f"{limit / 2**20:.0f} MiB); it is not read")
 
 
+def staged_prefix(name: str) -> str:
+    """How the names of the folders staged for `name` begin (staged_folder's)."""
+    return f".{name}.tmp-"
+
+
 def staged_folder(target: str) -> str:
     """A new empty folder beside `target` to fill and then publish as `target`. Made by mkdir, not mkdtemp: its mode
     (0777 less the umask) is the published folder's, readable by the cluster's other users as any folder they make."""
-    staged = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.tmp-{uuid.uuid4().hex}")
+    staged = os.path.join(os.path.dirname(target), f"{staged_prefix(os.path.basename(target))}{uuid.uuid4().hex}")
     os.makedirs(os.path.dirname(staged), exist_ok=True)
     os.mkdir(staged)
     return staged

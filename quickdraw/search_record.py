@@ -5,10 +5,12 @@ the trials' precision resolved to. Written and read here only, as plain JSON."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from quickdraw import strict_json
 from quickdraw.catalogue import HYPERPARAMETER
 from quickdraw.config import DataConfig, SearchConfig, SplitSizes
 from quickdraw.errors import UserError
@@ -16,6 +18,7 @@ from quickdraw.space import merge, parse_space
 from quickdraw.storage import Location, first_line
 
 SEARCH_FILE = "search.json"
+CONFIG_HASH_KEY = "config_sha256"  # the config's hash, to tell an edited search.json from the one the search wrote
 
 
 @dataclass(frozen=True)
@@ -28,21 +31,34 @@ class SearchRecord:
 
     def write(self, experiment: Location) -> None:
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        (experiment / SEARCH_FILE).write_text(json.dumps({**fields, "config": config_json(self.config)}, indent=2)
-                                              + "\n")
+        config = config_json(self.config)
+        record = {**fields, "config": config, CONFIG_HASH_KEY: config_hash(config)}
+        (experiment / SEARCH_FILE).write_text(strict_json.dumps(record, indent=2) + "\n")
 
     @classmethod
     def read(cls, experiment: Location) -> SearchRecord:
-        """The record; a UserError that names the file when it is missing or damaged."""
+        """The record; a UserError that names the file when it is missing, damaged or its config was edited."""
         file = experiment / SEARCH_FILE
         try:
             record = json.loads(file.read_text())
-            return cls(**{**record, "config": config_of_json(record["config"])})
+            recorded_hash = record.pop(CONFIG_HASH_KEY, None)  # none in a search.json written before it was kept
+            edited = recorded_hash is not None and recorded_hash != config_hash(record["config"])
+            read = cls(**{**record, "config": config_of_json(record["config"])})
         except FileNotFoundError:
             raise UserError(f"{experiment}: no {SEARCH_FILE} there; give the folder <storage>/<name> of a search") \
                 from None
         except (OSError, ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError, UserError) as e:
             raise UserError(f"{file} is damaged ({type(e).__name__}: {first_line(e)})") from None
+        if edited:
+            raise UserError(f"{file}: its config was edited after the search wrote it (its SHA-256 is not the "
+                            f"{CONFIG_HASH_KEY} beside it), and Ray Tune goes on with the settings it saved, not the "
+                            "edited ones: put back the original, or run a new search with the settings you want")
+        return read
+
+
+def config_hash(config: dict) -> str:
+    """The SHA-256 of a config as search.json holds it, however the file is laid out (keys sorted, no spaces)."""
+    return hashlib.sha256(strict_json.dumps(config, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def config_json(config: SearchConfig) -> dict:

@@ -12,6 +12,7 @@ A hyperparameter is one of
 
 from __future__ import annotations
 
+import collections.abc
 import json
 import math
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ DISTRIBUTIONS = ("choice",) + RANGES
 INTEGER_RANGES = ("randint", "lograndint")
 LOG_RANGES = ("loguniform", "lograndint")
 SCHEMA = "see docs/search-spaces.md and spaces/example.yaml"
+MAX_SPACE_BYTES = 64 * 1024  # a space file is a few hundred bytes; PyYAML parses about 0.1 MB a second
 
 
 @dataclass(frozen=True)
@@ -101,19 +103,53 @@ def load_space(file: Path) -> Space:
     if not file.is_file():
         raise UserError(f"--space {file}: no such file; write one as in spaces/example.yaml")
     try:
-        text = file.read_text()
-        spec = json.loads(text) if file.suffix.lower() == ".json" else _yaml_load(text)
+        text = read_space_text(file)
+        spec = json.loads(text, object_pairs_hook=unique_keys) if file.suffix.lower() == ".json" else _yaml_load(text)
+    except DuplicateKey as e:
+        raise UserError(f"--space {file}: {e} (the last would silently win); keep one of them") from None
     except (OSError, UnicodeDecodeError, ValueError) as e:
         detail = " ".join(str(e).split())
         raise UserError(f"--space {file}: not YAML or JSON ({detail[:160]}); {SCHEMA}") from None
     return parse_space(spec, f"--space {file}")
 
 
+def read_space_text(file: Path) -> str:
+    """The file's text, refused before parsing when it is larger than a space file can sensibly be (reading at most
+    one byte past the limit, whatever its size says)."""
+    with open(file, "rb") as f:
+        data = f.read(MAX_SPACE_BYTES + 1)
+    if len(data) > MAX_SPACE_BYTES:
+        raise UserError(f"--space {file} is over {MAX_SPACE_BYTES // 1024} KiB, and a space file names a few "
+                        f"hyperparameters in a few lines; {SCHEMA}")
+    return data.decode()
+
+
+class DuplicateKey(ValueError):
+    pass
+
+
+def unique_keys(pairs) -> dict:
+    """A mapping of the pairs, refusing a key given twice (JSON's and YAML's parsers keep the last silently)."""
+    mapping = {}
+    for key, value in pairs:
+        if key in mapping:
+            raise DuplicateKey(f"{key!r} is given twice")
+        mapping[key] = value
+    return mapping
+
+
 def _yaml_load(text: str):
     import yaml
 
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            keys = [self.construct_object(key, deep=deep) for key, _ in node.value
+                    if key.tag != "tag:yaml.org,2002:merge"]  # keys a merge (<<) brings in may be overridden
+            unique_keys((key, None) for key in keys if isinstance(key, collections.abc.Hashable))
+            return super().construct_mapping(node, deep)
+
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=UniqueKeyLoader)
     except yaml.YAMLError as e:
         raise ValueError(str(e)) from None
 
@@ -144,7 +180,11 @@ def parse_dimension(name, spec, source: str) -> Dimension:
 
 
 def checked_values(hyperparameter: Hyperparameter, values, where: str) -> tuple:
-    if not isinstance(values, list) or not values:
+    if not isinstance(values, list):
+        name = hyperparameter.name
+        raise UserError(f"{where}: choice takes a list of values, not {values!r}; write {name}: {{choice: [{values!r}, "
+                        f"...]}}, or {name}: {values!r} for a fixed value")
+    if not values:
         raise UserError(f"{where}: an empty list of values; give at least one, e.g. "
                         f"{hyperparameter.name}: {hyperparameter.example}")
     values = tuple(checked_value(hyperparameter, value, where) for value in values)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import glob
 import os
 import shutil
 import tempfile
@@ -23,7 +24,7 @@ import pyarrow.fs as pafs
 
 from quickdraw.errors import UserError
 from quickdraw.safe_files import (RECORD_LIMIT, check_replaceable, check_size, inside, read_regular, staged_folder,
-                                  swap_in, write_through)
+                                  staged_prefix, swap_in, write_through)
 
 FULL_BELOW_BYTES = 2**20  # less than this left, and the next checkpoint or state file does not fit
 
@@ -43,14 +44,15 @@ class Location:
     @classmethod
     def parse(cls, text: str, flag: str = "--storage") -> Location:
         if "://" not in text:
-            path = os.path.abspath(os.path.expanduser(text))
-            return cls(pafs.LocalFileSystem(), path, path)
+            return cls.local(os.path.expanduser(text))
         try:
             filesystem, path = pafs.FileSystem.from_uri(text)
         except (pyarrow.ArrowException, OSError, ValueError) as e:
             raise UserError(
                 f"{flag} {text}: {first_line(e)}; give a local path or a URI such as s3://bucket/prefix"
             ) from None
+        if isinstance(filesystem, pafs.LocalFileSystem):  # file:///path: the path, as Ray Tune takes local storage
+            return cls.local(path)
         base, _, query = text.partition("?")
         return cls(filesystem, path.rstrip("/"), base.rstrip("/"), query)
 
@@ -58,6 +60,11 @@ class Location:
         """This folder, and every Location under it, reading and writing only inside it (an experiment folder: what
         it holds is data from anywhere, and a link in it never leads out)."""
         return dataclasses.replace(self, root=os.path.realpath(self.path)) if self.is_local else self
+
+    @classmethod
+    def local(cls, path: str) -> Location:
+        path = os.path.abspath(path)
+        return cls(pafs.LocalFileSystem(), path, path)
 
     def __truediv__(self, name: str) -> Location:
         return Location(self.filesystem, f"{self.path}/{name}", f"{self.base}/{name}", self.query, self.root)
@@ -203,6 +210,13 @@ class Location:
         finally:
             if os.path.isdir(staged) and not os.path.islink(staged):
                 shutil.rmtree(staged, ignore_errors=True)
+
+    def staged_folders(self) -> list[Path]:
+        """The local folders that `write_folder` staged beside this one and has not renamed into place: being written,
+        or left by a write that was killed."""
+        parent = Path(os.path.dirname(self.path))
+        staged = parent.glob(f"{glob.escape(staged_prefix(self.name))}*")
+        return sorted(path for path in staged if path.is_dir() and not path.is_symlink())
 
     def check_replaceable(self) -> None:
         """A UserError, before any work, when write_folder(replace=True) would find a file where its folder goes."""

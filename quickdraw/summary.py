@@ -12,12 +12,12 @@ summary shows it beside the best trial."""
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 
 import pandas as pd
 
+from quickdraw import strict_json
 from quickdraw.catalogue import (BEST_VAL_ACCURACY, BEST_VAL_LOSS, DIVERGED, EPOCH, HYPERPARAMETER,
                                  HYPERPARAMETERS, TEST_ACCURACY, TRAIN_SECONDS, Metric)
 from quickdraw.ensemble import ChosenModel
@@ -324,10 +324,10 @@ def to_html(table: pd.DataFrame) -> str:
 def to_json(summary: Summary) -> str:
     """{"trials": the rows, ranked; "hyperparameter_importance": {name: share}; "importance_method": how;
     "chosen_model": best_model/'s members and accuracies beside the best trial's}. Numbers
-    keep every digit (pandas' to_json would cut a sampled learning rate to 10 decimals); NaN is null."""
-    rows = [{name: None if isinstance(value, float) and math.isnan(value) else value for name, value in row.items()}
-            for row in rounded(summary.table).to_dict(orient="records")]
-    return json.dumps({"trials": rows, **summary.importance.record(), **chosen_record(summary)}, indent=2) + "\n"
+    keep every digit (pandas' to_json would cut a sampled learning rate to 10 decimals); NaN and infinity are null."""
+    rows = rounded(summary.table).to_dict(orient="records")
+    record = {"trials": rows, **summary.importance.record(), **chosen_record(summary)}
+    return strict_json.dumps(strict_json.nulled(record), indent=2) + "\n"
 
 
 EXPORTERS = {  # format -> the summary as text; config.EXPORT_FORMATS names them for the CLI

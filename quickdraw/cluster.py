@@ -105,7 +105,11 @@ def connect(address: str | None) -> None:
     if address in (None, "local"):
         start_local_ray()
         return
-    if address != "auto":
+    if address == "auto" and (remembered := remembered_cluster()):
+        # Ray joins the cluster `ray start` last started here, and would retry it for minutes once it has stopped.
+        named = f"--address auto ({remembered[0]} names {remembered[1]}, the cluster `ray start` last started here)"
+        check_reachable(remembered[1], named, instead)
+    elif address != "auto":
         check_reachable(address, named, instead)
     runtime_env = {
         "py_modules": [str(Path(quickdraw.__file__).parent)],
@@ -139,6 +143,19 @@ def chosen_address(address: str | None) -> tuple[str | None, str, str]:
 def runs_here(address: str | None) -> bool:
     """Whether the search starts a Ray of its own on this machine, whatever other Rays run here."""
     return chosen_address(address)[0] in (None, "local")
+
+
+def remembered_cluster() -> tuple[Path, str] | None:
+    """The file in which `ray start` leaves the address of the cluster it started, and that address, which
+    ray.init(address="auto") joins (ray.init's documentation): ray_current_cluster in Ray's temp folder, which is
+    RAY_TMPDIR's, else TMPDIR's, else /tmp's ray/."""
+    base = os.environ["RAY_TMPDIR"] if "RAY_TMPDIR" in os.environ else os.environ.get("TMPDIR", "/tmp")
+    path = Path(base) / "ray" / "ray_current_cluster"
+    try:
+        address = path.read_text().strip()
+    except OSError:
+        return None
+    return (path, address) if address else None
 
 
 def start_local_ray() -> None:

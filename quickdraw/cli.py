@@ -337,7 +337,7 @@ def finish(experiment, address: str | None) -> int:
     print(to_markdown(summary))
     print(f"Summary: {experiment / 'summary.md'}  Report: {experiment / 'report.html'}  "
           f"TensorBoard: tensorboard --logdir {experiment}")
-    if summary.table["status"].isin(COMPLETE).all():
+    if len(summary.table) and summary.table["status"].isin(COMPLETE).all():  # none: stopped before the first
         return 0
     print(f"Not every trial finished; to go on: {resume_line(experiment, address)}")
     return 1

@@ -79,12 +79,15 @@ def resume_search(experiment: Location, address: str | None) -> Location:
     """Continue a search whose driver stopped: finished trials stay as they are, the others go on
     from their last checkpoints (errored ones too, with a fresh allowance of failures)."""
     record = check_resumable(experiment)
+    asked = f"{experiment}'s trials (search.json)"
+    if runs_here(address):  # trials this machine cannot hold are refused before Ray starts
+        check_fits(record.resources, [this_machine()], THIS_MACHINE, asked)
     with claim(experiment, f"wait for it to end; if its machine was lost, resume once the driver has been silent for "
                            f"{STALE_S} s"):
         location = split_location(experiment)
         arrays = load_split(location)  # before Ray starts: a damaged split is refused at once
         with ray_session(address), stopped_cleanly(experiment):
-            check_fits(record.resources, alive_nodes(), nodes_named(address), f"{experiment}'s trials (search.json)")
+            check_fits(record.resources, alive_nodes(), nodes_named(address), asked)
             split = ray.put(arrays)  # into the object store: the trials share its copy
             del arrays
             if experiment.is_local:  # only this driver writes here now (its claim aside): the rest, a killed one left

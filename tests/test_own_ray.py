@@ -176,6 +176,7 @@ def test_a_strangers_ray_never_captures_the_run(tmp_path):
         assert json.loads((storage / "after" / "search.json").read_text())["run"]["hardware"]["cpus"] <= cpus_here
     finally:
         kill_processes(str(ray_tmp))  # whatever the stranger and the runs left under its temp folder
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 # --- Ctrl-C while Tune generates the grid ------------------------------------------------------------------------------

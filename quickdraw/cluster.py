@@ -141,8 +141,13 @@ def chosen_address(address: str | None) -> tuple[str | None, str, str]:
 
 
 def runs_here(address: str | None) -> bool:
-    """Whether the search starts a Ray of its own on this machine, whatever other Rays run here."""
+    """Whether the search runs in a Ray of its own on this machine, whatever other Rays run here."""
     return chosen_address(address)[0] in (None, "local")
+
+
+def starts_ray_here(address: str | None) -> bool:
+    """Whether `ray_session` will start a Ray on this machine (not use one its caller started)."""
+    return runs_here(address) and not ray.is_initialized()
 
 
 def remembered_cluster() -> tuple[Path, str] | None:

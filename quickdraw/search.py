@@ -12,7 +12,7 @@ from ray import tune
 
 from quickdraw.cluster import (
     THIS_MACHINE, alive_nodes, check_fits, chosen_address, convert_once, fitting_resources, ray_session, runs_here,
-    this_machine,
+    starts_ray_here, this_machine,
 )
 from quickdraw.config import SearchConfig
 from quickdraw.dataset import check_inputs, load_split
@@ -34,7 +34,7 @@ def run_search(config: SearchConfig) -> Location:
     experiment = storage / name
     # Ray's workers do not share our working directory: hand them an absolute --data-dir.
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, data_dir=config.data.data_dir.resolve()))
-    if runs_here(config.address):  # a trial that this machine cannot hold is refused before Ray starts
+    if starts_ray_here(config.address):  # a trial that this machine cannot hold is refused before Ray starts
         fitting_resources(config, [this_machine()], THIS_MACHINE)
     storage.check_writable()
     refuse_existing(experiment)
@@ -80,7 +80,7 @@ def resume_search(experiment: Location, address: str | None) -> Location:
     from their last checkpoints (errored ones too, with a fresh allowance of failures)."""
     record = check_resumable(experiment)
     asked = f"{experiment}'s trials (search.json)"
-    if runs_here(address):  # trials this machine cannot hold are refused before Ray starts
+    if starts_ray_here(address):  # trials this machine cannot hold are refused before Ray starts
         check_fits(record.resources, [this_machine()], THIS_MACHINE, asked)
     with claim(experiment, f"wait for it to end; if its machine was lost, resume once the driver has been silent for "
                            f"{STALE_S} s"):

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from quickdraw.catalogue import HYPERPARAMETERS, Hyperparameter
 from quickdraw.config import (
-    ASHA_GRACE_PERIOD, ASHA_REDUCTION_FACTOR, DEFAULT_SAMPLES, EXPORT_FORMATS, GOOGLE_BASE_URL, PRECISIONS, SCHEDULERS,
-    SEARCHES, SEED_CLASSES, DataConfig, SearchConfig, SplitSizes, check_ensemble,
+    ASHA_GRACE_PERIOD, ASHA_REDUCTION_FACTOR, DEFAULT_SAMPLES, EXPORT_FORMATS, GOOGLE_BASE_URL, MAX_SEED, PRECISIONS,
+    SCHEDULERS, SEARCHES, SEED_CLASSES, DataConfig, SearchConfig, SplitSizes, check_ensemble,
 )
 from quickdraw.errors import DiskFull, Interrupted, StorageFault, UserError
 from quickdraw.space import flag_dimension, load_space, merge
@@ -244,8 +244,9 @@ def add_data_flags(parser: argparse.ArgumentParser) -> None:
     add_source_flags(parser)
     parser.add_argument("--no-download", dest="download", action="store_false",
                         help="fail on a missing class file instead of downloading the drawings the split needs")
-    parser.add_argument("--seed", type=int, default=DataConfig.seed,
-                        help="seed of the split, of training and of the random or Optuna sampler (default %(default)s)")
+    parser.add_argument("--seed", type=seed, default=DataConfig.seed,
+                        help=f"seed of the split, of training and of the random or Optuna sampler, 0 to {MAX_SEED} "
+                        "(default %(default)s)")
     parser.add_argument("--storage", default=SearchConfig.storage,
                         help="where datasets and experiments are written (default %(default)s)")
 
@@ -271,6 +272,16 @@ def _number_list(text: str, kind) -> tuple:
         return tuple(kind(part) for part in name_list(text))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__}s, got {text!r}") from None
+
+
+def seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"give a whole number from 0 to {MAX_SEED}, got {text!r}")
+    return value
 
 
 def split_sizes(text: str) -> SplitSizes:
@@ -348,7 +359,7 @@ def finish(experiment, address: str | None) -> int:
         raise
     print(to_markdown(summary))
     print(where_to_look(experiment))
-    if summary.table["status"].isin(ENDED).all():
+    if len(summary.table) and summary.table["status"].isin(ENDED).all():  # none: stopped before the first
         return 0
     print(f"Not every trial finished; to go on: {resume_line(experiment, address)}")
     return 1

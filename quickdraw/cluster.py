@@ -24,6 +24,7 @@ from quickdraw.storage import Location, first_line
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
 CONNECT_TIMEOUT_S = 5
 CONVERT_ATTEMPTS = 3
+THIS_MACHINE = "this machine"  # the nodes of a Ray started here, in errors
 # Converters this driver used. Ray ends an actor as soon as no handle to it is left, which would fail
 # another driver's call queued on it; holding them until this driver exits keeps that to the rare case.
 _converters: list = []
@@ -116,16 +117,15 @@ def without_unhelpful_lines():
 
 
 def connect(address: str | None) -> None:
-    named, instead = f"--address {address}", "leave out --address"
-    environment = os.environ.get("RAY_ADDRESS")
-    if environment and address in (None, "auto"):
-        # ray.init() takes RAY_ADDRESS over these, and would retry a dead one for minutes: it is checked and named
-        # as --address is.
-        address, named, instead = environment, f"RAY_ADDRESS={environment}", "unset RAY_ADDRESS"
+    address, named, instead = chosen_address(address)
     if address in (None, "local"):
         start_local_ray()
         return
-    if address != "auto":
+    if address == "auto" and (remembered := remembered_cluster()):
+        # Ray joins the cluster `ray start` last started here, and would retry it for minutes once it has stopped.
+        named = f"--address auto ({remembered[0]} names {remembered[1]}, the cluster `ray start` last started here)"
+        check_reachable(remembered[1], named, instead)
+    elif address != "auto":
         check_reachable(address, named, instead)
     runtime_env = {
         "py_modules": [str(Path(quickdraw.__file__).parent)],
@@ -144,6 +144,39 @@ def connect(address: str | None) -> None:
             "`ray start --head`, export RAY_AUTH_MODE=token if it uses token authentication, "
             f"or {instead} to run on this machine"
         ) from None
+
+
+def chosen_address(address: str | None) -> tuple[str | None, str, str]:
+    """The address Ray is asked for (None or "local": a Ray of this machine's own), how errors name it and how to do
+    without it. ray.init() takes RAY_ADDRESS over no address and over "auto", and so does the command: it is checked
+    and named as --address is, as Ray would retry a dead one for minutes."""
+    environment = os.environ.get("RAY_ADDRESS")
+    if environment and address in (None, "auto"):
+        return environment, f"RAY_ADDRESS={environment}", "unset RAY_ADDRESS"
+    return address, f"--address {address}", "leave out --address"
+
+
+def runs_here(address: str | None) -> bool:
+    """Whether the search runs in a Ray of its own on this machine, whatever other Rays run here."""
+    return chosen_address(address)[0] in (None, "local")
+
+
+def starts_ray_here(address: str | None) -> bool:
+    """Whether `ray_session` will start a Ray on this machine (not use one its caller started)."""
+    return runs_here(address) and not ray.is_initialized()
+
+
+def remembered_cluster() -> tuple[Path, str] | None:
+    """The file in which `ray start` leaves the address of the cluster it started, and that address, which
+    ray.init(address="auto") joins (ray.init's documentation): ray_current_cluster in Ray's temp folder, which is
+    RAY_TMPDIR's, else TMPDIR's, else /tmp's ray/."""
+    base = os.environ["RAY_TMPDIR"] if "RAY_TMPDIR" in os.environ else os.environ.get("TMPDIR", "/tmp")
+    path = Path(base) / "ray" / "ray_current_cluster"
+    try:
+        address = path.read_text().strip()
+    except OSError:
+        return None
+    return (path, address) if address else None
 
 
 def start_local_ray() -> None:
@@ -218,6 +251,43 @@ def convert_once(data: DataConfig, storage: Location) -> tuple[Conversion, ray.O
 def alive_nodes() -> list[dict]:
     """The resources of each node of the cluster that is alive."""
     return [node["Resources"] for node in ray.nodes() if node["Alive"]]
+
+
+def this_machine() -> dict:
+    """This machine's resources as a Ray started here would have at most: its CPUs (Ray counts fewer where a
+    container's quota says so) and the GPUs torch sees."""
+    import torch
+
+    return {"CPU": os.cpu_count() or 1, "GPU": torch.cuda.device_count()}
+
+
+def fitting_resources(config: SearchConfig, nodes: list[dict], where: str) -> dict:
+    """Each trial's CPUs and GPUs (`trial_resources`), refused in one line when no node has that many: Tune would wait
+    for room that never comes. `where` names the nodes: THIS_MACHINE, or the cluster."""
+    resources = trial_resources(config, nodes)
+    asked = [f"--{kind}s-per-trial {value:g}" for kind, value in (("cpu", config.cpus_per_trial),
+                                                                   ("gpu", config.gpus_per_trial)) if value is not None]
+    check_fits(resources, nodes, where, " ".join(asked) or "each trial's default share")
+    return resources
+
+
+def check_fits(resources: dict, nodes: list[dict], where: str, asked: str) -> None:
+    """Refuse trials of `resources` that no node of `nodes` holds; `asked` names where the shares came from."""
+    if any(node.get("CPU", 0) >= resources["cpu"] and node.get("GPU", 0) >= resources["gpu"] for node in nodes):
+        return
+    shapes = sorted({(node.get("CPU", 0), node.get("GPU", 0)) for node in nodes})
+    has = "; ".join(amounts(cpus, gpus) for cpus, gpus in shapes) or "no node"
+    advice = ("ask for at most that, or join a larger Ray cluster with --address" if where == THIS_MACHINE
+              else "ask for at most what one node has")
+    raise UserError(f"{asked}: a trial needs {amounts(resources['cpu'], resources['gpu'])}, and {where} has "
+                    f"{'nodes of ' if len(shapes) > 1 else ''}{has}, so no trial could ever start: {advice}")
+
+
+def amounts(cpus: float, gpus: float) -> str:
+    def counted(value: float, name: str) -> str:
+        return f"{value:g} {name}{'' if value == 1 else 's'}" if value else f"no {name}"
+
+    return f"{counted(cpus, 'CPU')} and {counted(gpus, 'GPU')}"
 
 
 def trial_resources(config: SearchConfig, nodes: list[dict]) -> dict:

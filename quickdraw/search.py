@@ -11,7 +11,10 @@ from datetime import datetime
 import ray
 from ray import tune
 
-from quickdraw.cluster import alive_nodes, convert_once, ray_session, trial_resources
+from quickdraw.cluster import (
+    THIS_MACHINE, alive_nodes, check_fits, chosen_address, convert_once, fitting_resources, ray_session, runs_here,
+    starts_ray_here, this_machine,
+)
 from quickdraw.config import SearchConfig
 from quickdraw.dataset import check_inputs, load_split
 from quickdraw.download import fetch_missing
@@ -32,25 +35,32 @@ def run_search(config: SearchConfig) -> Location:
     experiment = storage / name
     # Ray's workers do not share our working directory: hand them an absolute --data-dir.
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, data_dir=config.data.data_dir.resolve()))
+    if starts_ray_here(config.address):  # a trial that this machine cannot hold is refused before Ray starts
+        fitting_resources(config, [this_machine()], THIS_MACHINE)
     storage.check_writable()
     refuse_existing(experiment)
     fetch_missing(config.data)
     check_inputs(config.data, storage)
-    # Bad input (an address where nothing listens too) is refused before anything is written; the claim is the first
-    # thing written.
-    with ray_session(config.address), stopped_cleanly(experiment), \
-            claim(experiment, "pick another --name, or omit it for a timestamp"):
-        refuse_existing(experiment)  # a driver that claimed it first may have run its search since our first look
-        conversion, split = convert_once(config.data, storage)
-        print(f"split {conversion.counts} of {len(config.data.classes)} classes "
-              f"{'reused from' if conversion.reused else 'converted into'} {conversion.directory}")
+    # Bad input (an address where nothing listens, a trial no node holds, too) is refused before anything is written;
+    # the claim is the first thing written.
+    with ray_session(config.address), stopped_cleanly(experiment):
         nodes = alive_nodes()
-        record = SearchRecord(config, conversion.directory.uri, trial_resources(config, nodes),
-                              run_record(ray.cluster_resources(), len(nodes)))
-        record.write(experiment)
-        fit(build_tuner(config, trainable(split, record.resources, config.space), storage, name), experiment)
-        record_what_ran(experiment, record)
+        resources = fitting_resources(config, nodes, nodes_named(config.address))
+        with claim(experiment, "pick another --name, or omit it for a timestamp"):
+            refuse_existing(experiment)  # a driver that claimed it first may have run its search since our first look
+            conversion, split = convert_once(config.data, storage)
+            print(f"split {conversion.counts} of {len(config.data.classes)} classes "
+                  f"{'reused from' if conversion.reused else 'converted into'} {conversion.directory}")
+            record = SearchRecord(config, conversion.directory.uri, resources,
+                                  run_record(ray.cluster_resources(), len(nodes)))
+            record.write(experiment)
+            fit(build_tuner(config, trainable(split, record.resources, config.space), storage, name), experiment)
+            record_what_ran(experiment, record)
     return experiment
+
+
+def nodes_named(address: str | None) -> str:
+    return THIS_MACHINE if runs_here(address) else f"the Ray cluster at {chosen_address(address)[1]}"
 
 
 def refuse_existing(experiment: Location) -> None:
@@ -70,11 +80,15 @@ def resume_search(experiment: Location, address: str | None) -> Location:
     """Continue a search whose driver stopped: finished trials stay as they are, the others go on
     from their last checkpoints (errored ones too, with a fresh allowance of failures)."""
     record = check_resumable(experiment)
+    asked = f"{experiment}'s trials (search.json)"
+    if starts_ray_here(address):  # trials this machine cannot hold are refused before Ray starts
+        check_fits(record.resources, [this_machine()], THIS_MACHINE, asked)
     with claim(experiment, f"wait for it to end; if its machine was lost, resume once the driver has been silent for "
                            f"{STALE_S} s"):
         location = split_location(experiment)
         arrays = load_split(location)  # before Ray starts: a damaged split is refused at once
         with ray_session(address), stopped_cleanly(experiment):
+            check_fits(record.resources, alive_nodes(), nodes_named(address), asked)
             split = ray.put(arrays)  # into the object store: the trials share its copy
             del arrays
             if experiment.is_local:  # only this driver writes here now (its claim aside): the rest, a killed one left

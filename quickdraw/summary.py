@@ -265,8 +265,10 @@ def to_markdown(summary: Summary) -> str:
     """The best trial in words, then one table of every trial ranked by validation accuracy (the best in bold) with
     the hyperparameters that tell them apart, and a line for those that were the same for every trial."""
     table, shown = summary.table, summary.shown
-    best = best_trial(table)
     lines = ["# Search results", ""]
+    if table.empty:  # stopped before Tune started a trial, as a Ctrl-C while it generates a large grid stops it
+        return "\n".join(lines + ["No trial has started.", ""])
+    best = best_trial(table)
     if best is not None:
         lines += [f"Best: **{best_sentence(table.loc[best], shown)}**.", ""]
     if per_model := best_per_model(table, shown):

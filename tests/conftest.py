@@ -26,6 +26,13 @@ from filelock import FileLock
 from http_mirror import Mirror, serve
 from ray_cluster import free_port
 
+# The suite joins no Ray it did not start (issue 28): not RAY_ADDRESS's from the shell, and none through a Ray started
+# implicitly (Ray's on a first ray.get or ray.put, Tune's in fit), which joins the cluster `ray start` last started on
+# this machine. Set before any test module imports Ray, which reads RAY_ENABLE_AUTO_CONNECT then; processes that tests
+# start inherit it.
+os.environ.pop("RAY_ADDRESS", None)
+os.environ.update(RAY_ENABLE_AUTO_CONNECT="0", TUNE_DISABLE_AUTO_INIT="1")
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DRAWINGS = Path(os.environ.get("QUICKDRAW_DATA", REPO.parent / "shared" / "quickdraw"))
 SHARED_CLASSES = ("apple", "bicycle", "cat", "diamond", "eye", "fish")

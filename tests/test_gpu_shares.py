@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import collections
 import math
+import shutil
 import sys
+import tempfile
 import time
 
 import pytest
@@ -171,8 +173,12 @@ def test_all_trials_run_at_once_on_one_node(ray_with_gpus, expected, pickled_by_
 
 
 @pytest.fixture
-def two_gpu_nodes():
-    """A CPU-only head, where the driver runs, and two nodes of 2 GPUs and 6 CPUs each."""
+def two_gpu_nodes(monkeypatch):
+    """A CPU-only head, where the driver runs, and two nodes of 2 GPUs and 6 CPUs each. In a Ray temp folder of its
+    own: Ray's Cluster writes its address where `ray start` does, and deletes that file at its end, which would
+    redirect and then forget a user's `ray start` cluster."""
+    ray_tmp = tempfile.mkdtemp(prefix="qdgpu-", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
+    monkeypatch.setenv("RAY_TMPDIR", ray_tmp)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     try:
         for _ in range(2):
@@ -183,6 +189,7 @@ def two_gpu_nodes():
     finally:
         ray.shutdown()
         cluster.shutdown()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 @pytest.mark.slow

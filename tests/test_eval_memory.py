@@ -19,8 +19,9 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import REPO
 from quickdraw.compute import Compute
-from quickdraw.training import evaluate, predict_probabilities, to_device
+from quickdraw.training import EVAL_BATCH_SIZE, evaluate, predict_probabilities, to_device
 
 CLASSES = 3
 SMALL = 50_000  # drawings; the large set has 4x as many (25 batches and 98 of EVAL_BATCH_SIZE)
@@ -97,22 +98,30 @@ def test_validating_holds_a_batch_s_memory_whatever_the_set_s_size(large_set, ne
 
 
 def test_testing_holds_its_probabilities_and_a_batch_s_memory(large_set, network):
-    """Plain and mirrored views, as a trial of a network trained on mirror images tests."""
+    """In the mirrored view, as a trial of a network trained on mirror images tests (two passes a batch); both views
+    give each drawing's probabilities, up to the last, partial batch."""
     compute = Compute(torch.device("cpu"))
-    views = {}
-
-    def both_views(drawings, labels):
-        for mirrored in (False, True):
-            views[mirrored] = predict_probabilities(network, drawings, compute, mirrored)
-
-    grown = growth_from_n_to_4n(both_views, large_set)
-    allowed = 2 * 3 * SMALL * PROBABILITY_BYTES + SLACK
+    grown = growth_from_n_to_4n(lambda x, y: predict_probabilities(network, x, compute, mirrored=True), large_set)
+    allowed = 3 * SMALL * PROBABILITY_BYTES + SLACK
     assert grown < allowed, f"testing 3 x {SMALL} more drawings took {grown / 2**20:.0f} MiB more"
-    drawings = large_set[0]
-    some = drawings[-5:].float().div(255)  # the last batch's, which is a partial one
+    drawings = large_set[0][:EVAL_BATCH_SIZE + 5]
+    some = drawings[-5:].float().div(255)
     with torch.no_grad():
         plain, flipped = network(some).softmax(1), network(some.flip(-1)).softmax(1)
-    expected = {False: plain, True: (plain + flipped) / 2}
-    for mirrored, probabilities in views.items():
+    for mirrored, expected in ((False, plain), (True, (plain + flipped) / 2)):
+        probabilities = predict_probabilities(network, drawings, compute, mirrored)
         assert probabilities.shape == (len(drawings), CLASSES) and probabilities.dtype == torch.float32
-        torch.testing.assert_close(probabilities[-5:], expected[mirrored])
+        torch.testing.assert_close(probabilities[-5:], expected)
+
+
+def test_memory_scaling_states_what_each_validation_or_test_drawing_adds_to_a_trial(monkeypatch):
+    """benchmarks/memory_scaling.py --splits: against the case of the same training part with the fewest."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import memory_scaling
+
+    rows = [{"split": [600, 100, 100], "trials": 1, "trial_own_bytes": 500e6},
+            {"split": [600, 1100, 1100], "trials": 1, "trial_own_bytes": 502e6},
+            {"split": [600, 1100, 1100], "trials": 2, "trial_own_bytes": 600e6},
+            {"split": [900, 100, 100], "trials": 1, "trial_own_bytes": 510e6}]
+    memory_scaling.add_evaluated_drawing_cost(rows)
+    assert [row["trial_own_added_per_evaluated_drawing_bytes"] for row in rows] == [None, 1000, None, None]

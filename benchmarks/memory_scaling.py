@@ -2,20 +2,27 @@
 user would, on the real drawings tiled to the size, and samples the memory of the driver and every process it
 starts (Ray's gcs_server, raylet, dashboard, agents, the converter and the trial workers) from
 /proc/<pid>/smaps_rollup every quarter second. The goal (issue 16): memory ~ split + trials x a constant, not
-trials x split, i.e. each trial beyond the first adds at most 0.6 GB whatever the split's size.
+trials x split, i.e. each trial beyond the first adds at most 0.6 GB whatever the split's size; and (issue 28) a
+trial's own memory bounded by its evaluation batch, not growing with the validation and test sets.
 
     python benchmarks/memory_scaling.py [--data-dir ../shared/quickdraw] [--sizes 25000,250000,900000] [--trials 1,2,4]
+    python benchmarks/memory_scaling.py --splits 60000,20000,20000 60000,420000,420000 --trials 1 --batch-size 512
 
 Per size, the class files are tiled (their rows repeated) to the size / classes drawings each, and
 `tune_search.py convert` is timed alone (conversion seconds); every case then reuses that stored split and runs
-one epoch of k trials (k learning rates, batch 256) with --cpus-per-trial cores / k, so that all k run at once on
-this machine's cores (two on the project's machine). Per case:
+one epoch of k trials (k learning rates, batch 256 or --batch-size) with --cpus-per-trial cores / k, so that all k
+run at once on this machine's cores (two on the project's machine). --splits gives the splits themselves instead,
+e.g. one training part with small and with large validation and test parts. Per case:
 
 - peak PSS: the highest sum of Pss over the driver's process tree (shared pages divided among their processes);
 - object store: the sum of Pss_Shmem at that peak (Ray's object store is a deleted /dev/shm/plasma* file mapped by
   the raylet, the converter and the trials; a page counts in the processes that touched it);
 - per-trial own: the highest Pss_Anon (private memory: Python, torch, the trial's own tensors) of a trial worker,
-  the process titled `ray::ImplicitFunc...`;
+  the process titled `ray::ImplicitFunc...`, and trial PSS, its highest Pss (its own and its share of the object
+  store's pages that it reads);
+- added per validation or test drawing: (trial's own - that of the case with the same training part and trials
+  and the fewest validation and test drawings) / the difference in validation and test drawings, in bytes, against
+  the 784 bytes of a drawing's pixels;
 - added per extra trial: (peak PSS - the 1-trial case's peak PSS of the same size) / (k - 1), and its ratio to the
   split's size: about 1 when every trial copies the split, about 0 when the trials share it;
 - images/s: the mean of the trials' `images_per_second` (one epoch each), from their result.json files.
@@ -42,11 +49,12 @@ import numpy as np
 import pandas as pd
 
 from quickdraw.bitmaps import find_class_files
-from quickdraw.cli import int_list
+from quickdraw.cli import int_list, split_sizes
 from quickdraw.config import SplitSizes
 
 SIZES = "25000,250000,900000"
 TRIALS = "1,2,4"
+BATCH_SIZE = 256
 CPUS = os.cpu_count() or 1  # this machine's cores, shared by the trials of a case
 # Training stays small so that a case takes about a minute; validation and test take the rest of the size.
 SPLITS = {25_000: SplitSizes(15_000, 5_000, 5_000), 250_000: SplitSizes(30_000, 110_000, 110_000),
@@ -60,8 +68,7 @@ FIELDS = ("Pss", "Pss_Anon", "Pss_Shmem", "Pss_File")
 def main() -> None:
     args = parse_args()
     rows = []
-    for size in args.sizes:
-        split = args.split or split_for(size)
+    for split in args.splits:
         with tempfile.TemporaryDirectory(prefix="qdmem-") as work:
             data = tile_class_files(args.data_dir, args.classes, split, Path(work) / "data")
             storage = Path(work) / "storage"
@@ -71,16 +78,18 @@ def main() -> None:
             split_bytes = stored_split_bytes(storage)
             drawings = sum(split_counts(split))
             for trials in args.trials:
-                case = run_case(flags, trials, storage)
+                case = run_case(flags, trials, storage, args.batch_size)
                 rows.append({"drawings": drawings, "trials": trials, "split": list(split_counts(split)),
-                             "split_bytes": split_bytes, "conversion_seconds": conversion, **case})
-                print(f"{drawings} drawings, {trials} trial(s): peak PSS {case['peak_pss_bytes'] / 1e9:.2f} GB",
-                      flush=True)
+                             "batch_size": args.batch_size, "split_bytes": split_bytes,
+                             "conversion_seconds": conversion, **case})
+                print(f"split {joined(split)}, {trials} trial(s): peak PSS {case['peak_pss_bytes'] / 1e9:.2f} GB, "
+                      f"trial {case['trial_pss_bytes'] / 1e9:.2f} GB", flush=True)
     add_extra_trial_cost(rows)
+    add_evaluated_drawing_cost(rows)
     common.save(args.output, rows, table(rows),
-                f"Memory of one epoch of k trials at once (--cpus-per-trial {CPUS}/k), by split size; "
-                f"peak PSS summed over the driver and every Ray process",
-                floatfmt=(".0f", ".0f", ".1f", ".2f", ".2f", ".2f", ".2f", ".2f", ".1f", ".0f"))
+                f"Memory of one epoch of k trials at once (--cpus-per-trial {CPUS}/k, batch {args.batch_size}), by "
+                f"split; peak PSS summed over the driver and every Ray process",
+                floatfmt=(".0f", "", ".0f", ".1f", ".2f", ".2f", ".2f", ".2f", ".0f", ".2f", ".2f", ".1f", ".0f"))
 
 
 def split_for(size: int) -> SplitSizes:
@@ -138,11 +147,11 @@ def stored_split_bytes(storage: Path) -> int:
     return total
 
 
-def run_case(flags: list, trials: int, storage: Path) -> dict:
+def run_case(flags: list, trials: int, storage: Path, batch_size: int) -> dict:
     """One search of `trials` trials at once, its process tree sampled until it exits."""
     name = f"trials-{trials}"
     lrs = ",".join(f"{0.001 * (i + 1):g}" for i in range(trials))
-    argv = [sys.executable, "tune_search.py", *flags, "--name", name, "--epochs", "1", "--batch-sizes", "256",
+    argv = [sys.executable, "tune_search.py", *flags, "--name", name, "--epochs", "1", "--batch-sizes", batch_size,
             "--lrs", lrs, "--cpus-per-trial", f"{CPUS / trials:g}"]
     ray_tmp = tempfile.mkdtemp(prefix="qdmem-", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
     log = storage / f"{name}.log"
@@ -256,23 +265,41 @@ def images_per_second(experiment: Path) -> float:
 
 
 def add_extra_trial_cost(rows: list[dict]) -> None:
-    """What each trial beyond the first adds to the peak, against the 1-trial case of the same size."""
-    single = {row["drawings"]: row["peak_pss_bytes"] for row in rows if row["trials"] == 1}
+    """What each trial beyond the first adds to the peak, against the 1-trial case of the same split."""
+    single = {tuple(row["split"]): row["peak_pss_bytes"] for row in rows if row["trials"] == 1}
     for row in rows:
         added = None
-        if row["trials"] > 1 and row["drawings"] in single:
-            added = (row["peak_pss_bytes"] - single[row["drawings"]]) / (row["trials"] - 1)
+        if row["trials"] > 1 and tuple(row["split"]) in single:
+            added = (row["peak_pss_bytes"] - single[tuple(row["split"])]) / (row["trials"] - 1)
         row["added_per_extra_trial_bytes"] = added
         row["added_per_extra_trial_over_split"] = None if added is None else added / row["split_bytes"]
+
+
+def evaluated(row: dict) -> int:
+    """The case's validation and test drawings."""
+    return sum(row["split"][1:])
+
+
+def add_evaluated_drawing_cost(rows: list[dict]) -> None:
+    """What each validation or test drawing adds to a trial's own memory, against the case of the same training part
+    and trials with the fewest validation and test drawings (none for that case itself)."""
+    for row in rows:
+        alike = [other for other in rows if other["split"][0] == row["split"][0] and other["trials"] == row["trials"]]
+        smallest = min(alike, key=evaluated)
+        extra = evaluated(row) - evaluated(smallest)
+        row["trial_own_added_per_evaluated_drawing_bytes"] = (
+            (row["trial_own_bytes"] - smallest["trial_own_bytes"]) / extra if extra else None)
 
 
 def table(rows: list[dict]) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
     gb = 1e9
     return pd.DataFrame({
-        "drawings": frame.drawings, "trials": frame.trials, "split MB": frame.split_bytes / 1e6,
+        "drawings": frame.drawings, "split": frame.split.map(lambda counts: "/".join(map(str, counts))),
+        "trials": frame.trials, "split MB": frame.split_bytes / 1e6,
         "peak PSS GB": frame.peak_pss_bytes / gb, "object store GB": frame.object_store_bytes / gb,
-        "per-trial own GB": frame.trial_own_bytes / gb,
+        "per-trial own GB": frame.trial_own_bytes / gb, "trial PSS GB": frame.trial_pss_bytes / gb,
+        "own B per val/test drawing": frame.trial_own_added_per_evaluated_drawing_bytes.astype(float),
         "added per extra trial GB": frame.added_per_extra_trial_bytes.astype(float) / gb,
         "added / split": frame.added_per_extra_trial_over_split.astype(float),
         "conversion s": frame.conversion_seconds, "images/s": frame.images_per_second,
@@ -288,13 +315,19 @@ def parse_args() -> argparse.Namespace:
         + "; ".join(f"{size}: {joined(split)}" for size, split in SPLITS.items()) + "; 60/20/20 for other sizes)")
     parser.add_argument("--sizes", type=int_list, default=int_list(SIZES),
                         help=f"drawings in the split (default {SIZES})")
+    parser.add_argument("--splits", type=split_sizes, nargs="+", metavar="TRAIN,VALIDATION,TEST",
+                        help="the splits to run instead of --sizes, e.g. 60000,20000,20000 60000,420000,420000")
     parser.add_argument("--trials", type=int_list, default=int_list(TRIALS),
                         help=f"trials at once, each with {CPUS}/k CPUs (default {TRIALS})")
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="default %(default)s")
     args = parser.parse_args()
     if args.split is not None and (len(args.sizes) != 1 or sum(split_counts(args.split)) != args.sizes[0]):
         parser.error("--split goes with a single --sizes equal to its total")
+    if args.splits and args.split is not None:
+        parser.error("give --splits or --split, not both")
     if any(k < 1 for k in args.trials):
         parser.error("--trials must be 1 or more")
+    args.splits = args.splits or [args.split or split_for(size) for size in args.sizes]
     return args
 
 

@@ -265,21 +265,32 @@ def train_epoch(network, training: Training, drawings, labels, batch_size: int, 
 
 @torch.no_grad()
 def evaluate(network, drawings, labels, compute: Compute) -> tuple[float, float]:
-    """Mean loss and accuracy on drawings the network does not train on."""
-    logits = predict_logits(network, drawings, compute)
-    labels = labels.to(logits.device)
-    return F.cross_entropy(logits, labels).item(), (logits.argmax(1) == labels).float().mean().item()
+    """Mean loss and accuracy on drawings the network does not train on, summed batch by batch (see
+    `evaluation_batches`): the set's logits are never held."""
+    total_loss = torch.zeros((), dtype=torch.float64, device=drawings.device)
+    correct = torch.zeros((), dtype=torch.long, device=drawings.device)
+    with compute.autocast():
+        for batch, inputs in evaluation_batches(network, drawings, compute):
+            logits = network(inputs).float()
+            batch_labels = labels[batch].to(logits.device)
+            total_loss += F.cross_entropy(logits, batch_labels, reduction="sum")
+            correct += (logits.argmax(1) == batch_labels).sum()
+    return total_loss.item() / len(labels), correct.item() / len(labels)
 
 
 @torch.no_grad()
 def predict_probabilities(network, drawings, compute: Compute, mirrored: bool = False) -> torch.Tensor:
-    """fp32 class probabilities of every drawing, in batches as `predict_logits` computes them; with `mirrored`, the
-    mean of the probabilities of each drawing and of its mirror image (left-right), a test-time view for a network
-    trained on mirrored drawings."""
-    network.eval()
+    """fp32 class probabilities of every drawing, on the drawings' device, each batch written into one array (see
+    `evaluation_batches`); with `mirrored`, the mean of the probabilities of each drawing and of its mirror image
+    (left-right), a test-time view for a network trained on mirrored drawings."""
+    probabilities = None
     with compute.autocast():
-        return torch.cat([view_probabilities(network, compute.dynamic_batch(compute.inputs(batch)), mirrored)
-                          for batch in drawings.split(EVAL_BATCH_SIZE)])
+        for batch, inputs in evaluation_batches(network, drawings, compute):
+            batch_probabilities = view_probabilities(network, inputs, mirrored)
+            if probabilities is None:  # the first batch tells the number of classes
+                probabilities = batch_probabilities.new_empty((len(drawings), batch_probabilities.shape[1]))
+            probabilities[batch] = batch_probabilities
+    return probabilities
 
 
 def view_probabilities(network, inputs: torch.Tensor, mirrored: bool) -> torch.Tensor:
@@ -288,11 +299,16 @@ def view_probabilities(network, inputs: torch.Tensor, mirrored: bool) -> torch.T
     return torch.stack([network(view).float().softmax(1) for view in views]).mean(0)
 
 
-@torch.no_grad()
-def predict_logits(network, drawings, compute: Compute) -> torch.Tensor:
-    """fp32 logits of every drawing, computed in batches of EVAL_BATCH_SIZE (of any size when compiled: one graph,
-    see `Compute.dynamic_batch`)."""
+def evaluation_batches(network, drawings, compute: Compute):
+    """The network in eval mode, then (slice, float inputs) of each batch of EVAL_BATCH_SIZE drawings (of any size
+    when compiled: one graph, see `Compute.dynamic_batch`); no drawings give one empty batch, so that a prediction
+    still has its classes' width.
+
+    Memory stays that of a batch whatever the set's size when nothing made for a batch outlives it but sums and
+    what is written into an array allocated once: on the CPU, batch outputs kept until the end (logits gathered for
+    one torch.cat) sat between the batches' large temporaries in the heap, which then could reuse none of them,
+    and grew by several KB per drawing (issue 28)."""
     network.eval()
-    batches = drawings.split(EVAL_BATCH_SIZE)
-    with compute.autocast():
-        return torch.cat([network(compute.dynamic_batch(compute.inputs(batch))).float() for batch in batches])
+    for start in range(0, len(drawings) or 1, EVAL_BATCH_SIZE):
+        batch = slice(start, start + EVAL_BATCH_SIZE)
+        yield batch, compute.dynamic_batch(compute.inputs(drawings[batch]))

@@ -164,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("experiment", help="the experiment folder, <storage>/<name> (a path or URI)")
     report.add_argument("--format", choices=EXPORT_FORMATS, default="md",
                         help="format of the table printed or written to --output (default %(default)s)")
-    report.add_argument("--output", metavar="FILE", help="write the table to FILE (a path or URI, outside the experiment; '-': standard output) instead of printing it")
+    report.add_argument("--output", metavar="FILE", help="write the table to FILE (a path or URI, outside the "
+                        "experiment; '-': standard output) instead of printing it")
     add_ensemble_flag(report, "(default: the search's own --ensemble)", default=None)
     report.set_defaults(handler=report_command)
 

@@ -4,8 +4,8 @@ experiment claimed for this driver, Ray, the split converted once, search.json, 
 from __future__ import annotations
 
 import contextlib
-import shlex
 import dataclasses
+import shlex
 from datetime import datetime
 
 import ray
@@ -128,7 +128,8 @@ def storage_stopped(experiment: Location, error: BaseException) -> UserError | N
     if fault.kind == "gone":
         return UserError(f"{fault}; the search's files went with it: run the same command again to start it over")
     if fault.kind == "deleted":  # resuming cannot bring them back; what is left stays as it is
-        return UserError(f"{fault}; `python tune_search.py report {shlex.quote(str(experiment))}` lists the trials that are left")
+        return UserError(f"{fault}; `python tune_search.py report {shlex.quote(str(experiment))}` lists the trials "
+                         "that are left")
     return StorageFault(str(fault), experiment)
 
 

@@ -4,8 +4,8 @@
   weights_<k>.safetensors  the same, as safetensors
   model.onnx          the whole model as one ONNX graph, bitmaps to probabilities (quickdraw.portable)
   config.json         the members (their trials, weights in the average, views, hyperparameters and accuracies),
-                      the model's validation and test accuracy, model.onnx's input, output and classes, and where
-                      it came from
+                      the model's validation and test accuracy, model.onnx's input, output and classes, where it
+                      came from, and each other file's SHA-256
   classes.txt         the class names, one per line, in the order of the networks' outputs
   preprocessing.json  how a drawing becomes a network's input (quickdraw.images)
 
@@ -15,6 +15,7 @@ validation probabilities (quickdraw.ensemble); one member is the single best tri
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import pickle
@@ -50,6 +51,7 @@ BEST_MODEL_DIR = "best_model"
 CONFIG_FILE, CLASSES_FILE, PREPROCESSING_FILE = "config.json", "classes.txt", "preprocessing.json"
 WEIGHTS_PREFIX = "weights_"  # weights_0.pt, weights_0.safetensors, weights_1.pt, ...: the members' in config.json's order
 TRIAL_SETTINGS = ("epochs", "seed")  # besides the hyperparameters
+SHA256 = "sha256"  # config.json's key: each other file of best_model/ by name, its SHA-256 in hex
 
 
 def choose_model(experiment: Location, trials: pd.DataFrame, split: Split | None, size: int,
@@ -112,11 +114,21 @@ def best_model_files(experiment: Location, chosen: ChosenModel | None,
         classes = SearchRecord.read(experiment).config.data.classes
         members = [read_member(experiment, member, f"{WEIGHTS_PREFIX}{k}", len(classes), histories)
                    for k, member in enumerate(chosen.members)]
-        files = model_files(members, classes)
+        config = model_config(experiment, chosen, [entry for entry, _, _ in members], classes)
+        files = {**weights_files(members), CLASSES_FILE: ("\n".join(classes) + "\n").encode(),
+                 PREPROCESSING_FILE: (strict_json.dumps(PREPROCESSING, indent=2) + "\n").encode()}
+        files[ONNX_FILE] = (previous_onnx(experiment, config, files)
+                            or onnx_model([network for _, _, network in members], config["members"], classes))
     except (OSError, ValueError, KeyError, IndexError, RuntimeError, UserError) as e:  # the exporter's: RuntimeError
         print(f"{experiment / BEST_MODEL_DIR} not written (left as it was): {first_line(e)}", file=sys.stderr)
         return None
-    entries = [entry for entry, _, _ in members]
+    config[SHA256] = {name: sha256(data) for name, data in sorted(files.items())}
+    # Last: its presence means complete. A number no trial measured (NaN) is null.
+    return {**files, CONFIG_FILE: (strict_json.dumps(config, indent=2) + "\n").encode()}
+
+
+def model_config(experiment: Location, chosen: ChosenModel, entries: list[dict], classes: list[str]) -> dict:
+    """config.json's content but the files' SHA-256, as strict JSON takes it (a number no trial measured is null)."""
     first = entries[0]
     config = {
         "members": entries,
@@ -128,10 +140,27 @@ def best_model_files(experiment: Location, chosen: ChosenModel | None,
         PRECISION: first[PRECISION], "precision_asked": first["precision_asked"], DEVICE: first[DEVICE],
         "experiment": experiment.uri,
     }
-    return {**files, CLASSES_FILE: ("\n".join(classes) + "\n").encode(),
-            PREPROCESSING_FILE: (strict_json.dumps(PREPROCESSING, indent=2) + "\n").encode(),
-            # Last: its presence means complete. A number no trial measured (NaN) is null.
-            CONFIG_FILE: (strict_json.dumps(strict_json.nulled(config), indent=2) + "\n").encode()}
+    return strict_json.nulled(config)
+
+
+def previous_onnx(experiment: Location, config: dict, files: dict[str, bytes]) -> bytes | None:
+    """The model.onnx that best_model/ holds when exporting again would give the same model (the same config.json, the
+    same weights and files, and model.onnx as config.json's SHA-256 says it was written), else None. The exporter
+    takes seconds; a report of a search that trained no further chooses the same model."""
+    folder = experiment / BEST_MODEL_DIR
+    try:
+        previous = json.loads((folder / CONFIG_FILE).read_text())
+        hashes = previous.pop(SHA256)
+        if previous != json.loads(strict_json.dumps(config)) or any(hashes.get(name) != sha256(data) for name, data in files.items()):
+            return None
+        onnx = (folder / ONNX_FILE).read_bytes(MODEL_LIMIT)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return onnx if hashes.get(ONNX_FILE) == sha256(onnx) else None
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def publish_best_model(experiment: Location, files: dict[str, bytes]) -> Location:
@@ -147,10 +176,9 @@ def publish_best_model(experiment: Location, files: dict[str, bytes]) -> Locatio
     return folder
 
 
-def model_files(members: list[tuple[dict, dict, torch.nn.Module]], classes: list[str]) -> dict[str, bytes]:
-    """The bytes of model.onnx and of each member's weights files, by file name."""
-    files = {ONNX_FILE: onnx_model([network for _, _, network in members], [entry for entry, _, _ in members],
-                                   classes)}
+def weights_files(members: list[tuple[dict, dict, torch.nn.Module]]) -> dict[str, bytes]:
+    """The bytes of each member's weights files, by file name."""
+    files = {}
     for entry, weights, _ in members:
         buffer = io.BytesIO()
         torch.save(weights, buffer)

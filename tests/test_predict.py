@@ -148,6 +148,32 @@ def test_a_damaged_or_missing_member_leaves_best_model_as_it_was(search, tmp_pat
         assert {file.name: file.read_bytes() for file in (experiment / "best_model").iterdir()} == before
 
 
+def test_a_report_of_the_same_model_keeps_its_model_onnx_and_exports_a_changed_one(search, tmp_path, monkeypatch):
+    """config.json holds each other file's SHA-256; a report that chooses the same model reuses model.onnx (the
+    exporter takes seconds), and one whose model.onnx no longer matches its SHA-256 exports it again."""
+    import hashlib
+    import shutil
+
+    experiment = shutil.copytree(search[2], tmp_path / "copy")
+    folder = experiment / "best_model"
+    assert run_in_process("report", experiment).returncode == 0  # config.json names the copy: exported again
+    hashes = json.loads((folder / "config.json").read_text())["sha256"]
+    assert hashes == {file.name: hashlib.sha256(file.read_bytes()).hexdigest()
+                      for file in folder.iterdir() if file.name != "config.json"}
+    before = {file.name: file.read_bytes() for file in folder.iterdir()}
+
+    def exporter(*_):
+        raise RuntimeError("exported again")
+
+    monkeypatch.setattr("quickdraw.best_model.onnx_model", exporter)
+    reused = run_in_process("report", experiment)
+    assert reused.returncode == 0 and "best_model" not in reused.stderr, reused.stderr
+    assert {file.name: file.read_bytes() for file in folder.iterdir()} == before
+    (folder / "model.onnx").write_bytes(before["model.onnx"][:-1] + b"\0")
+    changed = run_in_process("report", experiment)
+    assert f"{folder} not written (left as it was): exported again" in changed.stderr, changed.stderr
+
+
 def test_best_model_predicts_alone_once_the_trials_are_gone(search, tmp_path):
     import shutil
 

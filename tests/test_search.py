@@ -9,7 +9,7 @@ import time
 import pytest
 import ray
 
-from conftest import REPO, SYNTHETIC_CLASSES, start_cli, write_class_files
+from conftest import REPO, SYNTHETIC_CLASSES, run_in_process, start_cli, write_class_files
 from experiment_checks import reported
 from quickdraw.config import DataConfig, SearchConfig, SplitSizes
 from quickdraw.cluster import trial_resources
@@ -70,8 +70,7 @@ def test_an_experiment_stopped_early_reports_its_unfinished_trials(tmp_path):
     output, _ = driver.communicate(timeout=120)
     assert driver.returncode == 1, output[-3000:]
     check_console(output, experiment)
-    result = subprocess.run([sys.executable, "tune_search.py", "report", experiment],
-                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = run_in_process("report", experiment)
     assert result.returncode == 0, result.stderr
     assert "did not finish" in result.stdout
     import pandas as pd

@@ -14,7 +14,8 @@ import pyarrow.fs as pafs
 import pytest
 
 from conftest import DOWNLOADED_CLASSES as DOWNLOADED
-from conftest import download, npy_bytes, source_drawings, split_for, SYNTHETIC_CLASSES, run_cli, start_cli, write_class_files
+from conftest import (download, npy_bytes, source_drawings, split_for, SYNTHETIC_CLASSES, run_cli, run_in_process,
+                      start_cli, write_class_files)
 from experiment_checks import trial_dirs
 from http_mirror import Mirror, serve
 from quickdraw.experiment import read_results
@@ -96,13 +97,13 @@ def test_a_disk_that_fills_up_mid_run_ends_it_with_one_line_naming_the_disk(fill
 
 def test_report_on_the_full_disk_is_one_line_then_lists_every_trial_once_there_is_space(filled_run, disk):
     experiment, filler, _, _, finished = filled_run
-    full = run_cli("report", experiment)
+    full = run_in_process("report", experiment)
     assert full.returncode == 2 and full.stderr.strip().splitlines()[-1] == (
         f"tune_search.py: error: the disk that holds {experiment} is full ({disk}: 0.0 MiB of 64 MiB free); free some "
         "space there, then run the command again"), full.stderr
     assert not list(experiment.rglob("*.tmp-*"))
     filler.unlink()
-    report = run_cli("report", experiment, "--format", "csv")
+    report = run_in_process("report", experiment, "--format", "csv")
     assert report.returncode == 0, report.stderr[-3000:]
     table = pd.read_csv(experiment / "summary.csv")
     assert len(table) == 2  # every trial, from Tune's state or, when the full disk cut it short, from the folders
@@ -136,8 +137,8 @@ def test_report_and_convert_on_read_only_storage_are_one_line(filled_run, disk, 
     before = {p: p.read_bytes() for p in experiment.rglob("*") if p.is_file()}
     subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
     try:
-        report = run_cli("report", experiment)
-        converted = run_cli("convert", "--data-dir", write_class_files(tmp_path / "data"), "--classes",
+        report = run_in_process("report", experiment)
+        converted = run_in_process("convert", "--data-dir", write_class_files(tmp_path / "data"), "--classes",
                             ",".join(SYNTHETIC_CLASSES), "--split", "300,60,30", "--storage", disk)
     finally:
         subprocess.run(["mount", "-o", "remount,rw", str(disk)], check=True)

@@ -22,7 +22,7 @@ import requests
 from PIL import Image, ImageDraw
 from playwright.sync_api import Error as PlaywrightError, expect
 
-from conftest import needs_shared_drawings, run_cli, start_cli
+from conftest import needs_shared_drawings, run_in_process, start_cli
 from quickdraw.dataset import load_split
 from quickdraw.storage import Location
 from strokes import draw_with_mouse, strokes
@@ -59,7 +59,7 @@ def drawings(real_experiment, tmp_path_factory):
     chosen = np.concatenate([np.flatnonzero(split.y_test == label)[:PER_CLASS] for label in range(len(split.classes))])
     npy = tmp_path_factory.mktemp("play") / "drawings.npy"
     np.save(npy, split.x_test[chosen])
-    result = run_cli("predict", real_experiment, npy)
+    result = run_in_process("predict", real_experiment, npy)
     assert result.returncode == 0, result.stderr[-3000:]
     top3 = [re.findall(r"(?:: |, )(.+?) \d+\.\d+%", line) for line in result.stdout.splitlines()]
     labels = split.y_test[chosen]

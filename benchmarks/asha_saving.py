@@ -21,7 +21,7 @@ import ray
 from quickdraw.catalogue import HYPERPARAMETER
 from quickdraw.cli import add_hyperparameter_flag
 from quickdraw.config import DataConfig, SearchConfig
-from quickdraw.report import write_report
+from quickdraw.experiment import load_trials
 from quickdraw.search import run_search
 from quickdraw.space import grid_size, merge
 from quickdraw.summary import best_trial
@@ -54,7 +54,7 @@ def run_grid(config: SearchConfig) -> dict:
     started = time.perf_counter()
     experiment = run_search(config)
     wall = time.perf_counter() - started
-    table = write_report(experiment).table
+    table, _ = load_trials(experiment)  # the summary's table, as write_report reads it; no report is written
     best = table.loc[best_trial(table)]
     return {
         "scheduler": config.scheduler, "trials": len(table), "stopped": int((table.status == "stopped").sum()),

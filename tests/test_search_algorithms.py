@@ -2,8 +2,9 @@
 --max-concurrent-trials at once, ASHA on top, TensorBoard's HParams domains, and `resume` after a SIGKILLed driver
 going on with the sampler's saved state instead of starting it again.
 
-A search costs seconds of Ray and Tune however small it is: the random search whose trials the tests read is the one
-that was killed and resumed."""
+A search costs seconds of Ray and Tune however small it is, so each one here serves several tests: the random search
+whose trials the tests read is the one that was killed and resumed, and the Optuna search under ASHA is the one stored
+in S3 and resumed from the bucket."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
+import pyarrow.fs as pafs
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import metadata as hparams_metadata
@@ -173,33 +175,45 @@ def test_tensorboard_declares_each_searched_hyperparameter_with_its_domain(rando
         assert declared["values"]["lr"].number_value == pytest.approx(config["lr"])
 
 
-# --- an Optuna search under ASHA, and one stored in S3 ----------------------------------------------------------------
+# --- an Optuna search under ASHA, stored in S3 ------------------------------------------------------------------------
+
+OPTUNA_SAMPLES = 4  # --seed 0's first (lr 0.0016) learns in an epoch: ASHA stopped 2 or 3 of the others here
+STORAGE, NAME = f"s3://{BUCKET}/sampled", "optuna"
+
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     return write_class_files(tmp_path_factory.mktemp("algorithms") / "data")
 
 
-def search(data: Path, storage: Path, name: str, *flags, space: str = SPACE):
-    (storage.parent / f"{name}.yaml").write_text(space)
-    return run_cli("--data-dir", data, "--classes", ",".join(SYNTHETIC_CLASSES), "--split", "300,60,30",
-                   "--space", storage.parent / f"{name}.yaml", "--storage", storage, "--name", name, *flags)
-
-
-def test_optuna_with_asha_at_most_two_at_once(data):
-    storage = data.parent / "results"
-    result = search(data, storage, "optuna", "--search", "optuna", "--num-samples", 6, "--max-concurrent-trials", 2,
-                    "--scheduler", "asha", "--grace-period", 1, "--epochs", 4,
-                    space="lr: {loguniform: [1.0e-5, 1.0e-1]}\nbatch_size: [16, 64]\n")
+@pytest.fixture(scope="module")
+def optuna_search(s3_env, data) -> Path:
+    """Optuna's TPE under ASHA, at most two trials at once, stored on an S3-compatible server
+    (tests/test_s3_storage.py's); returned as a local copy of the experiment, taken before anything resumed it."""
+    (data.parent / "optuna.yaml").write_text("lr: {loguniform: [1.0e-5, 1.0e-1]}\nbatch_size: [16, 64]\n")
+    result = run_cli("--data-dir", data, "--classes", ",".join(SYNTHETIC_CLASSES), "--split", "300,60,30",
+                     "--search", "optuna", "--space", data.parent / "optuna.yaml", "--num-samples", OPTUNA_SAMPLES,
+                     "--max-concurrent-trials", 2, "--scheduler", "asha", "--grace-period", 1, "--epochs", 3,
+                     "--storage", STORAGE, "--name", NAME, env=s3_env)
     assert result.returncode == 0, result.stderr[-3000:]
-    experiment = storage / "optuna"
+    s3 = pafs.S3FileSystem(endpoint_override=s3_env["AWS_ENDPOINT_URL"], access_key="testing", secret_key="testing",
+                           region="us-east-1")
+    copy = data.parent / NAME
+    pafs.copy_files(f"{BUCKET}/sampled/{NAME}", str(copy), source_filesystem=s3,
+                    destination_filesystem=pafs.LocalFileSystem())
+    return copy
+
+
+def test_optuna_with_asha_at_most_two_at_once(optuna_search):
+    experiment = optuna_search
     trials = configs(experiment)
-    assert len(trials) == 6 and all(type(c["batch_size"]) is int and c["batch_size"] in (16, 64) for c in trials)
+    assert len(trials) == OPTUNA_SAMPLES
+    assert all(type(c["batch_size"]) is int and c["batch_size"] in (16, 64) for c in trials)
     assert list(experiment.glob("searcher-state-*.pkl")), "Optuna's study was not saved beside the experiment"
     table = pd.read_csv(experiment / "summary.csv")
     assert set(table.status) <= {"finished", "stopped"} and (table.status == "stopped").any()
     trials, _ = load_trials(Location.parse(str(experiment)))  # Optuna's trial ids are random; their numbers are not
-    assert sorted(trials.trial_number) == list(range(1, 7))
+    assert sorted(trials.trial_number) == list(range(1, OPTUNA_SAMPLES + 1))
     spans = [running_span(trial) for trial in trial_folders(experiment)]
     at_once = max(sum(start <= moment <= end for start, end in spans) for moment, _ in spans)
     assert at_once <= 2, spans
@@ -213,25 +227,23 @@ def running_span(trial: Path) -> tuple[float, float]:
     return events.FirstEventTimestamp(), last
 
 
-def test_an_optuna_search_on_s3_reports_and_resumes_from_the_bucket(s3_env, data):
-    """Storage on an S3-compatible server (tests/test_s3_storage.py's): the study is saved in the bucket, and a
-    `resume` of the finished search restores it from there and runs no trial again."""
-    (data.parent / "s3.yaml").write_text("lr: {loguniform: [1.0e-4, 1.0e-1]}\n")
-    flags = ["--data-dir", data, "--classes", ",".join(SYNTHETIC_CLASSES), "--split", "300,60,30", "--epochs", 2,
-             "--search", "optuna", "--num-samples", 3, "--space", data.parent / "s3.yaml", "--batch-sizes", 32,
-             "--storage", f"s3://{BUCKET}/sampled", "--name", "optuna"]
-    result = run_cli(*flags, env=s3_env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    stored = s3_keys(s3_env, "sampled/optuna/")
+def test_an_optuna_search_on_s3_reports_and_resumes_from_the_bucket(s3_env, optuna_search):
+    """The study is saved in the bucket, and a `resume` of the finished search restores it from there and runs no
+    trial again: every trial's results, and the summary, stay as the search left them."""
+    stored = s3_keys(s3_env, f"sampled/{NAME}/")
     assert any(key.split("/")[-1].startswith("searcher-state-") for key in stored), stored
-    assert {"sampled/optuna/summary.csv", "sampled/optuna/best_model/config.json"} <= stored
-    trials = {key.split("/")[2] for key in stored if key.startswith("sampled/optuna/lr=")}
-    assert len(trials) == 3
+    assert {f"sampled/{NAME}/summary.csv", f"sampled/{NAME}/best_model/config.json"} <= stored
+    trials = {key.split("/")[2] for key in stored if key.startswith(f"sampled/{NAME}/lr=")}
+    assert trials == {trial.name for trial in trial_folders(optuna_search)} and len(trials) == OPTUNA_SAMPLES
 
-    resumed = run_cli("resume", f"s3://{BUCKET}/sampled/optuna", env=s3_env, timeout=300)
+    resumed = run_cli("resume", f"{STORAGE}/{NAME}", env=s3_env, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    after = s3_keys(s3_env, "sampled/optuna/")
-    assert {key.split("/")[2] for key in after if key.startswith("sampled/optuna/lr=")} == trials
-    table = pd.read_csv(io.BytesIO(s3_client(s3_env).get_object(Bucket=BUCKET, Key="sampled/optuna/summary.csv")
-                                   ["Body"].read()))
-    assert len(table) == 3 and (table.status == "finished").all() and table.lr.nunique() == 3
+    after = s3_keys(s3_env, f"sampled/{NAME}/")
+    assert {key.split("/")[2] for key in after if key.startswith(f"sampled/{NAME}/lr=")} == trials
+    client = s3_client(s3_env)
+    for trial in trials:
+        result = client.get_object(Bucket=BUCKET, Key=f"sampled/{NAME}/{trial}/result.json")["Body"].read()
+        assert result == (optuna_search / trial / "result.json").read_bytes(), f"{trial} ran again"
+    table = pd.read_csv(io.BytesIO(client.get_object(Bucket=BUCKET, Key=f"sampled/{NAME}/summary.csv")["Body"].read()))
+    assert table.equals(pd.read_csv(optuna_search / "summary.csv")), table
+    assert len(table) == OPTUNA_SAMPLES and table.lr.nunique() == OPTUNA_SAMPLES

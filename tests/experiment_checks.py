@@ -20,6 +20,13 @@ from quickdraw.storage import Location
 from ray_cluster import kill_processes
 
 
+def strict_json(text: str):
+    """JSON as a strict parser reads it: a bare NaN, Infinity or -Infinity token is an error."""
+    def refuse(token):
+        raise ValueError(f"{token} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
 def trial_dirs(experiment: Path) -> list[Path]:
     return sorted(p for p in experiment.iterdir() if p.is_dir() and p.name.startswith("lr="))
 

@@ -1,6 +1,7 @@
 """Trials whose loss becomes NaN or infinite end as diverged (issue 28, item 12): the training core says so
 (quickdraw.training), the trial reports it and ends untested, and every reader shows it as such, never as a finished
-trial nor as the best model. A real grid in which lr 1e10 turns the seed CNN's loss to NaN in its first epoch."""
+trial nor as the best model. The real grid in which lr 1e10 turns the seed CNN's loss to NaN in its first epoch is
+tests/test_asha.py's, under ASHA, which a diverged trial's result without a validation loss must pass by."""
 
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import SYNTHETIC_CLASSES, copy_experiment, run_cli, run_in_process, synthetic_tensors, write_class_files
-from experiment_checks import chosen_trial, ranked_rows, results, trial_dirs
+from conftest import copy_experiment, run_in_process, synthetic_tensors
+from experiment_checks import chosen_trial, ranked_rows, results, strict_json, trial_dirs
 from quickdraw.catalogue import DIVERGED
 from quickdraw.compute import choose
-from quickdraw.experiment import SAVED_STATE_PREFIXES, load_trials
+from quickdraw.experiment import load_trials
 from quickdraw.model import MODELS
 from quickdraw.storage import Location
 from quickdraw.summary import Importance, Summary, to_json, to_markdown, trial_row, trial_table
@@ -23,13 +24,6 @@ from quickdraw.training import Hyperparameters, Trainer
 
 DIVERGING_LR, SANE_LR = 1e10, 0.003  # 1e10: NaN in the first epoch, every time; 0.003 learns the synthetic classes
 LOSSES_AND_ACCURACIES = {"train_loss", "train_accuracy", "val_loss", "val_accuracy"}
-
-
-def strict_json(text: str):
-    """JSON as a strict parser reads it: a bare NaN, Infinity or -Infinity token is an error."""
-    def refuse(token):
-        raise ValueError(f"{token} is not JSON")
-    return json.loads(text, parse_constant=refuse)
 
 
 # --- the training core ------------------------------------------------------------------------------------------------
@@ -130,61 +124,7 @@ def test_a_planted_diverged_result_reads_as_diverged_from_the_trial_folders_alon
     assert (row.status, row.epochs, row.best) == ("diverged", 1, False) and math.isnan(row.best_val_accuracy)
 
 
-# --- a real grid with a diverging learning rate -----------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def diverged_run(tmp_path_factory):
-    """lr 1e10 and lr 0.003, two epochs, under ASHA: the diverged result holds no validation loss, ASHA's metric,
-    which Tune's strict metric check would refuse."""
-    root = tmp_path_factory.mktemp("diverged")
-    data = write_class_files(root / "data", count=60)
-    result = run_cli("--data-dir", data, "--classes", ",".join(SYNTHETIC_CLASSES), "--split", "120,30,30",
-                     "--lrs", f"{DIVERGING_LR:g},{SANE_LR}", "--batch-sizes", "16", "--epochs", 2,
-                     "--scheduler", "asha", "--grace-period", 1, "--storage", root / "results", "--name", "diverged")
-    return result, root / "results" / "diverged"
-
-
-@pytest.mark.slow
-def test_a_diverged_trial_ends_as_diverged_and_the_search_goes_on(diverged_run):
-    result, experiment = diverged_run
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]  # an outcome, not a failure
-    assert "Not every trial finished" not in result.stdout
-
-    table = pd.read_csv(experiment / "summary.csv")
-    diverged, sane = (table[table.lr == lr].iloc[0] for lr in (DIVERGING_LR, SANE_LR))
-    assert (diverged.status, diverged.epochs, diverged.best) == ("diverged", 1, False)
-    assert diverged[["best_val_loss", "best_val_accuracy", "test_accuracy"]].isna().all()
-    assert (sane.status, sane.epochs) == ("finished", 2) and chosen_trial(table).lr == SANE_LR
-
-    summary = strict_json((experiment / "summary.json").read_text())
-    assert [row["status"] for row in summary["trials"]] == list(table.status)
-    assert [m["trial_dir"] for m in summary["chosen_model"]["members"]] == \
-           [d.name for d in trial_dirs(experiment) if d.name.startswith(f"lr={SANE_LR:g}_")]
-    markdown = (experiment / "summary.md").read_text()
-    assert "diverged at epoch 1" in markdown and "diverged at epoch 1" in result.stdout  # the printed table too
-    assert "1 of 2 trials diverged" in markdown
-    status_rows = [line for line in result.stdout.splitlines() if line.startswith("| 0 ")]
-    assert status_rows and "DIVERGED" in status_rows[-1] and "1 DIVERGED, 1 TERMINATED" in result.stdout
-    assert "33.33" not in status_rows[-1]
-    assert "1 diverged (a loss became NaN or infinite)" in (experiment / "report.html").read_text()
-
-
-@pytest.mark.slow
-def test_the_diverged_trial_ended_untested_and_every_json_file_is_strict(diverged_run):
-    _, experiment = diverged_run
-    (trial,) = (d for d in trial_dirs(experiment) if d.name.startswith(f"lr={DIVERGING_LR:g}_"))
-    (last,) = results(trial)
-    assert last[DIVERGED] is True and "val_loss" not in last and "test_accuracy" not in last
-    assert not any(trial.glob("checkpoint_*")) and not (trial / "predictions.npz").exists()
-    state = strict_json(max(experiment.glob("experiment_state-*.json")).read_text())
-    statuses = {json.loads(data)["relative_logdir"]: json.loads(data)["status"] for data, _ in state["trial_data"]}
-    assert statuses[trial.name] == "TERMINATED"  # ended as a finished trial ends: never retried as a failure
-    for file in experiment.rglob("*.json"):
-        if file.name == "result.json":  # a JSON object per line
-            [strict_json(line) for line in file.read_text().splitlines()]
-        elif not file.name.startswith(SAVED_STATE_PREFIXES):  # Tune's pickles, whatever their suffix
-            strict_json(file.read_text())
-
+# --- a finished grid with a planted divergence ------------------------------------------------------------------------
 
 @pytest.mark.slow
 def test_a_diverged_trial_with_the_best_validation_accuracy_is_never_chosen(grid_experiment, tmp_path):

@@ -151,7 +151,8 @@ def previous_onnx(experiment: Location, config: dict, files: dict[str, bytes]) -
     try:
         previous = json.loads((folder / CONFIG_FILE).read_text())
         hashes = previous.pop(SHA256)
-        if previous != json.loads(strict_json.dumps(config)) or any(hashes.get(name) != sha256(data) for name, data in files.items()):
+        same_files = all(hashes.get(name) == sha256(data) for name, data in files.items())
+        if not same_files or previous != json.loads(strict_json.dumps(config)):
             return None
         onnx = (folder / ONNX_FILE).read_bytes(MODEL_LIMIT)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):

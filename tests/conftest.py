@@ -36,6 +36,10 @@ os.environ.update(RAY_ENABLE_AUTO_CONNECT="0", TUNE_DISABLE_AUTO_INIT="1")
 
 REPO = Path(__file__).resolve().parents[1]
 
+SHARED_DRAWINGS = Path(os.environ.get("QUICKDRAW_DATA", REPO.parent / "shared" / "quickdraw"))
+SHARED_CLASSES = ("apple", "bicycle", "cat", "diamond", "eye", "fish")
+SYNTHETIC_CLASSES = ("circle", "line", "hot dog")
+
 
 def pytest_collection_modifyitems(items):
     """The files with the most slow tests first, each file's tests in their own order. pytest-xdist hands a worker a
@@ -45,9 +49,6 @@ def pytest_collection_modifyitems(items):
     slow = collections.Counter(item.path for item in items if item.get_closest_marker("slow"))
     items.sort(key=lambda item: -slow[item.path])  # stable
 
-SHARED_DRAWINGS = Path(os.environ.get("QUICKDRAW_DATA", REPO.parent / "shared" / "quickdraw"))
-SHARED_CLASSES = ("apple", "bicycle", "cat", "diamond", "eye", "fish")
-SYNTHETIC_CLASSES = ("circle", "line", "hot dog")
 
 
 def synthetic_drawings(label: int, count: int, seed: int = 0) -> np.ndarray:
@@ -331,3 +332,14 @@ def s3_client(env):
 def s3_keys(env, prefix: str) -> set[str]:
     pages = s3_client(env).get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
     return {item["Key"] for page in pages for item in page.get("Contents", [])}
+
+
+def copy_from_bucket(env, prefix: str, target: Path) -> Path:
+    """The bucket's folder `prefix` copied to the local folder `target`, through pyarrow's S3 file system."""
+    import pyarrow.fs as pafs
+
+    s3 = pafs.S3FileSystem(endpoint_override=env["AWS_ENDPOINT_URL"], access_key="testing", secret_key="testing",
+                           region=env["AWS_DEFAULT_REGION"])
+    pafs.copy_files(f"{BUCKET}/{prefix}", str(target), source_filesystem=s3,
+                    destination_filesystem=pafs.LocalFileSystem())
+    return target

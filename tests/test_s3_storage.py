@@ -10,10 +10,10 @@ import urllib.request
 
 import numpy as np
 import pandas as pd
-import pyarrow.fs as pafs
 import pytest
 
-from conftest import BUCKET, SYNTHETIC_CLASSES, run_cli, s3_client, s3_keys, synthetic_drawings, write_class_files
+from conftest import (BUCKET, SYNTHETIC_CLASSES, copy_from_bucket, run_cli, s3_client, s3_keys, synthetic_drawings,
+                      write_class_files)
 from experiment_checks import check_experiment
 from ray_cluster import free_port
 
@@ -68,11 +68,8 @@ def test_everything_lands_in_the_bucket_and_report_reads_it_back(s3_env, s3_expe
 
     # A local copy of the bucket's experiment passes every check a local run passes (TensorBoard included).
     local = tmp_path / "exp"
-    s3 = pafs.S3FileSystem(endpoint_override=s3_env["AWS_ENDPOINT_URL"], access_key="testing",
-                           secret_key="testing", region="us-east-1")
     for folder in ("exp", "datasets"):  # the split beside it, where report looks once the bucket is out of reach
-        pafs.copy_files(f"{BUCKET}/runs/{folder}", str(tmp_path / folder), source_filesystem=s3,
-                        destination_filesystem=pafs.LocalFileSystem())
+        copy_from_bucket(s3_env, f"runs/{folder}", tmp_path / folder)
     check_experiment(local, LRS, BATCH_SIZES, EPOCHS)
 
 

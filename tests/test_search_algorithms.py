@@ -18,14 +18,13 @@ from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
-import pyarrow.fs as pafs
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 from conftest import (
-    BUCKET, SYNTHETIC_CLASSES, run_cli, run_in_process, s3_client, s3_keys, start_cli, synthetic_drawings,
-    write_class_files,
+    BUCKET, SYNTHETIC_CLASSES, copy_from_bucket, run_cli, run_in_process, s3_client, s3_keys, start_cli,
+    synthetic_drawings, write_class_files,
 )
 from experiment_checks import finished_trials, kill_driver_when
 from quickdraw.experiment import load_trials
@@ -196,12 +195,7 @@ def optuna_search(s3_env, data) -> Path:
                      "--max-concurrent-trials", 2, "--scheduler", "asha", "--grace-period", 1, "--epochs", 3,
                      "--storage", STORAGE, "--name", NAME, env=s3_env)
     assert result.returncode == 0, result.stderr[-3000:]
-    s3 = pafs.S3FileSystem(endpoint_override=s3_env["AWS_ENDPOINT_URL"], access_key="testing", secret_key="testing",
-                           region="us-east-1")
-    copy = data.parent / NAME
-    pafs.copy_files(f"{BUCKET}/sampled/{NAME}", str(copy), source_filesystem=s3,
-                    destination_filesystem=pafs.LocalFileSystem())
-    return copy
+    return copy_from_bucket(s3_env, f"sampled/{NAME}", data.parent / NAME)
 
 
 def test_optuna_with_asha_at_most_two_at_once(optuna_search):

@@ -7,11 +7,17 @@ those that drive Chromium. `python -m pytest -q -m "not slow"` is the fast tier.
 
 from __future__ import annotations
 
+import os
+
+# One thread per test process: the suite runs two (pytest.ini: -n 2), one a core, and each starts commands and Ray
+# workers of its own; OpenMP's threads of two processes that each take every core wait on each other. Set before
+# numpy and torch read it. A trial still sets its own threads from its CPUs (quickdraw.trainable).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import collections
 import contextlib
 import io
 import json
-import os
 import shutil
 import signal
 import subprocess

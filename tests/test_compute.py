@@ -1,12 +1,9 @@
 """A trial's arithmetic: bf16 autocast where the hardware has it, channels_last, and torch.compile."""
 
-import json
-
 import pytest
 import torch
 
-from conftest import SYNTHETIC_CLASSES, run_cli, synthetic_tensors, write_class_files
-from experiment_checks import check_experiment, trial_dirs
+from conftest import synthetic_tensors
 from quickdraw.compute import Compute, choose, has_native_bf16
 from quickdraw.model import SeedCNN
 from quickdraw.training import Training, evaluate, train_epoch
@@ -47,21 +44,3 @@ def test_bf16_and_fp32_trials_learn_alike():
             train_epoch(network, Training(optimizer), *train, 32, compute)
         accuracies[bf16] = evaluate(network, *validation, compute)[1]
     assert min(accuracies.values()) > 0.9, accuracies  # chance is 1/3
-
-
-@pytest.mark.slow
-def test_a_compiled_grid_runs_and_checkpoints(tmp_path):
-    data, storage = write_class_files(tmp_path / "data"), tmp_path / "results"
-    result = run_cli(
-        "--data-dir", data, "--classes", ",".join(SYNTHETIC_CLASSES), "--split", "150,30,30", "--lrs", "0.003",
-        "--batch-sizes", "32", "--epochs", "2", "--storage", storage, "--name", "compiled", "--compile",
-        "--precision", "fp32",
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    table = check_experiment(storage / "compiled", (0.003,), (32,), 2)
-    assert table.test_accuracy.max() > 60
-    (trial,) = trial_dirs(storage / "compiled")
-    params = json.loads((trial / "params.json").read_text())
-    assert params["compile"] is True and params["precision"] == "fp32"
-    checkpoint = torch.load(sorted(trial.glob("checkpoint_*/trial_state.pt"))[-1], weights_only=True)
-    assert checkpoint["model"].keys() == SeedCNN(3).state_dict().keys()  # the model's own names, loadable without compile

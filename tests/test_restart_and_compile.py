@@ -12,7 +12,7 @@ import quickdraw.training
 from conftest import synthetic_tensors
 from quickdraw.compute import Compute
 from quickdraw.model import MODELS, Recipe, SeedCNN
-from quickdraw.training import Hyperparameters, Trainer
+from quickdraw.training import CHECKPOINT_FILE, Hyperparameters, Trainer
 
 CPU = torch.device("cpu")
 TIMINGS = ("train_seconds", "epoch_seconds", "images_per_second")
@@ -77,7 +77,7 @@ def test_a_restart_keeps_adam_s_step_counters_on_the_host_and_its_moments_with_t
         assert state[parameter]["exp_avg"].device == state[parameter]["exp_avg_sq"].device == meta
 
 
-def test_a_compiled_trial_compiles_one_graph_to_train_and_one_to_evaluate(monkeypatch):
+def test_a_compiled_trial_compiles_one_graph_to_train_and_one_to_evaluate(monkeypatch, tmp_path):
     """102 drawings in batches of 32 leave a last batch of 6 (under 16: on the CPU another convolution path),
     validation's 90 in batches of 64 one of 26, and the test's 21 drawings are another size again. Before, that
     made three graphs: training's static one, a dynamic one for its last batch, and evaluation's."""
@@ -108,3 +108,6 @@ def test_a_compiled_trial_compiles_one_graph_to_train_and_one_to_evaluate(monkey
     schedule = trainer.training.schedule
     assert schedule.total_steps == schedule.last_epoch == 3 * 3
     assert metrics["images_per_second"] == 96 / metrics["epoch_seconds"] and metrics["val_accuracy"] > 1 / 3
+    trainer.save(tmp_path)  # a checkpoint holds the model's own names, loadable without compile
+    checkpoint = torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)
+    assert checkpoint["model"].keys() == SeedCNN(3).state_dict().keys()

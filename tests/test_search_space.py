@@ -57,6 +57,8 @@ def test_flags_make_the_seed_grid_and_the_file_replaces_only_what_it_names():
     assert space["lr"] == tune.grid_search([0.01, 0.001, 0.0001]) and space["model"] == "seed"
     assert space["dropout"] == 0.5 and space["weight_decay"] == 0.0 and space["label_smoothing"] == 0.0
     assert param_space(flags_config("--label-smoothing", "0.1"))["label_smoothing"] == 0.1
+    compiled = param_space(flags_config("--compile", "--precision", "fp32"))  # what quickdraw.trainable reads
+    assert compiled["compile"] is True and compiled["precision"] == "fp32" and space["compile"] is False
 
     sampled = flags_config("--search", "optuna", "--space", EXAMPLE, "--models", "seed,vgg-bn")
     assert sampled.num_trials == 15  # --num-samples' default: the seed grid's budget

@@ -87,12 +87,13 @@ def test_the_trials_spread_over_every_node_and_one_that_loses_its_node_continues
     continues on another node from its checkpoint."""
     data = write_class_files(tmp_path / "data", count=1_200)
     storage = tmp_path / "results"
-    # Epochs of about half a second: 20 of them keep a trial on the victim long enough for its results to reach the
-    # experiment folder (and this test) and the node to be killed before the trial ends (with 10, it ended first once).
+    # Epochs of about a third of a second: 20 of them keep a trial on the victim long enough for its results to reach
+    # the experiment folder (and this test) and the node to be killed before the trial ends (with 10, it ended first
+    # once).
     epochs = 20
     experiment = storage / "failover"
     (tmp_path / "space.yaml").write_text("lr: {loguniform: [1.0e-4, 1.0e-2]}\n")
-    args = grid_args(cluster, data, storage, "failover", "3000,300,150", epochs, batch_size=32, lrs=None)
+    args = grid_args(cluster, data, storage, "failover", "2000,200,100", epochs, batch_size=32, lrs=None)
     driver = start_cli(*args, "--search", "optuna", "--num-samples", 3, "--space", tmp_path / "space.yaml",
                        env=cluster.env)
     victim = cluster.worker_ips[0]

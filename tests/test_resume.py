@@ -22,7 +22,7 @@ def test_a_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
     env = {**os.environ, "RAY_TMPDIR": ray_tmp}
     # Batch size 512 finishes quickly; batch size 16 takes many more steps per epoch.
     driver = start_cli(
-        "--data-dir", data, "--classes", ",".join(SYNTHETIC_CLASSES), "--split", "3000,300,150",
+        "--data-dir", data, "--classes", ",".join(SYNTHETIC_CLASSES), "--split", "2000,200,100",
         "--lrs", "0.001", "--batch-sizes", "16,512", "--epochs", EPOCHS,
         "--storage", experiment.parent, "--name", experiment.name, env=env,
     )

@@ -32,7 +32,7 @@ from quickdraw.storage import Location
 
 pytestmark = pytest.mark.slow  # real random and Optuna searches
 
-# Batch sizes of 64 to 256 make an epoch of the killed searches' 3,000 drawings about half a second here.
+# Batch sizes of 64 to 256 make an epoch of the killed searches' 2,000 drawings about a third of a second here.
 SPACE = """\
 lr: {loguniform: [1.0e-4, 1.0e-1]}
 batch_size: {lograndint: [64, 256]}
@@ -56,13 +56,13 @@ def configs(experiment: Path) -> list[dict]:
 def killed_and_resumed(root: Path, algorithm: str) -> SimpleNamespace:
     """A search of SAMPLES trials from SPACE, one at a time, SIGKILLed once a trial has finished and the next is
     running, so before the last is drawn; then `resume`d. Only a sampler that goes on from its saved state draws the
-    last trial's settings anew. 3,000 drawings make each epoch long enough for the kill to land in a running trial."""
+    last trial's settings anew. 2,000 drawings make each epoch long enough for the kill to land in a running trial."""
     data = write_class_files(root / "data", count=1_500)
     experiment = root / "results" / algorithm
     (root / "space.yaml").write_text(SPACE)
     ray_tmp = tempfile.mkdtemp(prefix="qdsam-", dir="/tmp")
     driver = start_cli(
-        "--data-dir", data, "--classes", ",".join(SYNTHETIC_CLASSES), "--split", "3000,300,150",
+        "--data-dir", data, "--classes", ",".join(SYNTHETIC_CLASSES), "--split", "2000,200,100",
         "--search", algorithm, "--space", root / "space.yaml", "--num-samples", SAMPLES, "--max-concurrent-trials", 1,
         "--epochs", EPOCHS, "--storage", experiment.parent, "--name", experiment.name,
         env={**os.environ, "RAY_TMPDIR": ray_tmp},

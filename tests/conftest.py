@@ -47,11 +47,18 @@ SHARED_CLASSES = ("apple", "bicycle", "cat", "diamond", "eye", "fish")
 SYNTHETIC_CLASSES = ("circle", "line", "hot dog")
 
 
+SEARCH_FIXTURES = {"grid_experiment", "real_experiment"}  # each runs a real search the first time a test needs it
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects
 def pytest_collection_modifyitems(items):
-    """The files with the most slow tests first, each file's tests in their own order. pytest-xdist hands a worker a
-    whole file at a time (pytest.ini: --dist loadfile, in this order: --no-loadscope-reorder); by default it starts
-    the files with the most tests first, which leaves the few long searches of a file such as test_benchmarks.py to
-    the end, one core idle beside them."""
+    """A test that needs a search fixture is slow, as the marker says. Then the files with the most slow tests first,
+    each file's tests in their own order. pytest-xdist hands a worker a whole file at a time (pytest.ini: --dist
+    loadfile, in this order: --no-loadscope-reorder); by default it starts the files with the most tests first, which
+    leaves the few long searches of a file such as test_benchmarks.py to the end, one core idle beside them."""
+    for item in items:
+        if SEARCH_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
     slow = collections.Counter(item.path for item in items if item.get_closest_marker("slow"))
     items.sort(key=lambda item: -slow[item.path])  # stable
 

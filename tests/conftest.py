@@ -9,10 +9,18 @@ from __future__ import annotations
 
 import os
 
-# One thread per test process: the suite runs two (pytest.ini: -n 2), one a core, and each starts commands and Ray
-# workers of its own; OpenMP's threads of two processes that each take every core wait on each other. Set before
-# numpy and torch read it. A trial still sets its own threads from its CPUs (quickdraw.trainable).
+# Settings of every test process and of the processes it starts, set before numpy, torch and Ray read them.
+# - One OpenMP thread per test process: the suite runs two (pytest.ini: -n 2), one a core, and each starts commands
+#   and Ray workers of its own; OpenMP's threads of two processes that each take every core wait on each other. A
+#   trial still sets its own threads from its CPUs (quickdraw.trainable).
+# - The suite joins no Ray it did not start (issue 28): not RAY_ADDRESS's from the shell, and none through a Ray
+#   started implicitly (Ray's on a first ray.get or ray.put, Tune's in fit), which joins the cluster `ray start` last
+#   started on this machine.
+# - Ray starts no idle workers ahead of need: by default it starts one a CPU when a driver connects, which a trial's
+#   actor mostly does not take (a run of the suite ended some fifty of them unused, at half a CPU-second each).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.pop("RAY_ADDRESS", None)
+os.environ.update(RAY_ENABLE_AUTO_CONNECT="0", TUNE_DISABLE_AUTO_INIT="1", RAY_prestart_worker_first_driver="0")
 
 import collections
 import contextlib
@@ -32,13 +40,6 @@ from filelock import FileLock
 
 from http_mirror import Mirror, serve
 from ray_cluster import free_port
-
-# The suite joins no Ray it did not start (issue 28): not RAY_ADDRESS's from the shell, and none through a Ray started
-# implicitly (Ray's on a first ray.get or ray.put, Tune's in fit), which joins the cluster `ray start` last started on
-# this machine. Set before any test module imports Ray, which reads RAY_ENABLE_AUTO_CONNECT then; processes that tests
-# start inherit it.
-os.environ.pop("RAY_ADDRESS", None)
-os.environ.update(RAY_ENABLE_AUTO_CONNECT="0", TUNE_DISABLE_AUTO_INIT="1")
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -256,7 +257,8 @@ def real_experiment(tmp_path_factory) -> Path:
                 result = run_cli("--data-dir", root / "data", "--base-url", mirror.base_url,
                                  "--classes", ",".join(SHARED_CLASSES), "--split", REAL.split,
                                  "--lrs", ",".join(map(str, REAL.lrs)),
-                                 "--batch-sizes", ",".join(map(str, REAL.batch_sizes)), "--epochs", REAL.epochs, "--storage", root / "results", "--name", REAL.name)
+                                 "--batch-sizes", ",".join(map(str, REAL.batch_sizes)), "--epochs", REAL.epochs,
+                                 "--storage", root / "results", "--name", REAL.name)
             finally:
                 server.shutdown()
             assert result.returncode == 0, result.stderr[-3000:]

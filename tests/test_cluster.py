@@ -94,8 +94,10 @@ def test_the_trials_spread_over_every_node_and_one_that_loses_its_node_continues
     experiment = storage / "failover"
     (tmp_path / "space.yaml").write_text("lr: {loguniform: [1.0e-4, 1.0e-2]}\n")
     args = grid_args(cluster, data, storage, "failover", "2000,200,100", epochs, batch_size=32, lrs=None)
+    # Tune keeps one trial of a searcher such as Optuna's pending at a time, so each would wait for the one before to
+    # start (seconds a node here); all three pending at once start together.
     driver = start_cli(*args, "--search", "optuna", "--num-samples", 3, "--space", tmp_path / "space.yaml",
-                       env=cluster.env)
+                       env={**cluster.env, "TUNE_MAX_PENDING_TRIALS_PG": "3"})
     victim = cluster.worker_ips[0]
     deadline = time.monotonic() + 180
     while not any(2 <= epoch < epochs and ip == victim for epoch, ip in _latest_results(experiment)):

@@ -87,9 +87,9 @@ def test_the_trials_spread_over_every_node_and_one_that_loses_its_node_continues
     continues on another node from its checkpoint."""
     data = write_class_files(tmp_path / "data", count=1_200)
     storage = tmp_path / "results"
-    # Epochs of about a third of a second: 20 of them keep a trial on the victim long enough for its results to reach
-    # the experiment folder (and this test) and the node to be killed before the trial ends (with 10, it ended first
-    # once).
+    # Epochs of about 0.6 s here (three trials on two cores): 20 of them keep a trial on the victim long enough for its
+    # results to reach the experiment folder (and this test) and the node to be killed before the trial ends (with 10
+    # epochs of 3,000 drawings, it ended first once).
     epochs = 20
     experiment = storage / "failover"
     (tmp_path / "space.yaml").write_text("lr: {loguniform: [1.0e-4, 1.0e-2]}\n")

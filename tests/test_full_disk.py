@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -85,8 +86,7 @@ def filled_run(disk, tmp_path_factory):
         logs = [t / "result.json" for t in trial_dirs(experiment)] if experiment.is_dir() else []
         finished = {log.parent.name: log.read_bytes() for log in logs
                     if log.is_file() and "test_accuracy" in log.read_text()}
-    space = os.statvfs(disk)
-    assert space.f_bavail * space.f_frsize > 2**20, f"the search alone filled {disk}: {driver.communicate()[0][-3000:]}"
+    assert shutil.disk_usage(disk).free > 2**20, f"the search alone filled {disk}: {driver.communicate()[0][-3000:]}"
     filler = fill(disk)
     output = driver.communicate(timeout=240)[0]
     return experiment, filler, output, driver.returncode, finished

@@ -10,6 +10,7 @@ is an outcome of the hyperparameters, not a failure: raising instead would make 
 from __future__ import annotations
 
 import logging
+import sys
 import tempfile
 from pathlib import Path
 
@@ -44,6 +45,7 @@ def train_trial(config: dict, split: Split, space: Space) -> None:
     """`config` holds the hyperparameters (quickdraw.catalogue), epochs, seed, precision and compile
     (quickdraw.tuner.param_space); `space` says which of them the search varies, and over what, for TensorBoard."""
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # else a "Checkpoint successfully created" line per epoch
+    sys.unraisablehook = unraisable_except_exit
     compute = choose(trial_device(), config["precision"], config["compile"])
     ran = {PRECISION: compute.precision, DEVICE: compute.device_name()}  # what "auto" resolved to, every epoch
     torch.set_num_threads(trial_threads())
@@ -77,6 +79,15 @@ def train_trial(config: dict, split: Split, space: Space) -> None:
                     metrics[TEST_ACCURACY.key] = test(trainer, recipe, split, data, writer)
                     end_hparams(writer)
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
+
+
+def unraisable_except_exit(unraisable, report=sys.__unraisablehook__) -> None:
+    """The trial process's hook for exceptions Python cannot raise. Ray ends a worker with SIGTERM, whose handler raises
+    SystemExit; landing in a garbage collector's callback, that exit cannot be raised, and Python's default hook would
+    print it with a traceback, which Ray forwards to the driver's console under the command's last line. Such an exit
+    is Ray ending the process, not a fault of the trial: it is not printed. Everything else is, as by default."""
+    if not isinstance(unraisable.exc_value, SystemExit):
+        report(unraisable)
 
 
 def trial_device() -> torch.device:

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from conftest import SYNTHETIC_CLASSES, copy_experiment, run_in_process, write_c
 from quickdraw.errors import UserError
 from quickdraw.lease import DRIVERS_DIR, claim
 from quickdraw.storage import Location
+from quickdraw.trainable import unraisable_except_exit
 from ray_cluster import free_port
 
 BUCKET = "faults"
@@ -273,6 +275,26 @@ def test_a_store_that_goes_away_as_the_trial_ends_ends_the_search_in_one_line_th
     assert last.startswith(f"tune_search.py: error: the storage s3://{BUCKET}/runs/gone cannot be reached at "
                            f"{store.endpoint} ("), last
     assert last.endswith(f", then go on: python tune_search.py resume s3://{BUCKET}/runs/gone"), last
+
+
+def test_a_trial_process_that_ray_ends_prints_no_traceback(monkeypatch, capsys):
+    """As the store went away above, the driver ended Ray and Ray its trial processes: SIGTERM, whose handler raises
+    SystemExit. Landing in a garbage collector's callback, that exit cannot be raised, and Python printed it with a
+    traceback, which Ray forwarded under the command's one line. A trial process's hook leaves it out; any other
+    exception that cannot be raised is printed, as by default."""
+    monkeypatch.setattr(sys, "unraisablehook", unraisable_except_exit)
+    for exception in (SystemExit(1), ValueError("a fault of the trial")):
+        def callback(_, exception=exception):
+            raise exception
+
+        ref = weakref.ref(Dropped(), callback)  # the object is dropped at once: Python calls back while the ref lives
+        del ref
+    printed = capsys.readouterr().err
+    assert "SystemExit" not in printed and "ValueError: a fault of the trial" in printed, printed
+
+
+class Dropped:
+    pass
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 """Random and Optuna searches run as users run them: sampled trials within the space, integers kept integers, at most
 --max-concurrent-trials at once, ASHA on top, TensorBoard's HParams domains, and `resume` after a SIGKILLed driver
-going on with the sampler's saved state instead of starting it again.
+going on with the sampler's saved state instead of starting it again: finished trials left as they were, the running
+one going on from its checkpoint, and `resume` refused while the driver still runs.
 
 A search costs seconds of Ray and Tune however small it is, so each one here serves several tests: the random search
 whose trials the tests read is the one that was killed and resumed, and the Optuna search under ASHA is the one stored
@@ -26,7 +27,7 @@ from conftest import (
     BUCKET, SYNTHETIC_CLASSES, copy_from_bucket, run_cli, run_in_process, s3_client, s3_keys, start_cli,
     synthetic_drawings, write_class_files,
 )
-from experiment_checks import finished_trials, kill_driver_when
+from experiment_checks import finished_trials, kill_driver_when, results
 from quickdraw.experiment import load_trials
 from quickdraw.storage import Location
 
@@ -54,12 +55,15 @@ def configs(experiment: Path) -> list[dict]:
 # --- a random and an Optuna search, each SIGKILLed mid-search and resumed ---------------------------------------------
 
 def killed_and_resumed(root: Path, algorithm: str) -> SimpleNamespace:
-    """A search of SAMPLES trials from SPACE, one at a time, SIGKILLed once a trial has finished and the next is
-    running, so before the last is drawn; then `resume`d. Only a sampler that goes on from its saved state draws the
-    last trial's settings anew. 2,000 drawings make each epoch long enough for the kill to land in a running trial."""
+    """A search of SAMPLES trials from SPACE, one at a time, SIGKILLed once a trial has finished and the next has run
+    two epochs, so before the last is drawn; then `resume`d. Only a sampler that goes on from its saved state draws the
+    last trial's settings anew. 2,000 drawings make each epoch long enough for the kill to land in a running trial.
+    While the driver runs, `resume` is tried once (it must be refused); after the kill, a finished trial's folder gets
+    a staged file as a kill during Tune's sync leaves one (`resume` must sweep it)."""
     data = write_class_files(root / "data", count=1_500)
     experiment = root / "results" / algorithm
     (root / "space.yaml").write_text(SPACE)
+    # Its own Ray temp dir, so that Ray processes the killed driver leaves behind can be found and ended.
     ray_tmp = tempfile.mkdtemp(prefix="qdsam-", dir="/tmp")
     driver = start_cli(
         "--data-dir", data, "--classes", ",".join(SYNTHETIC_CLASSES), "--split", "2000,200,100",
@@ -67,15 +71,22 @@ def killed_and_resumed(root: Path, algorithm: str) -> SimpleNamespace:
         "--epochs", EPOCHS, "--storage", experiment.parent, "--name", experiment.name,
         env={**os.environ, "RAY_TMPDIR": ray_tmp},
     )
+    refused = []
 
-    def moment(progress):  # a trial finished, another one running
-        running = [t for t, rows in progress.items() if rows and "test_accuracy" not in rows[-1]]
+    def moment(progress):  # a trial finished, another one has run two epochs of three
+        if progress and not refused:
+            refused.append(run_in_process("resume", experiment))
+            return False  # the progress read before it is seconds old now
+        running = [t for t, rows in progress.items() if len(rows) >= 2 and "test_accuracy" not in rows[-1]]
         return finished_trials(progress) and running
 
     killed_at = kill_driver_when(driver, experiment, ray_tmp, moment, timeout=240, poll=0.1)
     finished = {t: (experiment / t / "result.json").read_bytes() for t in finished_trials(killed_at)}
-    resumed = run_cli("resume", experiment, timeout=300)
-    return SimpleNamespace(experiment=experiment, killed_at=killed_at, finished=finished, resumed=resumed)
+    staged = experiment / next(iter(finished)) / ".result.json.tmp-0badc0de"
+    staged.write_bytes(b'{"epoch": 1')
+    resumed = run_cli("resume", experiment, timeout=300)  # at once: the killed driver's claim is stale
+    return SimpleNamespace(experiment=experiment, driver=driver, refused=refused, killed_at=killed_at,
+                           finished=finished, staged=staged, resumed=resumed)
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +117,29 @@ def test_a_killed_sampling_search_resumes_with_its_sampler_s_state(algorithm, re
     table = pd.read_csv(experiment / "summary.csv")
     assert len(table) == SAMPLES and (table.status == "finished").all() and (table.epochs == EPOCHS).all()
     assert not any(math.isnan(v) for v in table.test_accuracy)
+
+
+@pytest.mark.parametrize("algorithm", ["random", "optuna"])
+def test_the_killed_searchs_running_trial_goes_on_from_its_checkpoint_in_a_new_process(algorithm, request):
+    search = request.getfixturevalue(f"killed_{algorithm}")
+    (cut,) = [t for t, rows in search.killed_at.items() if t not in search.finished]
+    earlier, history = search.killed_at[cut], results(search.experiment / cut)
+    later = history[len(earlier):]
+    assert [row["epoch"] for row in history][-1] == EPOCHS and "test_accuracy" in history[-1], history
+    # From its last checkpoint (one an epoch that improved validation), not from epoch 1.
+    assert 1 < later[0]["epoch"] <= earlier[-1]["epoch"] + 1, history
+    assert {row["pid"] for row in later}.isdisjoint({row["pid"] for row in earlier})
+
+
+@pytest.mark.parametrize("algorithm", ["random", "optuna"])
+def test_resume_is_refused_while_the_driver_runs_and_sweeps_what_the_kill_left_staged(algorithm, request):
+    search = request.getfixturevalue(f"killed_{algorithm}")
+    (live,) = search.refused  # it would undo the driver's work
+    assert live.returncode == 2 and live.stderr.startswith(
+        f"tune_search.py: error: {search.experiment} is being run by another driver, pid {search.driver.pid} on "), \
+        live.stderr
+    assert len(live.stderr.splitlines()) == 1
+    assert not search.staged.exists()
 
 
 # --- the random search's trials ---------------------------------------------------------------------------------------

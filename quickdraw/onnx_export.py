@@ -1,9 +1,16 @@
 """best_model/'s portable files, written from its members' networks: model.onnx (quickdraw.portable describes it) by
-torch's exporter (`torch.onnx.export`, its default dynamo path), and each member's weights as safetensors."""
+torch's exporter (`torch.onnx.export`, its TorchScript path), and each member's weights as safetensors.
+
+The TorchScript path, not torch's default dynamo one: for these networks (no control flow, one dynamic dimension) both
+give graphs that onnxruntime computes as torch does, and it exports in a tenth of a second where the dynamo path takes
+3 s and 2 s more to import onnxscript and torch.export, at the end of every search and every report that exports
+(benchmarks/README.md). torch deprecates it from 2.9 on; requirements.txt pins torch, and `dynamo=True` with
+`dynamic_shapes` is the way back."""
 
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import warnings
 
@@ -42,11 +49,11 @@ def onnx_model(networks: list[nn.Module], members: list[dict], classes: list[str
     card in its metadata."""
     whole = WholeModel(networks, members).eval()
     example = torch.zeros((2, SIDE, SIDE), dtype=torch.uint8)
+    graph = io.BytesIO()
     with quiet_exporter():
-        program = torch.onnx.export(whole, (example,), dynamo=True, input_names=[INPUT_NAME],
-                                    output_names=[OUTPUT_NAME], dynamic_shapes=({0: torch.export.Dim("batch")},),
-                                    verbose=False)
-    proto = program.model_proto
+        torch.onnx.export(whole, (example,), graph, dynamo=False, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+    proto = onnx.load_from_string(graph.getvalue())
     onnx.helper.set_model_props(proto, {key: strict_json.dumps(value) for key, value in model_card(classes).items()})
     proto.doc_string = "quickdraw-tune's best model: Quick, Draw! bitmaps to class probabilities"
     return proto.SerializeToString()
@@ -54,8 +61,8 @@ def onnx_model(networks: list[nn.Module], members: list[dict], classes: list[str
 
 @contextlib.contextmanager
 def quiet_exporter():
-    """The exporter without its log lines and warnings about parts it does not use (torchvision's operators, pytree
-    deprecations): a report's output stays the report's."""
+    """The exporter without its log lines and warnings (its own deprecation, see above): a report's output stays the
+    report's."""
     logger = logging.getLogger("torch.onnx")
     level = logger.level
     logger.setLevel(logging.ERROR)

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, SYNTHETIC_CLASSES, write_class_files
+from conftest import REPO, SYNTHETIC_CLASSES, npy_bytes, synthetic_drawings, write_class_files
 
 pytestmark = pytest.mark.slow  # each test runs a benchmark script
 
@@ -120,3 +120,17 @@ def test_ensembles_chooses_every_row_on_validation(tmp_path):
     assert single["validation_accuracy"] >= rows["vgg-bn + EMA"]["validation_accuracy"] - 1e-4
     assert 1 <= ensemble["members"] <= 2 and sum(ensemble["weights"].values()) == pytest.approx(1)
     assert "test errors / seed CNN's" in result.stdout
+
+
+def test_onnx_export_times_both_exporters_in_fresh_processes(tmp_path):
+    output = tmp_path / "onnx.json"
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "cat.npy").write_bytes(npy_bytes(synthetic_drawings(0, 20)))
+    result = run_benchmark("onnx_export", "--models", "seed", "--repeats", "1", "--data-dir", data, "--output", output)
+    rows = json.loads(output.read_text())
+    assert [(row["model"], row["exporter"]) for row in rows] == [("seed", "torchscript"), ("seed", "dynamo")]
+    for row in rows:
+        assert row["import_seconds"] > 0 and row["export_seconds"] > 0
+        assert row["max_difference"] < 1e-5  # onnxruntime computes what torch does, through either exporter
+    assert "b / a" in result.stdout

@@ -2,8 +2,8 @@
 the finished experiment that the tests which only read results share, a loopback HTTP mirror and S3 server, and a
 real browser (Debian's Chromium driven by Playwright) for what only a browser shows.
 
-Markers (pytest.ini): `slow` marks tests that run a real search or start the command as its own process; `browser`
-those that drive Chromium. `python -m pytest -q -m "not slow"` is the fast tier."""
+Markers (pytest.ini): `slow` marks tests that run a real search, start the command as its own process or compile with
+Inductor; `browser` those that drive Chromium. `python -m pytest -q -m "not slow"` is the fast tier."""
 
 from __future__ import annotations
 

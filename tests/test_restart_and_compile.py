@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import warnings
 
+import pytest
 import torch
 
 import quickdraw.training
@@ -77,6 +78,7 @@ def test_a_restart_keeps_adam_s_step_counters_on_the_host_and_its_moments_with_t
         assert state[parameter]["exp_avg"].device == state[parameter]["exp_avg_sq"].device == meta
 
 
+@pytest.mark.slow  # Inductor compiles C++: 30 s with a cold cache, as on CI
 def test_a_compiled_trial_compiles_one_graph_to_train_and_one_to_evaluate(monkeypatch, tmp_path):
     """102 drawings in batches of 32 leave a last batch of 6 (under 16: on the CPU another convolution path),
     validation's 90 in batches of 64 one of 26, and the test's 21 drawings are another size again. Before, that

@@ -71,25 +71,24 @@ def child(exporter: str, case: str, data_dir: Path) -> None:
     torch.manual_seed(0)
     networks = [MODELS[model].build(6, 0.5).eval() for _ in range(count)]
     members = [{"weight": 1 / count, "mirrored": mirrored}] * count
+    whole = WholeModel(networks, members).eval()  # what onnx_model exports, and torch's reference
     export_started = time.perf_counter()
-    graph = onnx_model(networks, members, ["class"] * 6) if exporter == "torchscript" else dynamo(networks, members)
+    graph = onnx_model(networks, members, ["class"] * 6) if exporter == "torchscript" else dynamo(whole)
     export_seconds = time.perf_counter() - export_started
     bitmaps = np.load(data_dir / "cat.npy")[:256].reshape(-1, 28, 28)
     theirs = onnxruntime.InferenceSession(graph).run(None, {INPUT_NAME: bitmaps})[0]
     with torch.no_grad():
-        ours = WholeModel(networks, members).eval()(torch.from_numpy(bitmaps)).numpy()
+        ours = whole(torch.from_numpy(bitmaps)).numpy()
     print(json.dumps({"import_seconds": imported - started, "export_seconds": export_seconds,
                       "max_difference": float(np.abs(theirs - ours).max())}))
 
 
-def dynamo(networks, members) -> bytes:
+def dynamo(whole) -> bytes:
     """The same model through torch's default exporter, as quickdraw.onnx_export used it before."""
     import torch
 
-    from quickdraw.onnx_export import WholeModel
     from quickdraw.portable import INPUT_NAME, OUTPUT_NAME
 
-    whole = WholeModel(networks, members).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(whole, (torch.zeros((2, 28, 28), dtype=torch.uint8),), dynamo=True,
